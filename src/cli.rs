@@ -1,0 +1,242 @@
+//! The command line (the DESIGN.md contract), parsed by clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Build immutable, reproducible node artifacts for binary-installed, highly
+/// available Kubernetes clusters: pinned binaries and images, the cluster PKI,
+/// every rendered config, as layered tarballs, a cloud-init seed, a PXE
+/// overlay and an OCI image.
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgbuild",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Directory holding cluster.yaml, roles/ and pins.toml.
+    #[arg(long, global = true, value_name = "DIR", default_value = "manifests")]
+    pub manifests: PathBuf,
+    /// Directory holding the layer trees the role manifests name
+    /// [default: layers/ beside the manifests directory].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub layers: Option<PathBuf>,
+    /// Content-addressed download cache [default: $XDG_CACHE_HOME/imgbuild or ~/.cache/imgbuild].
+    #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_CACHE")]
+    pub cache: Option<PathBuf>,
+    /// State directory holding the cluster PKI [default: state/<cluster>/].
+    #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_STATE")]
+    pub state: Option<PathBuf>,
+    /// Mirror for downloads: https://HOST/PATH is fetched from URL/HOST/PATH.
+    /// Repeatable; tried in order, then upstream unless --offline.
+    #[arg(long = "mirror", global = true, value_name = "URL")]
+    pub mirrors: Vec<String>,
+    /// Registry mirror, REGISTRY=URL (e.g. registry.k8s.io=http://127.0.0.1:5000). Repeatable.
+    #[arg(long = "registry-mirror", global = true, value_name = "REGISTRY=URL")]
+    pub registry_mirrors: Vec<String>,
+    /// Use only the cache; fail at once, naming every missing artifact.
+    #[arg(long, global = true)]
+    pub offline: bool,
+    /// Parallel jobs [default: the number of CPUs]. Output bytes never depend on it.
+    #[arg(long, short = 'j', global = true, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Print less (errors only).
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more; repeat for more still.
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build one node's artifacts (or a role's generic image) into OUT/<target>/.
+    Node(NodeArgs),
+    /// Build every node of the inventory, in parallel, into OUT/<node>/.
+    Cluster(ClusterArgs),
+    /// Push a node's OCI image (OUT/<node>/oci) to a registry.
+    Push(PushArgs),
+    /// Show what goes where, from which source, for a node or role; builds nothing.
+    Plan(PlanArgs),
+    /// Download and verify every pinned artifact a node (or every node) needs.
+    Fetch(FetchArgs),
+    /// Move pinned artifacts to an air-gapped site.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Generate, inspect and renew the cluster PKI in the state directory.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Check an output directory: checksums, pins, secret placement and modes.
+    Verify(VerifyArgs),
+}
+
+impl Command {
+    /// The command's name as typed, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Node(_) => "node",
+            Command::Cluster(_) => "cluster",
+            Command::Push(_) => "push",
+            Command::Plan(_) => "plan",
+            Command::Fetch(_) => "fetch",
+            Command::Bundle(BundleCommand::Export(_)) => "bundle export",
+            Command::Bundle(BundleCommand::Import(_)) => "bundle import",
+            Command::Pki(PkiCommand::Init) => "pki init",
+            Command::Pki(PkiCommand::Status(_)) => "pki status",
+            Command::Pki(PkiCommand::Renew(_)) => "pki renew",
+            Command::Verify(_) => "verify",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// layers/NN-<name>.tar.gz, image.json, SHA256SUMS
+    Layers,
+    /// cloud-init/{user-data,meta-data,network-config,seed.iso}
+    CloudInit,
+    /// pxe/overlay.cpio.gz and pxe/boot.ipxe
+    Pxe,
+    /// oci/: the node image as an OCI image layout
+    Oci,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchArg {
+    Amd64,
+    Arm64,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// A node name (master01) or a role name (worker) for that role's generic image.
+    #[arg(long, value_name = "NODE|ROLE")]
+    pub role: String,
+    /// Output directory.
+    #[arg(long, value_name = "DIR", default_value = "out")]
+    pub out: PathBuf,
+    /// Output formats, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "layers,cloud-init,pxe")]
+    pub format: Vec<Format>,
+    /// `embed` puts the layers in seed.iso; `url=BASE` makes cloud-init fetch them from BASE.
+    #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
+    pub seed_layers: String,
+    /// Arch of a role's generic image when its nodes differ.
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Output directory.
+    #[arg(long, value_name = "DIR", default_value = "out")]
+    pub out: PathBuf,
+    /// Output formats, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "layers,cloud-init,pxe")]
+    pub format: Vec<Format>,
+    /// `embed` puts the layers in seed.iso; `url=BASE` makes cloud-init fetch them from BASE.
+    #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
+    pub seed_layers: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// A node output directory (OUT/<node>) holding oci/.
+    pub dir: PathBuf,
+    /// Destination, registry/repository:tag.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Also push the secrets layer (left out by default).
+    #[arg(long)]
+    pub include_secrets: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A node name (master01) or a role name (worker) for that role's generic image.
+    #[arg(long, value_name = "NODE|ROLE")]
+    pub role: String,
+    /// Print canonical JSON (sorted keys) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Arch of a role's generic image when its nodes differ.
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Only what this node or role needs [default: every node].
+    #[arg(long, value_name = "NODE|ROLE")]
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Write one tar with the manifests, pins and every artifact in mirror layout, plus SHA256SUMS.
+    Export(BundleExportArgs),
+    /// Verify a bundle against the pins and add its artifacts to the cache.
+    Import(BundleImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BundleExportArgs {
+    pub file: PathBuf,
+    /// Only what this node or role needs [default: every node].
+    #[arg(long, value_name = "NODE|ROLE")]
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleImportArgs {
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create what is missing; keep what still matches the manifests (never replaces a CA).
+    Init,
+    /// Table of every certificate: subject, SANs, issuer, expiry, OK / EXPIRING / MISMATCH.
+    Status(PkiStatusArgs),
+    /// Re-issue leaf certificates (and CAs with --ca).
+    Renew(PkiRenewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PkiStatusArgs {
+    /// Print canonical JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PkiRenewArgs {
+    /// Only leaves inside the renewal window (the default).
+    #[arg(long, conflicts_with = "all")]
+    pub expiring: bool,
+    /// Every leaf.
+    #[arg(long)]
+    pub all: bool,
+    /// Also replace the CAs: every node must then be rebuilt.
+    #[arg(long)]
+    pub ca: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A node output directory (OUT/<node>).
+    pub dir: PathBuf,
+    /// Rebuild from manifests and state into a temporary directory and compare bytes.
+    #[arg(long)]
+    pub rebuild: bool,
+}

@@ -1,0 +1,164 @@
+//! Values computed from the validated cluster, never typed by hand: the first
+//! service IP, the etcd initial-cluster string, each control-plane node's
+//! apiserver SANs, the haproxy backends and the keepalived MASTER/BACKUP
+//! priorities.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::Cluster;
+
+/// Role names with a meaning of their own to the derivations.
+pub const ETCD: &str = "etcd";
+pub const CONTROL_PLANE: &str = "control-plane";
+pub const LB: &str = "lb";
+
+pub const ETCD_PEER_PORT: u16 = 2380;
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+
+/// keepalived priority of the first lb node; each next one is 10 lower.
+const VRRP_TOP_PRIORITY: u8 = 120;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Derived {
+    /// First host of the service CIDR: the `kubernetes` service's ClusterIP.
+    pub kubernetes_service_ip: Ipv4Addr,
+    pub cluster_dns: Ipv4Addr,
+    /// `name=https://ip:2380,…` over the etcd members in inventory order.
+    pub etcd_initial_cluster: String,
+    /// `https://ip:2379,…`, what kube-apiserver's `--etcd-servers` takes.
+    pub etcd_servers: String,
+    /// Per control-plane node.
+    pub apiserver_sans: BTreeMap<String, ApiserverSans>,
+    pub haproxy_backends: Vec<HaproxyBackend>,
+    pub vrrp: Vec<VrrpPeer>,
+    /// `https://<dns name>:<lb port>`: what workers and kube-proxy talk to.
+    pub api_server_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ApiserverSans {
+    pub dns: Vec<String>,
+    pub ips: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HaproxyBackend {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VrrpState {
+    Master,
+    Backup,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct VrrpPeer {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub state: VrrpState,
+    pub priority: u8,
+}
+
+/// The `n`th address of a network (0 is the network address itself).
+pub fn nth_address(net: Ipv4Net, n: u32) -> Option<Ipv4Addr> {
+    let base = u32::from(net.network());
+    let addr = Ipv4Addr::from(base.checked_add(n)?);
+    net.contains(&addr).then_some(addr)
+}
+
+pub fn derive(c: &Cluster) -> Derived {
+    let svc = c.network.service_cidr;
+    let kubernetes_service_ip = nth_address(svc, 1).unwrap_or(svc.network());
+    let etcd: Vec<_> = c.nodes.iter().filter(|n| n.has_role(ETCD)).collect();
+    let etcd_initial_cluster = etcd
+        .iter()
+        .map(|n| format!("{}=https://{}:{ETCD_PEER_PORT}", n.name, n.ip))
+        .collect::<Vec<_>>()
+        .join(",");
+    let etcd_servers = etcd
+        .iter()
+        .map(|n| format!("https://{}:{ETCD_CLIENT_PORT}", n.ip))
+        .collect::<Vec<_>>()
+        .join(",");
+    let domain = &c.network.cluster_domain;
+    let apiserver_sans = c
+        .nodes
+        .iter()
+        .filter(|n| n.has_role(CONTROL_PLANE))
+        .map(|n| {
+            let mut dns = vec![
+                n.name.clone(),
+                c.api.dns_name.clone(),
+                "kubernetes".to_string(),
+                "kubernetes.default".to_string(),
+                "kubernetes.default.svc".to_string(),
+                format!("kubernetes.default.svc.{domain}"),
+                "localhost".to_string(),
+            ];
+            dns.dedup();
+            let mut ips = vec![n.ip, c.api.vip, kubernetes_service_ip, Ipv4Addr::LOCALHOST];
+            ips.dedup();
+            (n.name.clone(), ApiserverSans { dns, ips })
+        })
+        .collect();
+    let haproxy_backends = c
+        .nodes
+        .iter()
+        .filter(|n| n.has_role(CONTROL_PLANE))
+        .map(|n| HaproxyBackend {
+            name: n.name.clone(),
+            ip: n.ip,
+            port: c.api.apiserver_port,
+        })
+        .collect();
+    let vrrp = c
+        .nodes
+        .iter()
+        .filter(|n| n.has_role(LB))
+        .enumerate()
+        .map(|(i, n)| VrrpPeer {
+            name: n.name.clone(),
+            ip: n.ip,
+            state: if i == 0 {
+                VrrpState::Master
+            } else {
+                VrrpState::Backup
+            },
+            priority: VRRP_TOP_PRIORITY
+                .saturating_sub(10 * i.min(11) as u8)
+                .max(1),
+        })
+        .collect();
+    Derived {
+        kubernetes_service_ip,
+        cluster_dns: c.network.cluster_dns,
+        etcd_initial_cluster,
+        etcd_servers,
+        apiserver_sans,
+        haproxy_backends,
+        vrrp,
+        api_server_url: format!("https://{}:{}", c.api.dns_name, c.api.lb_port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nth_address_of_the_guides_service_cidr() {
+        let net: Ipv4Net = "10.96.0.0/12".parse().unwrap();
+        assert_eq!(nth_address(net, 1), Some(Ipv4Addr::new(10, 96, 0, 1)));
+        assert_eq!(nth_address(net, 10), Some(Ipv4Addr::new(10, 96, 0, 10)));
+        let tiny: Ipv4Net = "10.0.0.0/30".parse().unwrap();
+        assert_eq!(nth_address(tiny, 10), None);
+    }
+}

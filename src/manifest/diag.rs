@@ -1,0 +1,198 @@
+//! Diagnostics: a problem found in the manifests, with its file, line and column.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where in which manifest file something stands (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Loc {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+}
+
+impl Loc {
+    pub fn new(file: &Path, line: u64, column: u64) -> Self {
+        Loc {
+            file: file.to_path_buf(),
+            line,
+            column,
+        }
+    }
+
+    /// The location of a YAML value read with `serde_saphyr::Spanned`.
+    pub fn yaml(file: &Path, at: serde_saphyr::Location) -> Self {
+        Loc::new(file, at.line(), at.column())
+    }
+
+    /// The location of a byte offset in a text file.
+    pub fn offset(file: &Path, text: &str, offset: usize) -> Self {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() as u64 + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() as u64 + 1;
+        Loc::new(file, line, column)
+    }
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// The parser error behind a diagnostic, kept whole so its chain stays available.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseCause {
+    #[error(transparent)]
+    Yaml(#[from] serde_saphyr::Error),
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+}
+
+/// One problem: where, how bad, and a sentence a user understands.
+#[derive(Debug)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub loc: Loc,
+    pub message: String,
+    pub cause: Option<ParseCause>,
+}
+
+impl Diagnostic {
+    pub fn error(loc: Loc, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            loc,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    pub fn warning(loc: Loc, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            loc,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// A YAML syntax or shape error (unknown field, wrong type, bad indentation).
+    pub fn from_yaml(file: &Path, err: serde_saphyr::Error) -> Self {
+        let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
+        let text = err.without_snippet().to_string();
+        let suffix = format!(" at line {line}, column {column}");
+        let message = text.strip_suffix(&suffix).unwrap_or(&text).to_string();
+        Diagnostic {
+            severity: Severity::Error,
+            loc: Loc::new(file, line, column),
+            message,
+            cause: Some(ParseCause::Yaml(err)),
+        }
+    }
+
+    /// A TOML syntax or shape error.
+    pub fn from_toml(file: &Path, text: &str, err: toml::de::Error) -> Self {
+        let offset = err.span().map_or(0, |s| s.start);
+        Diagnostic {
+            severity: Severity::Error,
+            loc: Loc::offset(file, text, offset),
+            message: err.message().to_string(),
+            cause: Some(ParseCause::Toml(err)),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{}: {level}: {}", self.loc, self.message)
+    }
+}
+
+/// Every problem found in one pass, sorted by file and position.
+#[derive(Debug, Default)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn push(&mut self, d: Diagnostic) {
+        self.0.push(d);
+    }
+
+    pub fn error(&mut self, loc: Loc, message: impl Into<String>) {
+        self.push(Diagnostic::error(loc, message));
+    }
+
+    pub fn warning(&mut self, loc: Loc, message: impl Into<String>) {
+        self.push(Diagnostic::warning(loc, message));
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter().filter(|d| d.severity == Severity::Error)
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter().filter(|d| d.severity == Severity::Warning)
+    }
+
+    pub fn sort(&mut self) {
+        self.0.sort_by(|a, b| {
+            (&a.loc, a.severity, &a.message).cmp(&(&b.loc, b.severity, &b.message))
+        });
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors().count();
+        writeln!(
+            f,
+            "the manifests have {n} error{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        let lines: Vec<String> = self.0.iter().map(|d| format!("  {d}")).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_to_line_and_column() {
+        let text = "a = 1\nbb = 2\n";
+        let loc = Loc::offset(Path::new("p.toml"), text, 7);
+        assert_eq!((loc.line, loc.column), (2, 2));
+        assert_eq!(loc.to_string(), "p.toml:2:2");
+    }
+
+    #[test]
+    fn yaml_error_keeps_location_and_drops_the_repeated_suffix() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct S {
+            a: u8,
+        }
+        let err = serde_saphyr::from_str::<S>("a: 1\nb: 2\n").unwrap_err();
+        let d = Diagnostic::from_yaml(Path::new("c.yaml"), err);
+        assert_eq!(d.loc.line, 2);
+        assert!(d.message.starts_with("unknown field `b`"), "{}", d.message);
+        assert!(!d.message.contains("at line"), "{}", d.message);
+    }
+}

@@ -1,0 +1,311 @@
+//! Stage 1, `manifest`: reads `manifests/` (cluster.yaml, roles/*.yaml,
+//! pins.toml), rejects unknown fields, and validates everything into the typed
+//! [`Manifests`] model, reporting every problem at once with its file, line and
+//! column. Derived values (first service IP, etcd initial-cluster, apiserver
+//! SANs, haproxy backends, keepalived priorities) are computed here, never typed.
+
+mod derive;
+mod diag;
+pub mod raw;
+pub mod secrets;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+pub use derive::{ApiserverSans, Derived, HaproxyBackend, VrrpPeer, VrrpState};
+pub use diag::{Diagnostic, Diagnostics, Loc, ParseCause, Severity};
+pub use secrets::SecretSpec;
+
+/// The oldest Kubernetes minor imgbuild renders configuration for.
+pub const MIN_KUBERNETES_MINOR: u32 = 33;
+
+/// Errors of the manifest stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// A CPU architecture a node can have and a pin can be for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn parse(s: &str) -> Option<Arch> {
+        match s {
+            "amd64" => Some(Arch::Amd64),
+            "arm64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Kubernetes release, `vMAJOR.MINOR.PATCH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct KubeVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl KubeVersion {
+    pub fn parse(s: &str) -> Option<KubeVersion> {
+        let mut it = s.strip_prefix('v')?.split('.');
+        let v = KubeVersion {
+            major: it.next()?.parse().ok()?,
+            minor: it.next()?.parse().ok()?,
+            patch: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(v)
+    }
+}
+
+impl fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    Ipvs,
+    Iptables,
+    Nftables,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    EcdsaP256,
+    Rsa2048,
+    Rsa4096,
+}
+
+/// The validated cluster: `manifests/cluster.yaml` with defaults applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub kubernetes_version: KubeVersion,
+    pub api: Api,
+    pub network: Network,
+    pub pki: PkiSettings,
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Api {
+    pub vip: Ipv4Addr,
+    pub dns_name: String,
+    pub lb_port: u16,
+    pub apiserver_port: u16,
+    pub vrrp_router_id: u8,
+    pub vrrp_interface: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    pub service_cidr: Ipv4Net,
+    pub pod_cidr: Ipv4Net,
+    pub node_cidr_mask: u8,
+    pub cluster_domain: String,
+    pub cluster_dns: Ipv4Addr,
+    pub kube_proxy_mode: ProxyMode,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PkiSettings {
+    pub key_algorithm: KeyAlgorithm,
+    pub ca_validity_days: u32,
+    pub leaf_validity_days: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub arch: Arch,
+    pub roles: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<String>,
+}
+
+impl Node {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// A validated role manifest. `base` is the role every node has.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    pub description: String,
+    pub artifacts: Vec<RoleArtifact>,
+    pub images: Vec<String>,
+    /// Directories under `layers/` for the shared role layer.
+    pub role_layers: Vec<String>,
+    /// Directories under `layers/` rendered into each node's own layer.
+    pub node_layers: Vec<String>,
+    pub services: Vec<String>,
+    pub secrets: Vec<&'static SecretSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoleArtifact {
+    pub pin: String,
+    pub install: Vec<Install>,
+}
+
+/// One file taken from a pinned download.
+#[derive(Debug, Clone)]
+pub struct Install {
+    /// Archive member pattern (`{version}`, `{arch}`); `None`: the download itself.
+    pub from: Option<String>,
+    pub to: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "algorithm", content = "hex")]
+pub enum Checksum {
+    Sha256(String),
+    Sha512(String),
+}
+
+impl fmt::Display for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Checksum::Sha256(h) => write!(f, "sha256:{h}"),
+            Checksum::Sha512(h) => write!(f, "sha512:{h}"),
+        }
+    }
+}
+
+/// A pinned download: one name, version and arch.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactPin {
+    pub name: String,
+    pub version: String,
+    pub arch: Arch,
+    pub url: String,
+    pub checksum: Checksum,
+    pub source: String,
+    pub note: Option<String>,
+}
+
+impl ArtifactPin {
+    /// Whether the download is a gzip'd tarball whose members are taken.
+    pub fn is_archive(&self) -> bool {
+        self.url.ends_with(".tar.gz") || self.url.ends_with(".tgz")
+    }
+}
+
+/// A pinned container image: a multi-arch index by digest.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImagePin {
+    pub name: String,
+    pub version: String,
+    pub image: String,
+    pub digest: String,
+    pub arches: Vec<Arch>,
+    pub source: String,
+    pub note: Option<String>,
+}
+
+impl ImagePin {
+    /// `repository:tag@sha256:…`, the reference a runtime pulls.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.image, self.digest)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Pins {
+    pub artifacts: Vec<ArtifactPin>,
+    pub images: Vec<ImagePin>,
+}
+
+impl Pins {
+    pub fn artifact(&self, name: &str, arch: Arch) -> Option<&ArtifactPin> {
+        self.artifacts
+            .iter()
+            .find(|p| p.name == name && p.arch == arch)
+    }
+
+    pub fn image(&self, name: &str) -> Option<&ImagePin> {
+        self.images.iter().find(|p| p.name == name)
+    }
+}
+
+/// Everything under `manifests/`, validated.
+#[derive(Debug, Clone)]
+pub struct Manifests {
+    /// The `manifests/` directory they were read from.
+    pub dir: PathBuf,
+    /// The directory holding the layer trees named by the role manifests.
+    pub layers_dir: PathBuf,
+    pub cluster: Cluster,
+    /// Every role, `base` included, by name.
+    pub roles: BTreeMap<String, Role>,
+    pub pins: Pins,
+    pub derived: Derived,
+}
+
+/// The role every node has; its manifest is `roles/base.yaml`.
+pub const BASE_ROLE: &str = "base";
+
+impl Manifests {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.cluster.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.get(name)
+    }
+}
+
+/// Reads and validates the manifests in `dir`, whose role layers live in
+/// `layers_dir`. On success, also returns the warnings found.
+pub fn load(dir: &Path, layers_dir: &Path) -> Result<(Manifests, Diagnostics), ManifestError> {
+    validate::load(dir, layers_dir)
+}
+
+/// The default layers directory: `layers/` beside the manifests directory.
+pub fn default_layers_dir(manifests: &Path) -> PathBuf {
+    match manifests.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join("layers"),
+        _ => PathBuf::from("layers"),
+    }
+}

@@ -1,0 +1,126 @@
+//! The catalog of secrets imgbuild generates: the kubeadm-style PKI set, the
+//! kubeconfigs and the bootstrap token. Role manifests name entries of this
+//! catalog; the plan places them in a node's `secrets` layer and the `pki`
+//! stage makes them. The id is the path under the state dir and under
+//! `/etc/kubernetes/` on a node.
+
+/// Whether one copy serves the whole cluster or each node gets its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    Cluster,
+    /// Issued per node (its name and IP are in the certificate or kubeconfig).
+    PerNode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretKind {
+    Certificate,
+    PrivateKey,
+    PublicKey,
+    Kubeconfig,
+    Token,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretSpec {
+    pub id: &'static str,
+    pub kind: SecretKind,
+    pub scope: Scope,
+    /// A CA's private key: only a control-plane node may hold one.
+    pub ca_key: bool,
+}
+
+impl SecretSpec {
+    /// Private material (a key, a kubeconfig with an embedded key, a token).
+    pub fn is_private(&self) -> bool {
+        matches!(
+            self.kind,
+            SecretKind::PrivateKey | SecretKind::Kubeconfig | SecretKind::Token
+        )
+    }
+
+    /// File mode on the node: 0600 for private material, 0644 otherwise.
+    pub fn mode(&self) -> u32 {
+        if self.is_private() { 0o600 } else { 0o644 }
+    }
+
+    /// Absolute path on the node.
+    pub fn node_path(&self) -> String {
+        format!("/etc/kubernetes/{}", self.id)
+    }
+}
+
+const fn s(id: &'static str, kind: SecretKind, scope: Scope, ca_key: bool) -> SecretSpec {
+    SecretSpec {
+        id,
+        kind,
+        scope,
+        ca_key,
+    }
+}
+
+use Scope::{Cluster, PerNode};
+use SecretKind::{Certificate as Cert, Kubeconfig, PrivateKey as Key, PublicKey, Token};
+
+pub const CATALOG: &[SecretSpec] = &[
+    s("pki/ca.crt", Cert, Cluster, false),
+    s("pki/ca.key", Key, Cluster, true),
+    s("pki/apiserver.crt", Cert, PerNode, false),
+    s("pki/apiserver.key", Key, PerNode, false),
+    s("pki/apiserver-kubelet-client.crt", Cert, Cluster, false),
+    s("pki/apiserver-kubelet-client.key", Key, Cluster, false),
+    s("pki/apiserver-etcd-client.crt", Cert, Cluster, false),
+    s("pki/apiserver-etcd-client.key", Key, Cluster, false),
+    s("pki/front-proxy-ca.crt", Cert, Cluster, false),
+    s("pki/front-proxy-ca.key", Key, Cluster, true),
+    s("pki/front-proxy-client.crt", Cert, Cluster, false),
+    s("pki/front-proxy-client.key", Key, Cluster, false),
+    s("pki/sa.key", Key, Cluster, false),
+    s("pki/sa.pub", PublicKey, Cluster, false),
+    s("pki/etcd/ca.crt", Cert, Cluster, false),
+    s("pki/etcd/ca.key", Key, Cluster, true),
+    s("pki/etcd/server.crt", Cert, PerNode, false),
+    s("pki/etcd/server.key", Key, PerNode, false),
+    s("pki/etcd/peer.crt", Cert, PerNode, false),
+    s("pki/etcd/peer.key", Key, PerNode, false),
+    s("pki/etcd/healthcheck-client.crt", Cert, Cluster, false),
+    s("pki/etcd/healthcheck-client.key", Key, Cluster, false),
+    s("admin.conf", Kubeconfig, Cluster, false),
+    s("controller-manager.conf", Kubeconfig, PerNode, false),
+    s("scheduler.conf", Kubeconfig, PerNode, false),
+    s("kube-proxy.conf", Kubeconfig, Cluster, false),
+    s("bootstrap-kubelet.conf", Kubeconfig, Cluster, false),
+    s("token.csv", Token, Cluster, false),
+];
+
+pub fn lookup(id: &str) -> Option<&'static SecretSpec> {
+    CATALOG.iter().find(|s| s.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_private_and_0600() {
+        for spec in CATALOG {
+            if spec.id.ends_with(".key") || spec.id.ends_with(".conf") || spec.id == "token.csv" {
+                assert!(spec.is_private(), "{}", spec.id);
+                assert_eq!(spec.mode(), 0o600, "{}", spec.id);
+            } else {
+                assert_eq!(spec.mode(), 0o644, "{}", spec.id);
+            }
+        }
+    }
+
+    #[test]
+    fn ca_keys_are_exactly_the_three_ca_private_keys() {
+        let ca: Vec<_> = CATALOG.iter().filter(|s| s.ca_key).map(|s| s.id).collect();
+        assert_eq!(
+            ca,
+            ["pki/ca.key", "pki/front-proxy-ca.key", "pki/etcd/ca.key"]
+        );
+    }
+}

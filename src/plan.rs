@@ -1,0 +1,573 @@
+//! Stage 2, `plan`: takes the validated [`Manifests`] and a target (a node
+//! name, or a role name for that role's generic image) and produces a
+//! [`Plan`]: the ordered layers (`base`, one per role, `node`, `secrets`), each
+//! a sorted list of file entries `{path, mode, uid, gid, source}`. Nothing is
+//! fetched, generated or written here; every later stage executes a plan.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::manifest::secrets::Scope;
+use crate::manifest::{Arch, BASE_ROLE, Derived, Manifests, Node};
+
+/// Suffix of template files under `layers/`; it is dropped on the node.
+pub const TEMPLATE_SUFFIX: &str = ".tera";
+
+/// Where systemd looks for units enabled at boot.
+const WANTS_DIR: &str = "/etc/systemd/system/multi-user.target.wants";
+const UNIT_DIR: &str = "/etc/systemd/system";
+/// Where the host OS's packages install their units.
+const OS_UNIT_DIR: &str = "/usr/lib/systemd/system";
+/// Where the baked-in container images live on a node.
+pub const IMAGES_DIR: &str = "/var/lib/imgbuild/images";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("`{target}` is neither a node nor a role; nodes: {nodes}; roles: {roles}")]
+    UnknownTarget {
+        target: String,
+        nodes: String,
+        roles: String,
+    },
+    #[error("role `{role}` is held by nodes of several arches ({arches}); say which with --arch")]
+    MixedArch { role: String, arches: String },
+    #[error(
+        "role `{role}` needs per-node secret `{secret}`, so it has no generic image; build one of its nodes instead ({nodes})"
+    )]
+    PerNodeSecret {
+        role: String,
+        secret: String,
+        nodes: String,
+    },
+    #[error("{target}: {path} is written by both {first} and {second}")]
+    Conflict {
+        target: String,
+        path: String,
+        first: String,
+        second: String,
+    },
+    #[error("cannot read layer directory {path}")]
+    Walk {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: file name is not UTF-8")]
+    NonUtf8 { path: PathBuf },
+}
+
+/// Where an entry's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Source {
+    /// A member of a pinned archive.
+    Member {
+        artifact: String,
+        version: String,
+        member: String,
+    },
+    /// A pinned download that is itself the file.
+    Download { artifact: String, version: String },
+    /// A template under `layers/`, rendered with the cluster (role layers) or
+    /// node (node layer) values.
+    Template { template: String },
+    /// A file under `layers/` copied as it is.
+    Static { file: String },
+    /// A generated secret from the state dir; `node` for per-node ones.
+    Secret {
+        id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
+    /// A pinned container image, as an OCI archive.
+    Image { image: String, reference: String },
+    /// A symbolic link (systemd enablement).
+    Symlink { target: String },
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Member {
+                artifact,
+                version,
+                member,
+            } => write!(f, "member {artifact} {version}: {member}"),
+            Source::Download { artifact, version } => write!(f, "download {artifact} {version}"),
+            Source::Template { template } => write!(f, "template {template}"),
+            Source::Static { file } => write!(f, "static {file}"),
+            Source::Secret { id, node: Some(n) } => write!(f, "secret {id} ({n})"),
+            Source::Secret { id, node: None } => write!(f, "secret {id}"),
+            Source::Image { reference, .. } => write!(f, "image {reference}"),
+            Source::Symlink { target } => write!(f, "symlink -> {target}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// Absolute path on the node.
+    pub path: String,
+    #[serde(serialize_with = "octal")]
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub source: Source,
+}
+
+fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    Base,
+    Role,
+    Node,
+    Secrets,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerPlan {
+    /// `NN-<name>`, the layer's file stem.
+    pub name: String,
+    pub kind: LayerKind,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Node,
+    Role,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// What was asked for: a node name or a role name.
+    pub target: String,
+    pub kind: TargetKind,
+    pub cluster: String,
+    pub kubernetes_version: String,
+    pub arch: Arch,
+    /// The node's roles in layer order (`base` first), or the one role.
+    pub roles: Vec<String>,
+    /// systemd units enabled at boot.
+    pub services: Vec<String>,
+    pub layers: Vec<LayerPlan>,
+    pub derived: Derived,
+}
+
+impl Plan {
+    /// Canonical JSON: sorted keys, two-space indent, trailing newline.
+    pub fn to_json(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        let mut s = serde_json::to_string_pretty(&value).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// A readable table: per layer, one line per file.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} {} ({}; {}; Kubernetes {}; roles: {})",
+            match self.kind {
+                TargetKind::Node => "node",
+                TargetKind::Role => "generic image of role",
+            },
+            self.target,
+            self.cluster,
+            self.arch,
+            self.kubernetes_version,
+            self.roles.join(", ")
+        );
+        let width = self
+            .layers
+            .iter()
+            .flat_map(|l| &l.entries)
+            .map(|e| e.path.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        for layer in &self.layers {
+            let _ = writeln!(out, "\n{} ({} files)", layer.name, layer.entries.len());
+            let _ = writeln!(out, "  {:width$}  MODE  OWNER  SOURCE", "PATH");
+            for e in &layer.entries {
+                let _ = writeln!(
+                    out,
+                    "  {:width$}  {:04o}  {:<5}  {}",
+                    e.path,
+                    e.mode,
+                    format!("{}:{}", e.uid, e.gid),
+                    e.source
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Resolves `--role` into a plan. `arch` picks the arch of a role's generic
+/// image when its nodes differ.
+pub fn plan(m: &Manifests, target: &str, arch: Option<Arch>) -> Result<Plan, PlanError> {
+    if let Some(node) = m.node(target) {
+        return plan_node(m, node);
+    }
+    if target != BASE_ROLE && m.role(target).is_some() {
+        return plan_role(m, target, arch);
+    }
+    Err(PlanError::UnknownTarget {
+        target: target.to_string(),
+        nodes: m
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        roles: m
+            .roles
+            .keys()
+            .filter(|r| *r != BASE_ROLE)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// Plans every node of the inventory, in inventory order.
+pub fn plan_all(m: &Manifests) -> Result<Vec<Plan>, PlanError> {
+    m.cluster.nodes.iter().map(|n| plan_node(m, n)).collect()
+}
+
+fn plan_node(m: &Manifests, node: &Node) -> Result<Plan, PlanError> {
+    let roles: Vec<String> = std::iter::once(BASE_ROLE.to_string())
+        .chain(node.roles.iter().cloned())
+        .collect();
+    build(
+        m,
+        &node.name,
+        TargetKind::Node,
+        node.arch,
+        roles,
+        Some(node),
+    )
+}
+
+fn plan_role(m: &Manifests, role: &str, arch: Option<Arch>) -> Result<Plan, PlanError> {
+    let holders: Vec<&Node> = m
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| n.has_role(role))
+        .collect();
+    let arch = match arch {
+        Some(a) => a,
+        None => {
+            let mut arches: Vec<Arch> = holders.iter().map(|n| n.arch).collect();
+            arches.sort();
+            arches.dedup();
+            match arches.as_slice() {
+                [] => Arch::Amd64,
+                [one] => *one,
+                many => {
+                    return Err(PlanError::MixedArch {
+                        role: role.to_string(),
+                        arches: many
+                            .iter()
+                            .map(|a| a.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                }
+            }
+        }
+    };
+    let roles = vec![BASE_ROLE.to_string(), role.to_string()];
+    for r in &roles {
+        if let Some(spec) = m.roles[r]
+            .secrets
+            .iter()
+            .find(|s| s.scope == Scope::PerNode)
+        {
+            return Err(PlanError::PerNodeSecret {
+                role: role.to_string(),
+                secret: spec.id.to_string(),
+                nodes: holders
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    build(m, role, TargetKind::Role, arch, roles, None)
+}
+
+/// Collects entries for one layer, refusing a path written twice.
+struct LayerBuilder<'a> {
+    target: &'a str,
+    entries: BTreeMap<String, (Entry, String)>,
+}
+
+impl LayerBuilder<'_> {
+    fn add(
+        &mut self,
+        entry: Entry,
+        origin: String,
+        owners: &mut BTreeMap<String, String>,
+    ) -> Result<(), PlanError> {
+        if let Some(first) = owners.get(&entry.path) {
+            return Err(PlanError::Conflict {
+                target: self.target.to_string(),
+                path: entry.path,
+                first: first.clone(),
+                second: origin,
+            });
+        }
+        owners.insert(entry.path.clone(), origin.clone());
+        self.entries.insert(entry.path.clone(), (entry, origin));
+        Ok(())
+    }
+
+    fn finish(self) -> Vec<Entry> {
+        self.entries.into_values().map(|(e, _)| e).collect()
+    }
+}
+
+fn build(
+    m: &Manifests,
+    target: &str,
+    kind: TargetKind,
+    arch: Arch,
+    roles: Vec<String>,
+    node: Option<&Node>,
+) -> Result<Plan, PlanError> {
+    // path -> what wrote it first, across all layers of this target
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    let mut layers: Vec<(String, LayerKind, Vec<Entry>)> = Vec::new();
+    let mut services = Vec::new();
+
+    for role_name in &roles {
+        let role = &m.roles[role_name];
+        let mut lb = LayerBuilder {
+            target,
+            entries: BTreeMap::new(),
+        };
+        let origin = format!("role `{role_name}`");
+        for a in &role.artifacts {
+            // Validation guarantees a pin for every arch a node has; a generic
+            // image of an arch without one simply lacks the file.
+            let Some(pin) = m.pins.artifact(&a.pin, arch) else {
+                continue;
+            };
+            for i in &a.install {
+                let source = match &i.from {
+                    Some(from) => Source::Member {
+                        artifact: pin.name.clone(),
+                        version: pin.version.clone(),
+                        member: from
+                            .replace("{version}", &pin.version)
+                            .replace("{arch}", arch.as_str()),
+                    },
+                    None => Source::Download {
+                        artifact: pin.name.clone(),
+                        version: pin.version.clone(),
+                    },
+                };
+                let e = Entry {
+                    path: i.to.clone(),
+                    mode: i.mode,
+                    uid: i.uid,
+                    gid: i.gid,
+                    source,
+                };
+                lb.add(e, origin.clone(), &mut owners)?;
+            }
+        }
+        for image in &role.images {
+            if let Some(pin) = m.pins.image(image) {
+                let e = Entry {
+                    path: format!("{IMAGES_DIR}/{}.oci.tar", pin.name),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    source: Source::Image {
+                        image: pin.name.clone(),
+                        reference: pin.reference(),
+                    },
+                };
+                lb.add(e, origin.clone(), &mut owners)?;
+            }
+        }
+        for dir in &role.role_layers {
+            for e in walk_layer_dir(&m.layers_dir, dir)? {
+                lb.add(e, format!("{origin} (layers/{dir})"), &mut owners)?;
+            }
+        }
+        for svc in &role.services {
+            // A unit some layer ships lives in /etc/systemd/system; one from
+            // the host OS's package (haproxy, keepalived) in /usr/lib.
+            let shipped = format!("{UNIT_DIR}/{svc}");
+            let target = if owners.contains_key(&shipped) || lb.entries.contains_key(&shipped) {
+                shipped
+            } else {
+                format!("{OS_UNIT_DIR}/{svc}")
+            };
+            let e = Entry {
+                path: format!("{WANTS_DIR}/{svc}"),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                source: Source::Symlink { target },
+            };
+            lb.add(e, origin.clone(), &mut owners)?;
+            services.push(svc.clone());
+        }
+        let kind = if role_name == BASE_ROLE {
+            LayerKind::Base
+        } else {
+            LayerKind::Role
+        };
+        layers.push((role_name.clone(), kind, lb.finish()));
+    }
+
+    if node.is_some() {
+        let mut lb = LayerBuilder {
+            target,
+            entries: BTreeMap::new(),
+        };
+        for role_name in &roles {
+            for dir in &m.roles[role_name].node_layers {
+                for e in walk_layer_dir(&m.layers_dir, dir)? {
+                    lb.add(e, format!("role `{role_name}` (layers/{dir})"), &mut owners)?;
+                }
+            }
+        }
+        layers.push(("node".to_string(), LayerKind::Node, lb.finish()));
+    }
+
+    let mut lb = LayerBuilder {
+        target,
+        entries: BTreeMap::new(),
+    };
+    for role_name in &roles {
+        for spec in &m.roles[role_name].secrets {
+            if owners
+                .get(&spec.node_path())
+                .is_some_and(|o| o == "secrets")
+            {
+                continue; // two roles may both need, say, ca.crt
+            }
+            let e = Entry {
+                path: spec.node_path(),
+                mode: spec.mode(),
+                uid: 0,
+                gid: 0,
+                source: Source::Secret {
+                    id: spec.id.to_string(),
+                    node: match (spec.scope, node) {
+                        (Scope::PerNode, Some(n)) => Some(n.name.clone()),
+                        _ => None,
+                    },
+                },
+            };
+            lb.add(e, "secrets".to_string(), &mut owners)?;
+        }
+    }
+    layers.push(("secrets".to_string(), LayerKind::Secrets, lb.finish()));
+
+    let layers = layers
+        .into_iter()
+        .filter(|(_, _, entries)| !entries.is_empty())
+        .enumerate()
+        .map(|(i, (name, kind, entries))| LayerPlan {
+            name: format!("{i:02}-{name}"),
+            kind,
+            entries,
+        })
+        .collect();
+
+    Ok(Plan {
+        target: target.to_string(),
+        kind,
+        cluster: m.cluster.name.clone(),
+        kubernetes_version: m.cluster.kubernetes_version.to_string(),
+        arch,
+        roles,
+        services,
+        layers,
+        derived: m.derived.clone(),
+    })
+}
+
+/// Every file under `layers/<dir>/`, as entries at the same path on the node.
+/// `*.tera` files are templates (suffix dropped); an executable file keeps
+/// 0755, everything else is 0644; owners are root.
+fn walk_layer_dir(layers_dir: &Path, dir: &str) -> Result<Vec<Entry>, PlanError> {
+    let root = layers_dir.join(dir);
+    let mut files = Vec::new();
+    collect_files(&root, &mut files)?;
+    files.sort();
+    let mut entries = Vec::new();
+    for file in files {
+        let rel = file
+            .strip_prefix(&root)
+            .ok()
+            .and_then(Path::to_str)
+            .ok_or_else(|| PlanError::NonUtf8 { path: file.clone() })?
+            .to_string();
+        let meta = std::fs::metadata(&file).map_err(|source| PlanError::Walk {
+            path: file.clone(),
+            source,
+        })?;
+        let exec = meta.permissions().mode() & 0o111 != 0;
+        let shown = format!("layers/{dir}/{rel}");
+        let (path, source) = match rel.strip_suffix(TEMPLATE_SUFFIX) {
+            Some(stem) => (format!("/{stem}"), Source::Template { template: shown }),
+            None => (format!("/{rel}"), Source::Static { file: shown }),
+        };
+        entries.push(Entry {
+            path,
+            mode: if exec { 0o755 } else { 0o644 },
+            uid: 0,
+            gid: 0,
+            source,
+        });
+    }
+    Ok(entries)
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PlanError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| PlanError::Walk {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in rd {
+        let entry = entry.map_err(|source| PlanError::Walk {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        let ft = entry.file_type().map_err(|source| PlanError::Walk {
+            path: path.clone(),
+            source,
+        })?;
+        if ft.is_dir() {
+            collect_files(&path, out)?;
+        } else if ft.is_file() {
+            // .gitkeep keeps an empty directory in git; it is not content.
+            if path.file_name().is_some_and(|n| n != ".gitkeep") {
+                out.push(path);
+            }
+        }
+    }
+    Ok(())
+}

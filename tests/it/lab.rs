@@ -1,0 +1,174 @@
+//! `Lab`: a scratch copy of the shipped manifests that a test edits, then runs
+//! `imgbuild` against.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+impl Lab {
+    /// A copy of `manifests/` and `layers/` of the repository.
+    pub fn new() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&repo().join("manifests"), &dir.path().join("manifests"));
+        copy_tree(&repo().join("layers"), &dir.path().join("layers"));
+        Lab { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn manifest(&self, file: &str) -> PathBuf {
+        self.path("manifests").join(file)
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.manifest(file)).unwrap()
+    }
+
+    /// Replaces the one occurrence of `from` in `manifests/<file>`.
+    pub fn edit(self, file: &str, from: &str, to: &str) -> Lab {
+        let text = self.read(file);
+        assert_eq!(
+            text.matches(from).count(),
+            1,
+            "fixture edit: `{from}` must occur exactly once in {file}"
+        );
+        std::fs::write(self.manifest(file), text.replacen(from, to, 1)).unwrap();
+        self
+    }
+
+    /// `manifests/<file>:LINE:COL` of `needle` inside the first line that
+    /// contains `line_with` (as the run, from the lab's root, names it): what
+    /// a diagnostic must point at.
+    pub fn at(&self, file: &str, line_with: &str, needle: &str) -> String {
+        let text = self.read(file);
+        let (n, line) = text
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.contains(line_with))
+            .unwrap_or_else(|| panic!("no line with `{line_with}` in {file}"));
+        let col = line
+            .find(needle)
+            .unwrap_or_else(|| panic!("`{needle}` not in line `{line}`"));
+        format!(
+            "manifests/{file}:{}:{}",
+            n + 1,
+            line[..col].chars().count() + 1
+        )
+    }
+
+    pub fn imgbuild(&self, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .current_dir(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        Run { out }
+    }
+
+    pub fn plan(&self, target: &str) -> Run {
+        self.imgbuild(&["plan", "--role", target])
+    }
+}
+
+pub struct Run {
+    pub out: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+
+    pub fn assert_ok(self) -> Run {
+        assert!(
+            self.out.status.success(),
+            "imgbuild failed:\n{}",
+            self.stderr()
+        );
+        self
+    }
+
+    pub fn assert_failed(self) -> Run {
+        assert!(
+            !self.out.status.success(),
+            "imgbuild succeeded but should have failed:\n{}",
+            self.stdout()
+        );
+        self
+    }
+
+    /// The run failed and stderr has `<loc>: error: <message…>`.
+    pub fn assert_error(self, loc: &str, message: &str) -> Run {
+        let run = self.assert_failed();
+        let want = format!("{loc}: error: {message}");
+        assert!(
+            run.stderr().contains(&want),
+            "stderr lacks\n  {want}\nstderr was:\n{}",
+            run.stderr()
+        );
+        run
+    }
+
+    pub fn assert_stderr_has(self, text: &str) -> Run {
+        assert!(
+            self.stderr().contains(text),
+            "stderr lacks `{text}`:\n{}",
+            self.stderr()
+        );
+        self
+    }
+}
+
+/// Compares `actual` with `tests/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it.
+pub fn golden(name: &str, actual: &str) {
+    let path = repo().join("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing {}; run with UPDATE_GOLDEN=1", path.display()));
+    if want != actual {
+        let diff: Vec<String> = want
+            .lines()
+            .zip(actual.lines())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(10)
+            .map(|(i, (a, b))| format!("line {}:\n  - {a}\n  + {b}", i + 1))
+            .collect();
+        panic!(
+            "{} differs from the output ({} vs {} lines); UPDATE_GOLDEN=1 rewrites it\n{}",
+            path.display(),
+            want.lines().count(),
+            actual.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
