@@ -6,13 +6,18 @@
 //! [`run`] is the recipe: it reads the command line and calls the stages in order.
 
 pub mod cli;
+pub mod context;
+pub mod fsutil;
 pub mod manifest;
+pub mod pki;
 pub mod plan;
 pub mod report;
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use cli::{ArchArg, Cli, Command};
+use cli::{ArchArg, Cli, Command, PkiCommand};
+use context::Context;
 use manifest::{Arch, Diagnostics, Manifests};
 use report::Reporter;
 
@@ -23,6 +28,12 @@ pub enum Error {
     Manifest(#[from] manifest::ManifestError),
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Context(#[from] context::ContextError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("{count} file{s} of the PKI in {dir} need attention (see the table)", s = if *.count == 1 { "" } else { "s" })]
+    PkiUnhealthy { count: usize, dir: PathBuf },
     #[error("cannot write to standard output")]
     Stdout(#[source] std::io::Error),
     #[error("'{0}' is not implemented yet")]
@@ -41,6 +52,7 @@ impl From<ArchArg> for Arch {
 /// Runs one command line. Data goes to stdout, messages to stderr.
 pub fn run(cli: Cli) -> Result<(), Error> {
     let reporter = Reporter::new(cli.global.quiet, cli.global.verbose);
+    let ctx = Context::from_env(cli.global.jobs)?;
     match &cli.command {
         Command::Plan(args) => {
             let m = load_manifests(&cli, &reporter)?;
@@ -50,13 +62,97 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 plan.to_table()
             };
-            std::io::stdout()
-                .lock()
-                .write_all(text.as_bytes())
-                .map_err(Error::Stdout)
+            print(&text)
+        }
+        Command::Pki(cmd) => {
+            let m = load_manifests(&cli, &reporter)?;
+            let dir = state_dir(&cli, &m);
+            let state = pki::State::new(&ctx, &m, &dir);
+            match cmd {
+                PkiCommand::Init => {
+                    report_changes(&reporter, state.ensure(pki::Renew::Needed, false)?)
+                }
+                PkiCommand::Renew(args) => {
+                    if args.ca {
+                        reporter.warn(&format!(
+                            "warning: replacing the CAs in {}: every certificate is re-issued and every node must be rebuilt",
+                            dir.display()
+                        ));
+                    }
+                    let mode = if args.all {
+                        pki::Renew::All
+                    } else {
+                        pki::Renew::Needed
+                    };
+                    report_changes(&reporter, state.ensure(mode, args.ca)?)
+                }
+                PkiCommand::Status(args) => {
+                    let rows = state.status()?;
+                    let text = if args.json {
+                        canonical_json(&rows)
+                    } else {
+                        pki::status_table(&rows)
+                    };
+                    print(&text)?;
+                    let count = rows.iter().filter(|r| r.status != "OK").count();
+                    if count > 0 {
+                        return Err(Error::PkiUnhealthy { count, dir });
+                    }
+                    Ok(())
+                }
+            }
         }
         other => Err(Error::NotImplemented(other.name())),
     }
+}
+
+fn print(text: &str) -> Result<(), Error> {
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(Error::Stdout)
+}
+
+/// Canonical JSON: sorted keys, two-space indent, trailing newline.
+pub fn canonical_json<T: serde::Serialize>(value: &T) -> String {
+    let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    let mut s = serde_json::to_string_pretty(&value).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// `--state`, or `state/<cluster>/`.
+fn state_dir(cli: &Cli, m: &Manifests) -> PathBuf {
+    cli.global
+        .state
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("state").join(&m.cluster.name))
+}
+
+/// One line per file on stderr: created, re-issued (why), kept (with -v).
+fn report_changes(reporter: &Reporter, changes: Vec<pki::Change>) -> Result<(), Error> {
+    let mut counts = [0usize; 3];
+    for c in &changes {
+        match &c.action {
+            pki::Action::Created => {
+                counts[0] += 1;
+                reporter.info(&format!("created   {}", c.path));
+            }
+            pki::Action::Reissued(why) => {
+                counts[1] += 1;
+                reporter.info(&format!("re-issued {} ({why})", c.path));
+            }
+            pki::Action::Kept => {
+                counts[2] += 1;
+                reporter.debug(&format!("kept      {}", c.path));
+            }
+        }
+    }
+    reporter.info(&format!(
+        "pki: {} created, {} re-issued, {} kept",
+        counts[0], counts[1], counts[2]
+    ));
+    Ok(())
 }
 
 /// Stage 1: parse and validate the manifests; warnings go to stderr.

@@ -166,10 +166,7 @@ pub struct Plan {
 impl Plan {
     /// Canonical JSON: sorted keys, two-space indent, trailing newline.
     pub fn to_json(&self) -> String {
-        let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        let mut s = serde_json::to_string_pretty(&value).unwrap_or_default();
-        s.push('\n');
-        s
+        crate::canonical_json(self)
     }
 
     /// A readable table: per layer, one line per file.

@@ -88,11 +88,12 @@ pub const CATALOG: &[SecretSpec] = &[
     s("pki/etcd/healthcheck-client.crt", Cert, Cluster, false),
     s("pki/etcd/healthcheck-client.key", Key, Cluster, false),
     s("admin.conf", Kubeconfig, Cluster, false),
-    s("controller-manager.conf", Kubeconfig, PerNode, false),
-    s("scheduler.conf", Kubeconfig, PerNode, false),
+    s("controller-manager.conf", Kubeconfig, Cluster, false),
+    s("scheduler.conf", Kubeconfig, Cluster, false),
     s("kube-proxy.conf", Kubeconfig, Cluster, false),
     s("bootstrap-kubelet.conf", Kubeconfig, Cluster, false),
     s("token.csv", Token, Cluster, false),
+    s("addons/bootstrap-token.yaml", Token, Cluster, false),
 ];
 
 pub fn lookup(id: &str) -> Option<&'static SecretSpec> {
@@ -106,7 +107,11 @@ mod tests {
     #[test]
     fn every_key_is_private_and_0600() {
         for spec in CATALOG {
-            if spec.id.ends_with(".key") || spec.id.ends_with(".conf") || spec.id == "token.csv" {
+            if spec.id.ends_with(".key")
+                || spec.id.ends_with(".conf")
+                || spec.id == "token.csv"
+                || spec.id.starts_with("addons/")
+            {
                 assert!(spec.is_private(), "{}", spec.id);
                 assert_eq!(spec.mode(), 0o600, "{}", spec.id);
             } else {

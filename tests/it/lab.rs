@@ -79,12 +79,28 @@ impl Lab {
     }
 
     pub fn imgbuild(&self, args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
-            .current_dir(self.dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        Run { out }
+        self.imgbuild_env(args, &[])
+    }
+
+    /// Runs imgbuild in the lab with extra environment variables; the lab's
+    /// own environment is cleared of imgbuild's.
+    pub fn imgbuild_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgbuild"));
+        cmd.current_dir(self.dir.path()).args(args);
+        for var in [
+            "IMGBUILD_CACHE",
+            "IMGBUILD_STATE",
+            "IMGBUILD_NOW",
+            "SOURCE_DATE_EPOCH",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Run {
+            out: cmd.output().unwrap(),
+        }
     }
 
     pub fn plan(&self, target: &str) -> Run {

@@ -150,7 +150,6 @@ fn issue2_unimplemented_commands_say_so() {
         (&["node", "--role", "master01"][..], "node"),
         (&["cluster"], "cluster"),
         (&["fetch"], "fetch"),
-        (&["pki", "init"], "pki init"),
         (&["verify", "out/master01"], "verify"),
         (&["bundle", "export", "b.tar"], "bundle export"),
         (&["push", "out/master01", "127.0.0.1:5000/n:1"], "push"),

@@ -1,0 +1,670 @@
+//! `imgbuild pki`: the certificate set judged by openssl, x509-parser,
+//! kubectl and a real 3-member etcd cluster.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::prelude::*;
+
+use crate::lab::Lab;
+
+fn state(lab: &Lab) -> std::path::PathBuf {
+    lab.path("state/ilinux")
+}
+
+/// Every file of the state dir with its sha256.
+fn hashes(dir: &Path) -> BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, hex::encode(Sha256::digest(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out
+}
+
+fn changed(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+fn ca_of(path: &str) -> &'static str {
+    if path.contains("etcd") {
+        "pki/etcd/ca.crt"
+    } else if path.contains("front-proxy") {
+        "pki/front-proxy-ca.crt"
+    } else {
+        "pki/ca.crt"
+    }
+}
+
+fn leaves(dir: &Path) -> Vec<String> {
+    hashes(dir)
+        .into_keys()
+        .filter(|p| p.ends_with(".crt") && !p.ends_with("ca.crt"))
+        .collect()
+}
+
+struct Parsed {
+    cn: String,
+    orgs: Vec<String>,
+    dns: Vec<String>,
+    ips: Vec<String>,
+    ku: Vec<&'static str>,
+    eku: Vec<&'static str>,
+    ca: Option<(bool, bool)>, // (critical, is_ca)
+    ski: bool,
+    aki: bool,
+    serial_len: usize,
+    days: i64,
+    key_bits: usize,
+}
+
+fn parse(pem_path: &Path) -> Parsed {
+    let text = std::fs::read(pem_path).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let mut p = Parsed {
+        cn: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string(),
+        orgs: cert
+            .subject()
+            .iter_organization()
+            .map(|o| o.as_str().unwrap().to_string())
+            .collect(),
+        dns: vec![],
+        ips: vec![],
+        ku: vec![],
+        eku: vec![],
+        ca: None,
+        ski: false,
+        aki: false,
+        serial_len: cert.raw_serial().len(),
+        days: (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
+            / 86400,
+        key_bits: cert.public_key().parsed().unwrap().key_size(),
+    };
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for n in &san.general_names {
+                    match n {
+                        GeneralName::DNSName(d) => p.dns.push(d.to_string()),
+                        GeneralName::IPAddress(b) if b.len() == 4 => {
+                            p.ips.push(format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3]))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            ParsedExtension::KeyUsage(ku) => {
+                for (set, name) in [
+                    (ku.digital_signature(), "digitalSignature"),
+                    (ku.key_encipherment(), "keyEncipherment"),
+                    (ku.key_cert_sign(), "keyCertSign"),
+                    (ku.crl_sign(), "cRLSign"),
+                ] {
+                    if set {
+                        p.ku.push(name);
+                    }
+                }
+            }
+            ParsedExtension::ExtendedKeyUsage(e) => {
+                if e.server_auth {
+                    p.eku.push("serverAuth");
+                }
+                if e.client_auth {
+                    p.eku.push("clientAuth");
+                }
+            }
+            ParsedExtension::BasicConstraints(bc) => p.ca = Some((ext.critical, bc.ca)),
+            ParsedExtension::SubjectKeyIdentifier(_) => p.ski = true,
+            ParsedExtension::AuthorityKeyIdentifier(_) => p.aki = true,
+            _ => {}
+        }
+    }
+    p
+}
+
+fn pki_init(lab: &Lab) {
+    lab.imgbuild(&["pki", "init"]).assert_ok();
+}
+
+#[test]
+fn issue4_openssl_verifies_every_leaf_against_its_ca() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    let dir = state(&lab);
+    let all = leaves(&dir);
+    assert_eq!(all.len(), 13, "{all:?}");
+    for leaf in all {
+        let out = Command::new("openssl")
+            .args(["verify", "-CAfile", ca_of(&leaf), &leaf])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{leaf}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // and no other CA accepts it
+        for other in ["pki/ca.crt", "pki/etcd/ca.crt", "pki/front-proxy-ca.crt"] {
+            if other != ca_of(&leaf) {
+                let out = Command::new("openssl")
+                    .args(["verify", "-CAfile", other, &leaf])
+                    .current_dir(&dir)
+                    .output()
+                    .unwrap();
+                assert!(!out.status.success(), "{leaf} verified against {other}");
+            }
+        }
+    }
+}
+
+#[test]
+fn issue4_certificates_match_the_kubernetes_pki_table() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    let dir = state(&lab);
+    let srv = ["serverAuth"];
+    let cli = ["clientAuth"];
+    let both = ["serverAuth", "clientAuth"];
+    // (file, CN, O, EKU)
+    let table: &[(&str, &str, &[&str], &[&str])] = &[
+        (
+            "pki/apiserver-kubelet-client.crt",
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+            &cli,
+        ),
+        (
+            "pki/apiserver-etcd-client.crt",
+            "kube-apiserver-etcd-client",
+            &["system:masters"],
+            &cli,
+        ),
+        (
+            "pki/front-proxy-client.crt",
+            "front-proxy-client",
+            &[],
+            &cli,
+        ),
+        (
+            "pki/etcd/healthcheck-client.crt",
+            "kube-etcd-healthcheck-client",
+            &[],
+            &cli,
+        ),
+        (
+            "nodes/master02/pki/apiserver.crt",
+            "kube-apiserver",
+            &[],
+            &srv,
+        ),
+        (
+            "nodes/master02/pki/etcd/server.crt",
+            "kube-etcd",
+            &[],
+            &both,
+        ),
+        (
+            "nodes/master02/pki/etcd/peer.crt",
+            "kube-etcd-peer",
+            &[],
+            &both,
+        ),
+    ];
+    let mut serials = std::collections::HashSet::new();
+    for (file, cn, orgs, eku) in table {
+        let p = parse(&dir.join(file));
+        assert_eq!(p.cn, *cn, "{file}");
+        assert_eq!(p.orgs, *orgs, "{file}");
+        assert_eq!(p.eku, *eku, "{file}");
+        assert_eq!(p.ku, ["digitalSignature", "keyEncipherment"], "{file}");
+        assert_eq!(
+            p.ca,
+            Some((true, false)),
+            "{file}: basicConstraints critical CA:FALSE"
+        );
+        assert!(p.ski && p.aki, "{file}: key ids");
+        assert!(
+            p.serial_len >= 16,
+            "{file}: serial of {} bytes",
+            p.serial_len
+        );
+        assert_eq!(p.days, 365, "{file}");
+        assert_eq!(p.key_bits, 256, "{file}: ecdsa-p256 by default");
+        assert!(
+            serials.insert(std::fs::read(dir.join(file)).unwrap()),
+            "{file}"
+        );
+    }
+    for (file, cn) in [
+        ("pki/ca.crt", "kubernetes-ca"),
+        ("pki/etcd/ca.crt", "etcd-ca"),
+        ("pki/front-proxy-ca.crt", "kubernetes-front-proxy-ca"),
+    ] {
+        let p = parse(&dir.join(file));
+        assert_eq!(p.cn, cn);
+        assert_eq!(p.ca, Some((true, true)), "{file}: critical CA:TRUE");
+        assert!(
+            p.ku.contains(&"keyCertSign") && p.ku.contains(&"cRLSign"),
+            "{file}"
+        );
+        assert!(p.ski, "{file}");
+        assert_eq!(p.days, 3650, "{file}");
+    }
+    let api = parse(&dir.join("nodes/master02/pki/apiserver.crt"));
+    let mut dns = api.dns.clone();
+    dns.sort();
+    assert_eq!(
+        dns,
+        [
+            "kubeapi.ilinux.io",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "localhost",
+            "master02"
+        ]
+    );
+    let mut ips = api.ips.clone();
+    ips.sort();
+    assert_eq!(
+        ips,
+        ["10.96.0.1", "127.0.0.1", "172.16.0.100", "172.16.0.102"]
+    );
+    let etcd = parse(&dir.join("nodes/master03/pki/etcd/peer.crt"));
+    assert_eq!(etcd.dns, ["master03", "localhost"]);
+    assert_eq!(etcd.ips, ["172.16.0.103", "127.0.0.1"]);
+    // the service-account key is its own keypair, not the CA's
+    let sa = std::fs::read_to_string(dir.join("pki/sa.key")).unwrap();
+    assert_ne!(sa, std::fs::read_to_string(dir.join("pki/ca.key")).unwrap());
+    assert!(
+        std::fs::read_to_string(dir.join("pki/sa.pub"))
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+}
+
+#[test]
+fn issue4_state_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    pki_init(&lab);
+    let dir = state(&lab);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for f in hashes(&dir).keys() {
+        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+}
+
+fn kubectl(kubeconfig: &Path, jsonpath: &str) -> String {
+    let out = Command::new("kubectl")
+        .args(["config", "view", "--raw", "--kubeconfig"])
+        .arg(kubeconfig)
+        .arg("-o")
+        .arg(format!("jsonpath={jsonpath}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn issue4_kubectl_reads_every_kubeconfig() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    let dir = state(&lab);
+    let lb = "https://kubeapi.ilinux.io:8443";
+    let local = "https://127.0.0.1:6443";
+    for (file, server, user, cn) in [
+        (
+            "admin.conf",
+            lb,
+            "kubernetes-admin",
+            Some("kubernetes-admin"),
+        ),
+        (
+            "kube-proxy.conf",
+            lb,
+            "system:kube-proxy",
+            Some("system:kube-proxy"),
+        ),
+        ("bootstrap-kubelet.conf", lb, "kubelet-bootstrap", None),
+        (
+            "controller-manager.conf",
+            local,
+            "system:kube-controller-manager",
+            Some("system:kube-controller-manager"),
+        ),
+        (
+            "scheduler.conf",
+            local,
+            "system:kube-scheduler",
+            Some("system:kube-scheduler"),
+        ),
+    ] {
+        let path = dir.join(file);
+        assert_eq!(
+            kubectl(&path, "{.clusters[0].cluster.server}"),
+            server,
+            "{file}"
+        );
+        assert_eq!(kubectl(&path, "{.users[0].name}"), user, "{file}");
+        assert_eq!(
+            kubectl(&path, "{.current-context}"),
+            format!("{user}@ilinux"),
+            "{file}"
+        );
+        let ca = kubectl(&path, "{.clusters[0].cluster.certificate-authority-data}");
+        let ca_pem = std::fs::read_to_string(dir.join("pki/ca.crt")).unwrap();
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(ca)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            ca_pem,
+            "{file}: embedded CA"
+        );
+        match cn {
+            Some(cn) => {
+                let cert = kubectl(&path, "{.users[0].user.client-certificate-data}");
+                let pem = base64::engine::general_purpose::STANDARD
+                    .decode(cert)
+                    .unwrap();
+                let tmp = lab.path("client.crt");
+                std::fs::write(&tmp, &pem).unwrap();
+                let p = parse(&tmp);
+                assert_eq!(p.cn, cn, "{file}");
+                assert_eq!(p.eku, ["clientAuth"], "{file}");
+                if file == "admin.conf" {
+                    assert_eq!(p.orgs, ["system:masters"]);
+                }
+                let out = Command::new("openssl")
+                    .args(["verify", "-CAfile"])
+                    .arg(dir.join("pki/ca.crt"))
+                    .arg(&tmp)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{file}");
+            }
+            None => {
+                let token = kubectl(&path, "{.users[0].user.token}");
+                let csv = std::fs::read_to_string(dir.join("token.csv")).unwrap();
+                assert!(
+                    csv.starts_with(&format!(
+                        "{token},system:bootstrapper,10001,\"system:bootstrappers\""
+                    )),
+                    "{csv}"
+                );
+                let (id, secret) = token.split_once('.').unwrap();
+                assert!(id.len() == 6 && secret.len() == 16, "{token}");
+                assert!(
+                    token
+                        .bytes()
+                        .all(|b| b == b'.' || b.is_ascii_lowercase() || b.is_ascii_digit())
+                );
+                let s = std::fs::read_to_string(dir.join("addons/bootstrap-token.yaml")).unwrap();
+                assert!(
+                    s.contains(&format!("token-id: {id}"))
+                        && s.contains(&format!("token-secret: {secret}")),
+                    "{s}"
+                );
+                assert!(s.contains("type: bootstrap.kubernetes.io/token"));
+            }
+        }
+    }
+}
+
+#[test]
+fn issue4_init_again_changes_nothing() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    let before = hashes(&state(&lab));
+    let run = lab.imgbuild(&["pki", "init"]).assert_ok();
+    assert_eq!(
+        changed(&before, &hashes(&state(&lab))),
+        Vec::<String>::new()
+    );
+    assert!(
+        run.stderr().contains("0 created, 0 re-issued"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn issue4_ip_change_reissues_exactly_that_masters_certs() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    let before = hashes(&state(&lab));
+    let lab = lab.edit("cluster.yaml", "ip: 172.16.0.102", "ip: 172.16.0.112");
+    let run = lab.imgbuild(&["pki", "init"]).assert_ok();
+    let diff = changed(&before, &hashes(&state(&lab)));
+    assert_eq!(
+        diff,
+        [
+            "nodes/master02/pki/apiserver.crt",
+            "nodes/master02/pki/apiserver.key",
+            "nodes/master02/pki/etcd/peer.crt",
+            "nodes/master02/pki/etcd/peer.key",
+            "nodes/master02/pki/etcd/server.crt",
+            "nodes/master02/pki/etcd/server.key",
+        ]
+    );
+    assert!(
+        run.stderr()
+            .contains("re-issued nodes/master02/pki/apiserver.crt (SANs changed"),
+        "{}",
+        run.stderr()
+    );
+    let p = parse(&state(&lab).join("nodes/master02/pki/apiserver.crt"));
+    assert!(p.ips.contains(&"172.16.0.112".to_string()));
+}
+
+#[test]
+fn issue4_rsa_keys_on_request() {
+    let lab = Lab::new().edit(
+        "cluster.yaml",
+        "key_algorithm: ecdsa-p256",
+        "key_algorithm: rsa-2048",
+    );
+    pki_init(&lab);
+    for f in [
+        "pki/ca.crt",
+        "nodes/master01/pki/apiserver.crt",
+        "pki/etcd/healthcheck-client.crt",
+    ] {
+        assert_eq!(parse(&state(&lab).join(f)).key_bits, 2048, "{f}");
+    }
+    let out = Command::new("openssl")
+        .args([
+            "verify",
+            "-CAfile",
+            "pki/ca.crt",
+            "nodes/master01/pki/apiserver.crt",
+        ])
+        .current_dir(state(&lab))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn issue4_key_algorithm_change_reissues_leaves_but_keeps_cas() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    let before = hashes(&state(&lab));
+    let lab = lab.edit(
+        "cluster.yaml",
+        "key_algorithm: ecdsa-p256",
+        "key_algorithm: rsa-2048",
+    );
+    pki_init(&lab);
+    let diff = changed(&before, &hashes(&state(&lab)));
+    assert!(
+        !diff
+            .iter()
+            .any(|f| f.ends_with("ca.crt") || f.ends_with("ca.key")),
+        "{diff:?}"
+    );
+    assert!(
+        diff.contains(&"pki/apiserver-etcd-client.crt".to_string()),
+        "{diff:?}"
+    );
+}
+
+#[test]
+fn issue4_status_table_and_json() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    let run = lab.imgbuild(&["pki", "status"]).assert_ok();
+    let out = run.stdout();
+    assert!(out.starts_with("FILE"), "{out}");
+    assert!(out.contains("nodes/master01/pki/apiserver.crt"), "{out}");
+    assert!(
+        out.contains("CN=kube-apiserver-etcd-client, O=system:masters"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("MISMATCH") && !out.contains("EXPIRING"),
+        "{out}"
+    );
+    let json = lab
+        .imgbuild(&["pki", "status", "--json"])
+        .assert_ok()
+        .stdout();
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3 + 13 + 5);
+    for r in rows {
+        assert_eq!(r["status"], "OK", "{r}");
+        if r["file"] != "bootstrap-kubelet.conf" {
+            // every other row carries a certificate
+            assert!(r["days_left"].as_i64().unwrap() >= 364, "{r}");
+        }
+    }
+}
+
+fn in_days(days: i64) -> String {
+    let t = ::time::OffsetDateTime::now_utc() + ::time::Duration::days(days);
+    t.format(&::time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[test]
+fn issue4_status_flags_expiring_and_mismatched_and_renew_fixes_them() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    let later = in_days(345);
+    let run = lab
+        .imgbuild_env(&["pki", "status"], &[("IMGBUILD_NOW", &later)])
+        .assert_failed();
+    assert!(run.stdout().contains("EXPIRING"), "{}", run.stdout());
+    assert!(run.stderr().contains("need attention"), "{}", run.stderr());
+    let lab = lab.edit("cluster.yaml", "vip: 172.16.0.100", "vip: 172.16.0.99");
+    let run = lab.imgbuild(&["pki", "status"]).assert_failed();
+    let out = run.stdout();
+    let bad: Vec<&str> = out.lines().filter(|l| l.contains("MISMATCH")).collect();
+    assert_eq!(bad.len(), 3, "{out}");
+    assert!(
+        bad.iter()
+            .all(|l| l.contains("/pki/apiserver.crt") && l.contains("SANs changed")),
+        "{out}"
+    );
+    // renew as of that later day fixes both kinds
+    let before = hashes(&state(&lab));
+    lab.imgbuild_env(&["pki", "renew", "--expiring"], &[("IMGBUILD_NOW", &later)])
+        .assert_ok();
+    let diff = changed(&before, &hashes(&state(&lab)));
+    assert!(
+        !diff.iter().any(|f| f.contains("ca.")),
+        "a CA was replaced: {diff:?}"
+    );
+    lab.imgbuild_env(&["pki", "status"], &[("IMGBUILD_NOW", &later)])
+        .assert_ok();
+}
+
+#[test]
+fn issue4_renew_all_keeps_cas_and_renew_ca_warns() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    let before = hashes(&state(&lab));
+    lab.imgbuild(&["pki", "renew", "--all"]).assert_ok();
+    let diff = changed(&before, &hashes(&state(&lab)));
+    assert!(diff.contains(&"pki/front-proxy-client.crt".to_string()));
+    assert!(diff.contains(&"admin.conf".to_string()));
+    assert!(
+        !diff
+            .iter()
+            .any(|f| f.ends_with("ca.crt") || f.ends_with("ca.key") || f == "token.csv"),
+        "{diff:?}"
+    );
+    let before = hashes(&state(&lab));
+    let run = lab.imgbuild(&["pki", "renew", "--ca"]).assert_ok();
+    assert!(
+        run.stderr().contains("warning: replacing the CAs"),
+        "{}",
+        run.stderr()
+    );
+    let diff = changed(&before, &hashes(&state(&lab)));
+    for f in [
+        "pki/ca.crt",
+        "pki/etcd/ca.crt",
+        "pki/front-proxy-ca.crt",
+        "nodes/master01/pki/apiserver.crt",
+        "admin.conf",
+    ] {
+        assert!(diff.contains(&f.to_string()), "{f} not replaced: {diff:?}");
+    }
+    lab.imgbuild(&["pki", "status"]).assert_ok();
+}
+
+#[test]
+fn issue4_a_ca_without_its_key_is_never_replaced_silently() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    std::fs::remove_file(state(&lab).join("pki/etcd/ca.key")).unwrap();
+    let before = hashes(&state(&lab));
+    lab.imgbuild(&["pki", "init"])
+        .assert_failed()
+        .assert_stderr_has("pki/etcd/ca.crt exists but")
+        .assert_stderr_has("pki renew --ca");
+    assert_eq!(
+        changed(&before, &hashes(&state(&lab))),
+        Vec::<String>::new()
+    );
+}
