@@ -7,16 +7,18 @@
 
 pub mod cli;
 pub mod context;
+pub mod fetch;
 pub mod fsutil;
 pub mod manifest;
 pub mod pki;
 pub mod plan;
 pub mod report;
+pub mod tarutil;
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use cli::{ArchArg, Cli, Command, PkiCommand};
+use cli::{ArchArg, BundleCommand, Cli, Command, PkiCommand};
 use context::Context;
 use manifest::{Arch, Diagnostics, Manifests};
 use report::Reporter;
@@ -30,6 +32,10 @@ pub enum Error {
     Plan(#[from] plan::PlanError),
     #[error(transparent)]
     Context(#[from] context::ContextError),
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
+    #[error(transparent)]
+    Bundle(#[from] fetch::bundle::BundleError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("{count} file{s} of the PKI in {dir} need attention (see the table)", s = if *.count == 1 { "" } else { "s" })]
@@ -102,8 +108,91 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 }
             }
         }
+        Command::Fetch(args) => {
+            let m = load_manifests(&cli, &reporter)?;
+            let plans = plans_for(&m, args.role.as_deref())?;
+            let fetched = fetch_pins(&cli, &ctx, &reporter, &fetch::needed_pins(&m, &plans))?;
+            print(&fetch::summary(&fetched))
+        }
+        Command::Bundle(BundleCommand::Export(args)) => {
+            let m = load_manifests(&cli, &reporter)?;
+            let plans = plans_for(&m, args.role.as_deref())?;
+            let pins = fetch::needed_pins(&m, &plans);
+            fetch_pins(&cli, &ctx, &reporter, &pins)?;
+            let cache = fetch::Cache::open(&cache_dir(&cli))?;
+            let mtime = u64::try_from(ctx.source_date_epoch).unwrap_or(0);
+            let n = fetch::bundle::export(&m, &cache, &pins, &args.file, mtime)?;
+            reporter.info(&format!("bundle: {} files, {} artifacts", n, pins.len()));
+            print(&format!("{}\n", args.file.display()))
+        }
+        Command::Bundle(BundleCommand::Import(args)) => {
+            let m = load_manifests(&cli, &reporter)?;
+            let cache = fetch::Cache::open(&cache_dir(&cli))?;
+            let done = fetch::bundle::import(&m, &cache, &args.file)?;
+            for a in &done.added {
+                reporter.info(&format!("added     {a}"));
+            }
+            for a in &done.already {
+                reporter.debug(&format!("cached    {a}"));
+            }
+            for u in &done.unpinned {
+                reporter.warn(&format!(
+                    "warning: {u} is not pinned in {}; skipped",
+                    m.dir.display()
+                ));
+            }
+            reporter.info(&format!(
+                "bundle: {} added, {} already cached",
+                done.added.len(),
+                done.already.len()
+            ));
+            Ok(())
+        }
         other => Err(Error::NotImplemented(other.name())),
     }
+}
+
+/// The plans of one node or role, or of every node.
+fn plans_for(m: &Manifests, target: Option<&str>) -> Result<Vec<plan::Plan>, Error> {
+    Ok(match target {
+        Some(t) => vec![plan::plan(m, t, None)?],
+        None => plan::plan_all(m)?,
+    })
+}
+
+fn cache_dir(cli: &Cli) -> PathBuf {
+    cli.global
+        .cache
+        .clone()
+        .unwrap_or_else(fetch::Cache::default_dir)
+}
+
+/// Stage 3: every pin present and verified in the cache.
+fn fetch_pins(
+    cli: &Cli,
+    ctx: &Context,
+    reporter: &Reporter,
+    pins: &[manifest::ArtifactPin],
+) -> Result<Vec<fetch::Fetched>, Error> {
+    let cache = fetch::Cache::open(&cache_dir(cli))?;
+    let opts = fetch::Options {
+        mirrors: cli.global.mirrors.clone(),
+        offline: cli.global.offline,
+        jobs: ctx.jobs,
+        progress: !cli.global.quiet,
+    };
+    let fetched = fetch::fetch_all(&cache, pins, &opts)?;
+    let downloaded = fetched
+        .iter()
+        .filter(|f| f.origin != fetch::Origin::Cached)
+        .count();
+    reporter.debug(&format!(
+        "fetch: {} artifacts, {} downloaded, {} cached",
+        fetched.len(),
+        downloaded,
+        fetched.len() - downloaded
+    ));
+    Ok(fetched)
 }
 
 fn print(text: &str) -> Result<(), Error> {

@@ -1,6 +1,10 @@
 //! One integration test binary: every test drives the real `imgbuild` binary.
 
+mod archive;
+mod artifacts;
 mod etcd;
+mod fetch;
+mod http;
 mod lab;
 mod pki;
 mod plan;

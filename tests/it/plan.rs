@@ -149,9 +149,7 @@ fn issue2_unimplemented_commands_say_so() {
     for (args, name) in [
         (&["node", "--role", "master01"][..], "node"),
         (&["cluster"], "cluster"),
-        (&["fetch"], "fetch"),
         (&["verify", "out/master01"], "verify"),
-        (&["bundle", "export", "b.tar"], "bundle export"),
         (&["push", "out/master01", "127.0.0.1:5000/n:1"], "push"),
     ] {
         let run = lab.imgbuild(args).assert_failed();

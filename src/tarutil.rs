@@ -1,0 +1,58 @@
+//! Writing reproducible tar entries: numeric root owners, explicit modes,
+//! one mtime (SOURCE_DATE_EPOCH), GNU long names. Callers append in sorted
+//! order. Used by every stage that writes a tar.
+
+use std::io::{self, Read, Write};
+
+/// A regular file.
+pub fn append_file<W: Write, R: Read>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    mtime: u64,
+    size: u64,
+    data: R,
+) -> io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_size(size);
+    b.append_data(&mut h, path, data)
+}
+
+/// A directory (`path` without trailing slash).
+pub fn append_dir<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    mtime: u64,
+) -> io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_size(0);
+    b.append_data(&mut h, format!("{path}/"), io::empty())
+}
+
+/// A symbolic link.
+pub fn append_symlink<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    target: &str,
+    mtime: u64,
+) -> io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_size(0);
+    b.append_link(&mut h, path, target)
+}
