@@ -474,3 +474,70 @@ fn issue3_bundle_import_refuses_a_tampered_artifact() {
     let (_, sha, _) = &served.files[&("etcd".into(), "amd64".into())];
     assert!(!lab.path("site-cache/blobs/sha256").join(sha).exists());
 }
+
+#[test]
+fn issue3_fetch_against_the_lab_mirror_fills_the_cache() {
+    let lab_dir = crate::lab::lab_mirror();
+    let work = tempfile::tempdir().unwrap();
+    let mirror = format!("file://{}", lab_dir.join("mirror").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .current_dir(work.path())
+        .arg("--manifests")
+        .arg(lab_dir.join("manifests"))
+        .args(["fetch", "--cache", "cache", "--mirror", &mirror])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        table.matches(" mirror file://").count(),
+        NEEDED.len(),
+        "{table}"
+    );
+
+    // the etcd in the cache is a real etcd, in the upstream layout
+    let pins: toml::Table =
+        toml::from_str(&std::fs::read_to_string(lab_dir.join("manifests/pins.toml")).unwrap())
+            .unwrap();
+    let etcd = pins["artifact"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"].as_str() == Some("etcd"))
+        .unwrap();
+    let sha = etcd["sha256"].as_str().unwrap();
+    let version = etcd["version"].as_str().unwrap();
+    let arch = etcd["arch"].as_str().unwrap();
+    let member = format!("etcd-{version}-linux-{arch}/etcd");
+    let exe = work.path().join("etcd");
+    imgbuild::fetch::archive::read_members(
+        &work.path().join("cache/blobs/sha256").join(sha),
+        "etcd",
+        &[member.clone()].into_iter().collect(),
+        |_, _, _, r| {
+            let mut f = std::fs::File::create(&exe)?;
+            std::io::copy(r, &mut f)?;
+            Ok(())
+        },
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let v = Command::new(&exe).arg("--version").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("etcd Version: 3."),
+        "{:?}",
+        v
+    );
+    // and a stand-in says what it is
+    assert!(
+        etcd["note"]
+            .as_str()
+            .unwrap()
+            .contains("etcdutl is a stand-in")
+    );
+}

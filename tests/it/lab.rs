@@ -8,6 +8,45 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The lab of `scripts/lab-mirror`, built once (kept under cargo's target
+/// tmpdir, keyed by the scripts' and manifests' contents).
+pub fn lab_mirror() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for f in [
+            "scripts/lab-mirror",
+            "scripts/lab_mirror.py",
+            "manifests/pins.toml",
+        ] {
+            h.update(std::fs::read(repo().join(f)).unwrap());
+        }
+        let key = &hex::encode(h.finalize())[..16];
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lab-{key}"));
+        if !dir.join("manifests/cluster.yaml").is_file() {
+            let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+            let ok = Command::new("bash")
+                .arg(repo().join("scripts/lab-mirror"))
+                .arg(&tmp)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "scripts/lab-mirror failed");
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir).unwrap();
+        }
+        // the layer trees and roles are copied fresh: they change more often
+        let _ = std::fs::remove_dir_all(dir.join("layers"));
+        copy_tree(&repo().join("layers"), &dir.join("layers"));
+        let _ = std::fs::remove_dir_all(dir.join("manifests/roles"));
+        copy_tree(
+            &repo().join("manifests/roles"),
+            &dir.join("manifests/roles"),
+        );
+        dir
+    })
+}
+
 pub struct Lab {
     pub dir: tempfile::TempDir,
 }
