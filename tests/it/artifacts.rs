@@ -8,7 +8,7 @@ use std::io::Write;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 use crate::http::Server;
 use crate::lab::Lab;
@@ -119,13 +119,21 @@ pub enum Serve {
 }
 
 pub struct Served {
-    /// artifact name + arch -> (url path on the server, sha256, bytes)
+    /// artifact name + arch -> (url path on the server, checksum hex, bytes)
     pub files: BTreeMap<(String, String), (String, String, Vec<u8>)>,
+    /// artifact name + arch -> "sha256" or "sha512", as the pin had it
+    pub algos: BTreeMap<(String, String), &'static str>,
 }
 
 impl Served {
     pub fn path(&self, name: &str) -> &str {
         &self.files[&(name.to_string(), "amd64".to_string())].0
+    }
+
+    /// `blobs/<algo>/<hex>` of an amd64 artifact, relative to the cache.
+    pub fn blob(&self, name: &str) -> String {
+        let key = (name.to_string(), "amd64".to_string());
+        format!("blobs/{}/{}", self.algos[&key], self.files[&key].1)
     }
 }
 
@@ -134,6 +142,7 @@ pub fn serve(lab: &Lab, server: &Server, how: Serve, member_size: usize) -> Serv
     let text = lab.read("pins.toml");
     let mut doc: toml::Table = toml::from_str(&text).unwrap();
     let mut files = BTreeMap::new();
+    let mut algos = BTreeMap::new();
     for a in doc["artifact"].as_array_mut().unwrap() {
         let t = a.as_table_mut().unwrap();
         let name = t["name"].as_str().unwrap().to_string();
@@ -141,7 +150,17 @@ pub fn serve(lab: &Lab, server: &Server, how: Serve, member_size: usize) -> Serv
         let arch = t["arch"].as_str().unwrap().to_string();
         let url = t["url"].as_str().unwrap().to_string();
         let bytes = artifact(&name, &version, &arch, member_size);
-        let sha = hex::encode(Sha256::digest(&bytes));
+        // keep the pin's algorithm: the Kubernetes tarballs are pinned by sha512
+        let algo = if t.contains_key("sha512") {
+            "sha512"
+        } else {
+            "sha256"
+        };
+        let sha = if algo == "sha512" {
+            hex::encode(Sha512::digest(&bytes))
+        } else {
+            hex::encode(Sha256::digest(&bytes))
+        };
         let host_path = url.split_once("://").unwrap().1.to_string();
         let path = match how {
             Serve::Direct => {
@@ -151,12 +170,14 @@ pub fn serve(lab: &Lab, server: &Server, how: Serve, member_size: usize) -> Serv
             Serve::Mirror => format!("mirror/{host_path}"),
         };
         server.put(&path, bytes.clone());
+        t.remove("sha256");
         t.remove("sha512");
-        t.insert("sha256".into(), sha.clone().into());
+        t.insert(algo.into(), sha.clone().into());
+        algos.insert((name.clone(), arch.clone()), algo);
         files.insert((name, arch), (path, sha, bytes));
     }
     let mut f = std::fs::File::create(lab.path("manifests/pins.toml")).unwrap();
     f.write_all(toml::to_string(&doc).unwrap().as_bytes())
         .unwrap();
-    Served { files }
+    Served { files, algos }
 }

@@ -22,17 +22,24 @@ const NEEDED: [&str; 7] = [
     "runc",
 ];
 
-fn blob(lab: &Lab, sha: &str) -> std::path::PathBuf {
-    lab.path("cache/blobs/sha256").join(sha)
+fn blob(lab: &Lab, served: &Served, name: &str) -> std::path::PathBuf {
+    lab.path("cache").join(served.blob(name))
 }
 
 fn assert_cache_complete(lab: &Lab, served: &Served) {
     for name in NEEDED {
-        let (_, sha, bytes) = &served.files[&(name.to_string(), "amd64".to_string())];
-        let got = std::fs::read(blob(lab, sha)).unwrap_or_else(|_| panic!("{name} not cached"));
-        assert_eq!(hex::encode(Sha256::digest(&got)), *sha, "{name}");
+        let (_, _, bytes) = &served.files[&(name.to_string(), "amd64".to_string())];
+        let got =
+            std::fs::read(blob(lab, served, name)).unwrap_or_else(|_| panic!("{name} not cached"));
         assert_eq!(&got, bytes, "{name}");
     }
+    // the Kubernetes tarballs are pinned by sha512, the rest by sha256
+    assert!(
+        served
+            .blob("kubernetes-server")
+            .starts_with("blobs/sha512/")
+    );
+    assert!(served.blob("etcd").starts_with("blobs/sha256/"));
 }
 
 fn parts(lab: &Lab) -> Vec<String> {
@@ -150,14 +157,14 @@ fn issue3_server_errors_are_retried() {
 fn issue3_a_persistent_server_error_names_the_url_and_status() {
     let (_server, lab, served) = one_fault(Fault::Fail(100));
     let run = fetch(&lab, &[]).assert_failed();
-    let (path, sha, _) = &served.files[&("etcd".into(), "amd64".into())];
+    let (path, _, _) = &served.files[&("etcd".into(), "amd64".into())];
     assert!(run.stderr().contains("etcd v3.6.14"), "{}", run.stderr());
     assert!(
         run.stderr().contains(&format!("{path} answered HTTP 500")),
         "{}",
         run.stderr()
     );
-    assert!(!blob(&lab, sha).exists());
+    assert!(!blob(&lab, &served, "etcd").exists());
 }
 
 #[test]
@@ -190,7 +197,7 @@ fn issue3_wrong_bytes_are_refused_naming_everything_and_leave_the_cache_as_it_wa
         "{err}"
     );
     assert!(
-        !blob(&lab, sha).exists(),
+        !blob(&lab, &served, "etcd").exists(),
         "an unverified blob entered the cache"
     );
     assert!(
@@ -283,7 +290,7 @@ fn issue3_killed_mid_download_then_run_again_ends_verified() {
         .spawn()
         .unwrap();
     let (_, sha, _) = &served.files[&("kubernetes-server".into(), "amd64".into())];
-    let part = lab.path("cache/tmp").join(format!("sha256-{sha}.part"));
+    let part = lab.path("cache/tmp").join(format!("sha512-{sha}.part"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 256 << 10 {
         assert!(Instant::now() < deadline, "no partial download appeared");
@@ -296,12 +303,12 @@ fn issue3_killed_mid_download_then_run_again_ends_verified() {
         .unwrap();
     let _ = child.wait();
     assert!(
-        !blob(&lab, sha).exists(),
+        !blob(&lab, &served, "kubernetes-server").exists(),
         "a partial download was committed"
     );
     fetch(&lab, &["--role", "master01"]).assert_ok();
-    let got = std::fs::read(blob(&lab, sha)).unwrap();
-    assert_eq!(hex::encode(Sha256::digest(&got)), *sha);
+    let got = std::fs::read(blob(&lab, &served, "kubernetes-server")).unwrap();
+    assert_eq!(hex::encode(sha2::Sha512::digest(&got)), *sha);
     let reqs = server.requests(&path);
     assert!(
         reqs.last().unwrap().range.is_some(),
@@ -403,9 +410,8 @@ fn issue3_bundle_export_import_then_offline() {
         .assert_ok();
     assert!(run.stdout().contains("mirror file://"), "{}", run.stdout());
     for name in NEEDED {
-        let (_, sha, _) = &served.files[&(name.to_string(), "amd64".to_string())];
         assert!(
-            lab.path("file-cache/blobs/sha256").join(sha).is_file(),
+            lab.path("file-cache").join(served.blob(name)).is_file(),
             "{name}"
         );
     }
@@ -471,8 +477,7 @@ fn issue3_bundle_import_refuses_a_tampered_artifact() {
         "{}",
         run.stderr()
     );
-    let (_, sha, _) = &served.files[&("etcd".into(), "amd64".into())];
-    assert!(!lab.path("site-cache/blobs/sha256").join(sha).exists());
+    assert!(!lab.path("site-cache").join(served.blob("etcd")).exists());
 }
 
 #[test]
