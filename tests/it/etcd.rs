@@ -83,7 +83,10 @@ pub fn start_members(
 }
 
 /// `etcdctl endpoint health --cluster` with a client cert; (success, output).
+/// Waits until every member of `endpoints` answers: `--cluster` only checks
+/// members that have already published their client URLs.
 pub fn health(endpoints: &str, ca: &Path, cert: &Path, key: &Path) -> (bool, String) {
+    let want = endpoints.split(',').count();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = Command::new("etcdctl")
@@ -100,9 +103,10 @@ pub fn health(endpoints: &str, ca: &Path, cert: &Path, key: &Path) -> (bool, Str
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        // a fresh cluster needs a moment to elect a leader
-        if out.status.success() || Instant::now() > deadline {
-            return (out.status.success(), text);
+        // a fresh cluster needs a moment to elect a leader and publish
+        let all = out.status.success() && text.matches("is healthy").count() == want;
+        if all || Instant::now() > deadline {
+            return (all, text);
         }
         std::thread::sleep(Duration::from_millis(500));
     }
