@@ -133,6 +133,16 @@ man = os.path.join(out, "manifests")
 if os.path.isdir(man):
     shutil.rmtree(man)
 shutil.copytree(os.path.join(repo, "manifests/roles"), os.path.join(man, "roles"))
+# The lab has no registry: its roles bake in no container images.
+for f in sorted(os.listdir(os.path.join(man, "roles"))):
+    p = os.path.join(man, "roles", f)
+    with open(p) as fh:
+        text = fh.read()
+    kept = [l for l in text.splitlines() if not l.startswith("images:")]
+    if len(kept) != len(text.splitlines()):
+        kept.insert(0, "# LAB: container images are left out (the lab has no registry).")
+    with open(p, "w") as fh:
+        fh.write("\n".join(kept) + "\n")
 with open(os.path.join(man, "pins.toml"), "w") as f:
     f.write("\n".join(lines))
 

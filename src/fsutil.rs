@@ -15,6 +15,18 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
 }
 
+/// Creates (truncates) `path` with mode 0600, whatever the umask.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the
 /// new one, never a torn one. The file gets exactly `mode`, whatever the umask.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {

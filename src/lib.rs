@@ -9,11 +9,15 @@ pub mod cli;
 pub mod context;
 pub mod fetch;
 pub mod fsutil;
+pub mod layer;
 pub mod manifest;
+pub mod output;
 pub mod pki;
 pub mod plan;
+pub mod render;
 pub mod report;
 pub mod tarutil;
+pub mod verify;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,6 +40,20 @@ pub enum Error {
     Fetch(#[from] fetch::FetchError),
     #[error(transparent)]
     Bundle(#[from] fetch::bundle::BundleError),
+    #[error(transparent)]
+    Render(#[from] render::RenderError),
+    #[error(transparent)]
+    Layer(#[from] layer::LayerError),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    #[error(transparent)]
+    Verify(#[from] verify::VerifyError),
+    #[error("cannot open the layer store in {path}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("{count} file{s} of the PKI in {dir} need attention (see the table)", s = if *.count == 1 { "" } else { "s" })]
@@ -108,6 +126,67 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 }
             }
         }
+        Command::Node(args) => {
+            let m = load_manifests(&cli, &reporter)?;
+            let plan = plan::plan(&m, &args.role, args.arch.map(Arch::from))?;
+            let opts = output::Options {
+                formats: formats(&args.format),
+                seed: output::SeedLayers::parse(&args.seed_layers)?,
+                source_date_epoch: ctx.source_date_epoch,
+            };
+            let dirs = build(&cli, &ctx, &reporter, &m, vec![plan], &args.out, &opts)?;
+            print(
+                &dirs
+                    .iter()
+                    .map(|d| format!("{}\n", d.display()))
+                    .collect::<String>(),
+            )
+        }
+        Command::Cluster(args) => {
+            let m = load_manifests(&cli, &reporter)?;
+            let plans = plan::plan_all(&m)?;
+            let opts = output::Options {
+                formats: formats(&args.format),
+                seed: output::SeedLayers::parse(&args.seed_layers)?,
+                source_date_epoch: ctx.source_date_epoch,
+            };
+            let dirs = build(&cli, &ctx, &reporter, &m, plans, &args.out, &opts)?;
+            print(
+                &dirs
+                    .iter()
+                    .map(|d| format!("{}\n", d.display()))
+                    .collect::<String>(),
+            )
+        }
+        Command::Verify(args) => {
+            let m = load_manifests(&cli, &reporter)?;
+            let image = verify::check(&m, &args.dir)?;
+            if args.rebuild {
+                let plan = plan::plan(&m, &image.node, None)?;
+                let list: Vec<cli::Format> = image
+                    .build
+                    .formats
+                    .iter()
+                    .filter_map(|f| <cli::Format as clap::ValueEnum>::from_str(f, false).ok())
+                    .collect();
+                let opts = output::Options {
+                    formats: formats(&list),
+                    seed: output::SeedLayers::parse(&image.build.seed_layers)?,
+                    source_date_epoch: ctx.source_date_epoch,
+                };
+                let scratch = tempfile_dir(&args.dir)?;
+                let result = build(&cli, &ctx, &reporter, &m, vec![plan], &scratch, &opts)
+                    .and_then(|dirs| {
+                        let rebuilt = dirs.first().cloned().unwrap_or_default();
+                        Ok(verify::compare(&args.dir, &rebuilt)?)
+                    });
+                let _ = std::fs::remove_dir_all(&scratch);
+                result?;
+                reporter.info(&format!("{}: identical to a rebuild", args.dir.display()));
+            }
+            reporter.info(&format!("{}: verified", args.dir.display()));
+            Ok(())
+        }
         Command::Fetch(args) => {
             let m = load_manifests(&cli, &reporter)?;
             let plans = plans_for(&m, args.role.as_deref())?;
@@ -150,6 +229,117 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         other => Err(Error::NotImplemented(other.name())),
     }
+}
+
+/// A scratch directory beside `dir` (same filesystem, for hard links).
+fn tempfile_dir(dir: &std::path::Path) -> Result<PathBuf, Error> {
+    let parent = dir.parent().unwrap_or(std::path::Path::new("."));
+    let p = parent.join(format!(".verify-rebuild.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).map_err(|source| Error::Store {
+        path: p.clone(),
+        source,
+    })?;
+    Ok(p)
+}
+
+fn formats(list: &[cli::Format]) -> output::Formats {
+    output::Formats {
+        layers: list.contains(&cli::Format::Layers),
+        cloud_init: list.contains(&cli::Format::CloudInit),
+        pxe: list.contains(&cli::Format::Pxe),
+    }
+}
+
+/// The build recipe for a set of plans: fetch, pki, then per target render,
+/// layer and output (targets in parallel, `--jobs` at a time).
+fn build(
+    cli: &Cli,
+    ctx: &Context,
+    reporter: &Reporter,
+    m: &Manifests,
+    plans: Vec<plan::Plan>,
+    out: &std::path::Path,
+    opts: &output::Options,
+) -> Result<Vec<PathBuf>, Error> {
+    // stage 3: every pinned download present and verified
+    fetch_pins(cli, ctx, reporter, &fetch::needed_pins(m, &plans))?;
+    let cache = fetch::Cache::open(&cache_dir(cli))?;
+    // stage 4: the PKI, created or kept
+    let state = state_dir(cli, m);
+    let changes = pki::State::new(ctx, m, &state).ensure(pki::Renew::Needed, false)?;
+    for c in changes.iter().filter(|c| c.action != pki::Action::Kept) {
+        reporter.debug(&format!("pki: {} {:?}", c.path, c.action));
+    }
+    let store = layer::Store::open(&cache).map_err(|source| Error::Store {
+        path: cache.root.join("layers"),
+        source,
+    })?;
+    fsutil::create_dir_all_mode(out, 0o755).map_err(|source| Error::Store {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let next = std::sync::Mutex::new(plans.iter());
+    let results = std::sync::Mutex::new(Vec::new());
+    let workers = ctx.jobs.clamp(1, plans.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while let Some(plan) = next.lock().ok().and_then(|mut it| it.next()) {
+                    let r = build_one(ctx, m, &cache, &store, &state, plan, out, opts);
+                    if let Ok(mut res) = results.lock() {
+                        res.push((plan.target.clone(), r));
+                    }
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut dirs = Vec::new();
+    for (target, r) in results {
+        let dir = r?;
+        reporter.info(&format!("built {target}"));
+        dirs.push(dir);
+    }
+    Ok(dirs)
+}
+
+/// Stages 5-7 for one target.
+#[allow(clippy::too_many_arguments)]
+fn build_one(
+    ctx: &Context,
+    m: &Manifests,
+    cache: &fetch::Cache,
+    store: &layer::Store,
+    state: &std::path::Path,
+    plan: &plan::Plan,
+    out: &std::path::Path,
+    opts: &output::Options,
+) -> Result<PathBuf, Error> {
+    let rendered = render::render(m, plan)?;
+    let tmp = output::scratch(out, &plan.target)?;
+    let result = (|| {
+        let inputs = layer::Inputs {
+            m,
+            cache,
+            state,
+            rendered: &rendered,
+            arch: plan.arch,
+            node: Some(plan.target.as_str()),
+            mtime: u64::try_from(ctx.source_date_epoch).unwrap_or(0),
+            jobs: ctx.jobs,
+        };
+        let mut built = Vec::new();
+        for l in &plan.layers {
+            built.push(layer::build(store, &inputs, l, &tmp.join("layers"))?);
+        }
+        Ok::<_, Error>(output::assemble(m, plan, &built, opts, &tmp, out)?)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
 }
 
 /// The plans of one node or role, or of every node.

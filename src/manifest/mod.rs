@@ -119,7 +119,17 @@ pub struct Cluster {
     pub api: Api,
     pub network: Network,
     pub pki: PkiSettings,
+    pub host_network: HostNetwork,
     pub nodes: Vec<Node>,
+}
+
+/// The nodes' own LAN, for cloud-init's network-config.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostNetwork {
+    pub interface: String,
+    pub prefix_length: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub nameservers: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Serialize)]

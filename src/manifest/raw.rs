@@ -17,7 +17,38 @@ pub struct RawCluster {
     pub network: RawNetwork,
     #[serde(default)]
     pub pki: RawPki,
+    /// How nodes reach their LAN: what cloud-init's network-config writes.
+    #[serde(default)]
+    pub host_network: RawHostNetwork,
     pub nodes: Spanned<Vec<RawNode>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHostNetwork {
+    #[serde(default = "default_interface")]
+    pub interface: Spanned<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix_length: Spanned<u8>,
+    #[serde(default)]
+    pub gateway: Option<Spanned<String>>,
+    #[serde(default)]
+    pub nameservers: Vec<Spanned<String>>,
+}
+
+impl Default for RawHostNetwork {
+    fn default() -> Self {
+        RawHostNetwork {
+            interface: default_interface(),
+            prefix_length: default_prefix(),
+            gateway: None,
+            nameservers: Vec::new(),
+        }
+    }
+}
+
+fn default_prefix() -> Spanned<u8> {
+    unspanned(24)
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,9 +12,9 @@ use super::derive::{self, CONTROL_PLANE, ETCD, LB, nth_address};
 use super::diag::{Diagnostic, Diagnostics, Loc};
 use super::raw::{RawCluster, RawNode, RawPins, RawRole};
 use super::{
-    Api, Arch, ArtifactPin, BASE_ROLE, Checksum, Cluster, ImagePin, Install, KeyAlgorithm,
-    KubeVersion, MIN_KUBERNETES_MINOR, ManifestError, Manifests, Network, Node, Pins, PkiSettings,
-    ProxyMode, Role, RoleArtifact, secrets,
+    Api, Arch, ArtifactPin, BASE_ROLE, Checksum, Cluster, HostNetwork, ImagePin, Install,
+    KeyAlgorithm, KubeVersion, MIN_KUBERNETES_MINOR, ManifestError, Manifests, Network, Node, Pins,
+    PkiSettings, ProxyMode, Role, RoleArtifact, secrets,
 };
 
 /// Where a YAML value stands; a defaulted value (not in the file) reports 1:1.
@@ -786,6 +786,24 @@ fn validate_cluster(
         );
     }
 
+    // Host network
+    let hn = &raw.host_network;
+    if !(1..=32).contains(&hn.prefix_length.value) {
+        d.error(
+            at(file, &hn.prefix_length),
+            "host_network.prefix_length must be 1 to 32",
+        );
+    }
+    let gateway = hn
+        .gateway
+        .as_ref()
+        .map(|g| parse_ipv4(file, g, "host_network.gateway", d));
+    let nameservers: Vec<Option<Ipv4Addr>> = hn
+        .nameservers
+        .iter()
+        .map(|n| parse_ipv4(file, n, "host_network nameserver", d))
+        .collect();
+
     // Nodes
     let mut nodes = Vec::new();
     let mut names: HashMap<String, u64> = HashMap::new();
@@ -937,6 +955,15 @@ fn validate_cluster(
             key_algorithm: key_algorithm?,
             ca_validity_days: raw.pki.ca_validity_days.value,
             leaf_validity_days: raw.pki.leaf_validity_days.value,
+        },
+        host_network: HostNetwork {
+            interface: hn.interface.value.clone(),
+            prefix_length: hn.prefix_length.value,
+            gateway: match gateway {
+                Some(g) => Some(g?),
+                None => None,
+            },
+            nameservers: nameservers.into_iter().collect::<Option<Vec<_>>>()?,
         },
         nodes,
     })

@@ -1,0 +1,182 @@
+//! `cloud-init/`: a NoCloud seed. `user-data` (`#cloud-config`) writes and
+//! runs a script that finds the seed volume (label `cidata`), checks every
+//! layer's sha256 against the values written into the script, extracts the
+//! layers in order at `/`, reloads systemd and starts the role's services.
+//! With `--seed-layers url=BASE` the shared layers are fetched from
+//! `BASE/sha256/<digest>.tar.gz` (same checks) and the seed holds only the
+//! node's own layers. `meta-data` and `network-config` (v2, static) carry the
+//! node's identity; `seed.iso` holds them all.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use super::SeedLayers;
+use super::iso::{self, IsoFile};
+use crate::layer::BuiltLayer;
+use crate::manifest::Manifests;
+use crate::plan::{LayerKind, Plan, TargetKind};
+
+/// Whether a layer is fetched by URL (shared) or travels in the seed.
+fn remote(seed: &SeedLayers, l: &BuiltLayer) -> bool {
+    matches!(seed, SeedLayers::Url(_)) && matches!(l.kind, LayerKind::Base | LayerKind::Role)
+}
+
+fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "#!/bin/sh");
+    let _ = writeln!(
+        s,
+        "# imgbuild: apply the layers of {} ({}), verified.",
+        plan.target, plan.arch
+    );
+    let _ = writeln!(s, "set -eu");
+    let _ = writeln!(s, "seed=/run/imgbuild/seed");
+    let _ = writeln!(s, "work=/run/imgbuild/layers");
+    let _ = writeln!(s, "mkdir -p \"$seed\" \"$work\"");
+    let _ = writeln!(s, "if ! mountpoint -q \"$seed\"; then");
+    let _ = writeln!(s, "  dev=$(blkid -L cidata || blkid -L CIDATA)");
+    let _ = writeln!(s, "  mount -o ro \"$dev\" \"$seed\"");
+    let _ = writeln!(s, "fi");
+    for l in layers {
+        let file = format!("{}.tar.gz", l.name);
+        if remote(seed, l) {
+            if let SeedLayers::Url(base) = seed {
+                let _ = writeln!(
+                    s,
+                    "curl -fsSL --retry 5 -o \"$work/{file}\" '{base}/sha256/{}.tar.gz'",
+                    l.digest
+                );
+            }
+        } else {
+            let _ = writeln!(s, "cp \"$seed/layers/{file}\" \"$work/{file}\"");
+        }
+    }
+    let _ = writeln!(s, "cd \"$work\"");
+    let _ = writeln!(s, "sha256sum -c --strict <<'SUMS'");
+    for l in layers {
+        let _ = writeln!(s, "{}  {}.tar.gz", l.digest, l.name);
+    }
+    let _ = writeln!(s, "SUMS");
+    for l in layers {
+        let _ = writeln!(
+            s,
+            "tar -xzpf {}.tar.gz -C / --numeric-owner --no-overwrite-dir",
+            l.name
+        );
+    }
+    let _ = writeln!(s, "rm -rf \"$work\"");
+    let _ = writeln!(s, "sysctl --system >/dev/null || true");
+    let _ = writeln!(s, "systemctl restart systemd-modules-load.service || true");
+    let _ = writeln!(s, "systemctl daemon-reload");
+    if !plan.services.is_empty() {
+        let _ = writeln!(
+            s,
+            "systemctl enable --now --no-block {}",
+            plan.services.join(" ")
+        );
+    }
+    s
+}
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines().map(|l| format!("{by}{l}\n")).collect()
+}
+
+pub fn user_data(
+    m: &Manifests,
+    plan: &Plan,
+    layers: &[BuiltLayer],
+    digest: &str,
+    seed: &SeedLayers,
+) -> String {
+    let mut s = String::from("#cloud-config\n");
+    let _ = writeln!(
+        s,
+        "# imgbuild: {} {} of cluster {}, image sha256:{digest}",
+        match plan.kind {
+            TargetKind::Node => "node",
+            TargetKind::Role => "generic image of role",
+        },
+        plan.target,
+        m.cluster.name
+    );
+    if plan.kind == TargetKind::Node {
+        let _ = writeln!(s, "hostname: {}", plan.target);
+        let _ = writeln!(s, "preserve_hostname: false");
+    }
+    let _ = writeln!(s, "write_files:");
+    let _ = writeln!(s, "  - path: /usr/local/lib/imgbuild/apply-layers");
+    let _ = writeln!(s, "    owner: root:root");
+    let _ = writeln!(s, "    permissions: '0700'");
+    let _ = writeln!(s, "    content: |");
+    s.push_str(&indent(&script(plan, layers, seed), "      "));
+    let _ = writeln!(s, "runcmd:");
+    let _ = writeln!(s, "  - [/usr/local/lib/imgbuild/apply-layers]");
+    s
+}
+
+pub fn meta_data(plan: &Plan, digest: &str) -> String {
+    let mut s = format!("instance-id: {}-{}\n", plan.target, &digest[..16]);
+    if plan.kind == TargetKind::Node {
+        s.push_str(&format!("local-hostname: {}\n", plan.target));
+    }
+    s
+}
+
+pub fn network_config(m: &Manifests, plan: &Plan) -> Option<String> {
+    let node = m
+        .node(&plan.target)
+        .filter(|_| plan.kind == TargetKind::Node)?;
+    let hn = &m.cluster.host_network;
+    let mut s = String::from("version: 2\nethernets:\n");
+    let _ = writeln!(s, "  {}:", hn.interface);
+    let _ = writeln!(s, "    dhcp4: false");
+    let _ = writeln!(s, "    addresses: [{}/{}]", node.ip, hn.prefix_length);
+    if let Some(gw) = hn.gateway {
+        let _ = writeln!(s, "    routes:\n      - to: default\n        via: {gw}");
+    }
+    if !hn.nameservers.is_empty() {
+        let ns: Vec<String> = hn.nameservers.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(s, "    nameservers:\n      addresses: [{}]", ns.join(", "));
+    }
+    Some(s)
+}
+
+pub fn write(
+    m: &Manifests,
+    plan: &Plan,
+    layers: &[BuiltLayer],
+    digest: &str,
+    seed: &SeedLayers,
+    mtime: u64,
+    out: &Path,
+) -> io::Result<()> {
+    let dir = out.join("cloud-init");
+    fs::create_dir_all(&dir)?;
+    let mut files = vec![
+        IsoFile::bytes(
+            "user-data",
+            user_data(m, plan, layers, digest, seed).into_bytes(),
+        ),
+        IsoFile::bytes("meta-data", meta_data(plan, digest).into_bytes()),
+    ];
+    if let Some(nc) = network_config(m, plan) {
+        files.push(IsoFile::bytes("network-config", nc.into_bytes()));
+    }
+    for f in &files {
+        if let iso::Data::Bytes(b) = &f.data {
+            fs::write(dir.join(&f.name), b)?;
+        }
+    }
+    for l in layers {
+        if !remote(seed, l) {
+            files.push(IsoFile::path(
+                &format!("layers/{}.tar.gz", l.name),
+                &out.join("layers").join(format!("{}.tar.gz", l.name)),
+            ));
+        }
+    }
+    iso::write(&dir.join("seed.iso"), "cidata", &files, mtime)
+}

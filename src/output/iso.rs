@@ -1,0 +1,442 @@
+//! A minimal, reproducible ISO 9660 writer for the NoCloud seed: a root
+//! directory with files and one level of subdirectories, a primary tree
+//! (uppercase names) and a Joliet tree (the names as given, e.g.
+//! `user-data`), volume label as given (`cidata`), every timestamp from
+//! SOURCE_DATE_EPOCH, entries sorted. Files are streamed from disk.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+const SECTOR: usize = 2048;
+
+pub enum Data {
+    Bytes(Vec<u8>),
+    Path(PathBuf),
+}
+
+/// A file at `name` (`a` or `dir/a`).
+pub struct IsoFile {
+    pub name: String,
+    pub data: Data,
+}
+
+impl IsoFile {
+    pub fn bytes(name: &str, b: Vec<u8>) -> IsoFile {
+        IsoFile {
+            name: name.to_string(),
+            data: Data::Bytes(b),
+        }
+    }
+
+    pub fn path(name: &str, p: &Path) -> IsoFile {
+        IsoFile {
+            name: name.to_string(),
+            data: Data::Path(p.to_path_buf()),
+        }
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        match &self.data {
+            Data::Bytes(b) => Ok(b.len() as u64),
+            Data::Path(p) => Ok(std::fs::metadata(p)?.len()),
+        }
+    }
+}
+
+fn sectors(bytes: u64) -> u32 {
+    bytes.div_ceil(SECTOR as u64) as u32
+}
+
+fn both32(v: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&v.to_le_bytes());
+    b[4..].copy_from_slice(&v.to_be_bytes());
+    b
+}
+
+fn both16(v: u16) -> [u8; 4] {
+    let mut b = [0u8; 4];
+    b[..2].copy_from_slice(&v.to_le_bytes());
+    b[2..].copy_from_slice(&v.to_be_bytes());
+    b
+}
+
+/// Primary-tree identifier: uppercase d-characters, `;1` on files.
+fn primary_id(name: &str, is_dir: bool) -> Vec<u8> {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_uppercase();
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !is_dir {
+        if !s.contains('.') {
+            s.push('.');
+        }
+        s.push_str(";1");
+    }
+    s.into_bytes()
+}
+
+/// Joliet identifier: UCS-2 big-endian, `;1` on files.
+fn joliet_id(name: &str, is_dir: bool) -> Vec<u8> {
+    let full = if is_dir {
+        name.to_string()
+    } else {
+        format!("{name};1")
+    };
+    full.encode_utf16().flat_map(|u| u.to_be_bytes()).collect()
+}
+
+/// 7-byte directory-record time.
+fn dr_time(t: &time::OffsetDateTime) -> [u8; 7] {
+    [
+        (t.year() - 1900).clamp(0, 255) as u8,
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        0,
+    ]
+}
+
+/// 17-byte volume-descriptor time.
+fn vd_time(t: &time::OffsetDateTime) -> [u8; 17] {
+    let s = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}00",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let mut b = [0u8; 17];
+    b[..16].copy_from_slice(s.as_bytes());
+    b
+}
+
+fn dir_record(id: &[u8], lba: u32, size: u32, is_dir: bool, t: &[u8; 7]) -> Vec<u8> {
+    let pad = usize::from(id.len().is_multiple_of(2));
+    let len = 33 + id.len() + pad;
+    let mut r = vec![0u8; len];
+    r[0] = len as u8;
+    r[2..10].copy_from_slice(&both32(lba));
+    r[10..18].copy_from_slice(&both32(size));
+    r[18..25].copy_from_slice(t);
+    r[25] = if is_dir { 2 } else { 0 };
+    r[28..32].copy_from_slice(&both16(1));
+    r[32] = id.len() as u8;
+    r[33..33 + id.len()].copy_from_slice(id);
+    r
+}
+
+/// Lays records into sectors: a record never spans a sector boundary.
+fn dir_bytes(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        let used = out.len() % SECTOR;
+        if used + r.len() > SECTOR {
+            out.resize(out.len() + SECTOR - used, 0);
+        }
+        out.extend_from_slice(r);
+    }
+    let n = out.len().div_ceil(SECTOR).max(1) * SECTOR;
+    out.resize(n, 0);
+    out
+}
+
+struct Dir {
+    /// name ("" for root)
+    name: String,
+    /// files: name -> index into the file list
+    files: BTreeMap<String, usize>,
+}
+
+/// One tree (primary or Joliet): directory extents and their bytes.
+struct Tree {
+    dir_lba: Vec<u32>,
+    dir_data: Vec<Vec<u8>>,
+    path_table_l: Vec<u8>,
+    path_table_m: Vec<u8>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_tree(
+    dirs: &[Dir],
+    id: fn(&str, bool) -> Vec<u8>,
+    first_lba: u32,
+    file_lba: &[u32],
+    file_size: &[u64],
+    t: &[u8; 7],
+    sizes_only: bool,
+    dir_sizes: &[u32],
+) -> Tree {
+    // directory LBAs are consecutive from first_lba
+    let mut dir_lba = Vec::new();
+    let mut lba = first_lba;
+    for s in dir_sizes {
+        dir_lba.push(lba);
+        lba += s / SECTOR as u32;
+    }
+    let mut dir_data = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let me = (
+            dir_lba.get(i).copied().unwrap_or(0),
+            dir_sizes.get(i).copied().unwrap_or(0),
+        );
+        let root = (
+            dir_lba.first().copied().unwrap_or(0),
+            dir_sizes.first().copied().unwrap_or(0),
+        );
+        let parent = if i == 0 { me } else { root };
+        let mut recs = vec![
+            dir_record(&[0], me.0, me.1, true, t),
+            dir_record(&[1], parent.0, parent.1, true, t),
+        ];
+        let mut children: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if i == 0 {
+            for (j, sub) in dirs.iter().enumerate().skip(1) {
+                let sid = id(&sub.name, true);
+                let r = dir_record(
+                    &sid,
+                    dir_lba.get(j).copied().unwrap_or(0),
+                    dir_sizes.get(j).copied().unwrap_or(0),
+                    true,
+                    t,
+                );
+                children.push((sid, r));
+            }
+        }
+        for (name, &fi) in &d.files {
+            let fid = id(name, false);
+            let r = dir_record(
+                &fid,
+                file_lba.get(fi).copied().unwrap_or(0),
+                file_size[fi] as u32,
+                false,
+                t,
+            );
+            children.push((fid, r));
+        }
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        recs.extend(children.into_iter().map(|(_, r)| r));
+        dir_data.push(dir_bytes(&recs));
+    }
+    let mut l = Vec::new();
+    let mut m = Vec::new();
+    if !sizes_only {
+        for (i, d) in dirs.iter().enumerate() {
+            let did = if i == 0 { vec![0u8] } else { id(&d.name, true) };
+            for big in [false, true] {
+                let t = if big { &mut m } else { &mut l };
+                t.push(did.len() as u8);
+                t.push(0);
+                let lba = dir_lba[i];
+                t.extend_from_slice(&if big {
+                    lba.to_be_bytes()
+                } else {
+                    lba.to_le_bytes()
+                });
+                let parent: u16 = 1;
+                t.extend_from_slice(&if big {
+                    parent.to_be_bytes()
+                } else {
+                    parent.to_le_bytes()
+                });
+                t.extend_from_slice(&did);
+                if did.len() % 2 == 1 {
+                    t.push(0);
+                }
+            }
+        }
+    }
+    Tree {
+        dir_lba,
+        dir_data,
+        path_table_l: l,
+        path_table_m: m,
+    }
+}
+
+fn text_field(b: &mut [u8], s: &str, joliet: bool) {
+    if joliet {
+        let mut u: Vec<u8> = s.encode_utf16().flat_map(|c| c.to_be_bytes()).collect();
+        while u.len() < b.len() {
+            u.extend_from_slice(&[0, b' ']);
+        }
+        b.copy_from_slice(&u[..b.len()]);
+    } else {
+        let mut v = s.as_bytes().to_vec();
+        v.resize(b.len(), b' ');
+        b.copy_from_slice(&v[..b.len()]);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn volume_descriptor(
+    joliet: bool,
+    label: &str,
+    total: u32,
+    tree: &Tree,
+    pt_l: u32,
+    pt_m: u32,
+    root_size: u32,
+    when: &time::OffsetDateTime,
+) -> Vec<u8> {
+    let mut d = vec![0u8; SECTOR];
+    d[0] = if joliet { 2 } else { 1 };
+    d[1..6].copy_from_slice(b"CD001");
+    d[6] = 1;
+    text_field(&mut d[8..40], "LINUX", joliet);
+    text_field(&mut d[40..72], label, joliet);
+    d[80..88].copy_from_slice(&both32(total));
+    if joliet {
+        d[88..91].copy_from_slice(b"%/E");
+    }
+    d[120..124].copy_from_slice(&both16(1));
+    d[124..128].copy_from_slice(&both16(1));
+    d[128..132].copy_from_slice(&both16(SECTOR as u16));
+    d[132..140].copy_from_slice(&both32(tree.path_table_l.len() as u32));
+    d[140..144].copy_from_slice(&pt_l.to_le_bytes());
+    d[148..152].copy_from_slice(&pt_m.to_be_bytes());
+    let root = dir_record(&[0], tree.dir_lba[0], root_size, true, &dr_time(when));
+    d[156..190].copy_from_slice(&root);
+    for (a, b) in [
+        (190, 318),
+        (318, 446),
+        (446, 574),
+        (702, 739),
+        (739, 776),
+        (776, 813),
+    ] {
+        text_field(&mut d[a..b], "", joliet);
+    }
+    text_field(&mut d[574..702], "IMGBUILD", joliet);
+    let t = vd_time(when);
+    d[813..830].copy_from_slice(&t);
+    d[830..847].copy_from_slice(&t);
+    d[847..863].copy_from_slice(b"0000000000000000");
+    d[864..881].copy_from_slice(&t);
+    d[881] = 1;
+    d
+}
+
+/// Writes `files` into an ISO at `out`.
+pub fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Result<()> {
+    let when = time::OffsetDateTime::from_unix_timestamp(i64::try_from(mtime).unwrap_or(0))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = dr_time(&when);
+    // the tree: root files and one level of subdirectories
+    let mut root = Dir {
+        name: String::new(),
+        files: BTreeMap::new(),
+    };
+    let mut subs: BTreeMap<String, Dir> = BTreeMap::new();
+    for (i, f) in files.iter().enumerate() {
+        match f.name.split_once('/') {
+            None => {
+                root.files.insert(f.name.clone(), i);
+            }
+            Some((d, n)) => {
+                subs.entry(d.to_string())
+                    .or_insert_with(|| Dir {
+                        name: d.to_string(),
+                        files: BTreeMap::new(),
+                    })
+                    .files
+                    .insert(n.to_string(), i);
+            }
+        }
+    }
+    let mut dirs = vec![root];
+    dirs.extend(subs.into_values());
+    let sizes: Vec<u64> = files.iter().map(IsoFile::size).collect::<io::Result<_>>()?;
+    let dummy = vec![0u32; files.len()];
+    // directory sizes do not depend on LBAs
+    let measure = |id: fn(&str, bool) -> Vec<u8>| -> Vec<u32> {
+        let tr = build_tree(
+            &dirs,
+            id,
+            0,
+            &dummy,
+            &sizes,
+            &t,
+            true,
+            &vec![SECTOR as u32; dirs.len()],
+        );
+        tr.dir_data.iter().map(|d| d.len() as u32).collect()
+    };
+    let p_sizes = measure(primary_id);
+    let j_sizes = measure(joliet_id);
+    // layout: 16 system sectors, PVD, SVD, terminator, 4 path tables, dirs, files
+    let (pt_pl, pt_pm, pt_jl, pt_jm) = (19u32, 20u32, 21u32, 22u32);
+    let p_first = 23u32;
+    let j_first = p_first + p_sizes.iter().map(|s| s / SECTOR as u32).sum::<u32>();
+    let mut lba = j_first + j_sizes.iter().map(|s| s / SECTOR as u32).sum::<u32>();
+    let mut file_lba = Vec::new();
+    for s in &sizes {
+        file_lba.push(lba);
+        lba += sectors(*s);
+    }
+    let total = lba;
+    let primary = build_tree(
+        &dirs, primary_id, p_first, &file_lba, &sizes, &t, false, &p_sizes,
+    );
+    let joliet = build_tree(
+        &dirs, joliet_id, j_first, &file_lba, &sizes, &t, false, &j_sizes,
+    );
+
+    let tmp = out.with_extension("iso.tmp");
+    // the seed carries the secrets layer: private to its owner
+    let mut w = BufWriter::new(crate::fsutil::create_private(&tmp)?);
+    w.write_all(&vec![0u8; 16 * SECTOR])?;
+    w.write_all(&volume_descriptor(
+        false, label, total, &primary, pt_pl, pt_pm, p_sizes[0], &when,
+    ))?;
+    w.write_all(&volume_descriptor(
+        true, label, total, &joliet, pt_jl, pt_jm, j_sizes[0], &when,
+    ))?;
+    let mut term = vec![0u8; SECTOR];
+    term[0] = 255;
+    term[1..6].copy_from_slice(b"CD001");
+    term[6] = 1;
+    w.write_all(&term)?;
+    for pt in [
+        &primary.path_table_l,
+        &primary.path_table_m,
+        &joliet.path_table_l,
+        &joliet.path_table_m,
+    ] {
+        if pt.len() > SECTOR {
+            return Err(io::Error::other("too many directories for the seed ISO"));
+        }
+        let mut s = pt.clone();
+        s.resize(SECTOR, 0);
+        w.write_all(&s)?;
+    }
+    for d in primary.dir_data.iter().chain(joliet.dir_data.iter()) {
+        w.write_all(d)?;
+    }
+    for (f, size) in files.iter().zip(&sizes) {
+        match &f.data {
+            Data::Bytes(b) => w.write_all(b)?,
+            Data::Path(p) => {
+                io::copy(&mut File::open(p)?, &mut w)?;
+            }
+        }
+        let pad = (sectors(*size) as usize * SECTOR) - *size as usize;
+        w.write_all(&vec![0u8; pad])?;
+    }
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    std::fs::rename(tmp, out)
+}

@@ -1,0 +1,317 @@
+//! Stage 7, `output`: takes a plan and its built layers and assembles
+//! `out/<target>/` in the formats asked for: `layers/NN-<name>.tar.gz` (hard
+//! links into the layer store where the filesystem allows), `image.json`,
+//! `cloud-init/` (user-data, meta-data, network-config, seed.iso labelled
+//! `cidata`), `pxe/` (overlay.cpio.gz, boot.ipxe) and `SHA256SUMS` over every
+//! other file. Everything is written into a temporary directory beside the
+//! target and renamed into place at the end, so no directory is ever left
+//! half-written.
+
+pub mod cloudinit;
+pub mod iso;
+pub mod pxe;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::fsutil;
+use crate::layer::BuiltLayer;
+use crate::manifest::Manifests;
+use crate::plan::{Plan, TargetKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{target}: {path}")]
+    Io {
+        target: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("--seed-layers `{0}` is neither `embed` nor `url=BASE` with an http(s) BASE")]
+    SeedLayers(String),
+}
+
+/// Which artifacts to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    pub layers: bool,
+    pub cloud_init: bool,
+    pub pxe: bool,
+}
+
+/// How to build: formats, seed mode, and the one timestamp.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub formats: Formats,
+    pub seed: SeedLayers,
+    pub source_date_epoch: i64,
+}
+
+/// Where cloud-init gets the shared layers from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedLayers {
+    /// Every layer is in seed.iso.
+    Embed,
+    /// Base and role layers come from `BASE/sha256/<digest>.tar.gz`; the
+    /// node and secrets layers stay in the seed.
+    Url(String),
+}
+
+impl SeedLayers {
+    pub fn parse(s: &str) -> Result<SeedLayers, OutputError> {
+        if s == "embed" {
+            return Ok(SeedLayers::Embed);
+        }
+        match s.strip_prefix("url=") {
+            Some(base) if base.starts_with("http://") || base.starts_with("https://") => {
+                Ok(SeedLayers::Url(base.trim_end_matches('/').to_string()))
+            }
+            _ => Err(OutputError::SeedLayers(s.to_string())),
+        }
+    }
+}
+
+/// `image.json`: what the node image is and what it was built from.
+#[derive(Debug, Serialize)]
+pub struct ImageJson {
+    pub node: String,
+    pub kind: TargetKind,
+    pub cluster: String,
+    pub roles: Vec<String>,
+    pub arch: String,
+    pub versions: BTreeMap<String, String>,
+    pub source_date_epoch: i64,
+    pub services: Vec<String>,
+    pub layers: Vec<LayerJson>,
+    pub inputs: Vec<InputJson>,
+    /// How it was built, so `verify --rebuild` can do the same.
+    pub build: BuildJson,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildJson {
+    pub formats: Vec<String>,
+    pub seed_layers: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LayerJson {
+    pub name: String,
+    pub file: String,
+    pub digest: String,
+    pub size: u64,
+    pub diff_id: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InputJson {
+    pub artifact: String,
+    pub version: String,
+    pub url: String,
+    pub checksum: String,
+}
+
+fn io_err<'a>(target: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> OutputError + 'a {
+    move |source| OutputError::Io {
+        target: target.to_string(),
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn image_json(
+    m: &Manifests,
+    plan: &Plan,
+    layers: &[BuiltLayer],
+    sde: i64,
+    formats: Formats,
+    seed: &SeedLayers,
+) -> ImageJson {
+    let mut versions = BTreeMap::new();
+    versions.insert(
+        "kubernetes".to_string(),
+        m.cluster.kubernetes_version.to_string(),
+    );
+    let mut inputs = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &plan.layers {
+        for e in &l.entries {
+            let name = match &e.source {
+                crate::plan::Source::Member { artifact, .. }
+                | crate::plan::Source::Download { artifact, .. } => artifact,
+                _ => continue,
+            };
+            if let Some(pin) = m.pins.artifact(name, plan.arch)
+                && seen.insert(pin.name.clone())
+            {
+                versions.insert(pin.name.clone(), pin.version.clone());
+                inputs.push(InputJson {
+                    artifact: pin.name.clone(),
+                    version: pin.version.clone(),
+                    url: pin.url.clone(),
+                    checksum: pin.checksum.to_string(),
+                });
+            }
+        }
+    }
+    inputs.sort_by(|a, b| a.artifact.cmp(&b.artifact));
+    ImageJson {
+        node: plan.target.clone(),
+        kind: plan.kind,
+        cluster: m.cluster.name.clone(),
+        roles: plan.roles.clone(),
+        arch: plan.arch.to_string(),
+        versions,
+        source_date_epoch: sde,
+        services: plan.services.clone(),
+        layers: layers
+            .iter()
+            .map(|l| LayerJson {
+                name: l.name.clone(),
+                file: format!("layers/{}.tar.gz", l.name),
+                digest: format!("sha256:{}", l.digest),
+                size: l.size,
+                diff_id: format!("sha256:{}", l.diff_id),
+            })
+            .collect(),
+        inputs,
+        build: BuildJson {
+            formats: [
+                (formats.layers, "layers"),
+                (formats.cloud_init, "cloud-init"),
+                (formats.pxe, "pxe"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| n.to_string())
+            .collect(),
+            seed_layers: match seed {
+                SeedLayers::Embed => "embed".into(),
+                SeedLayers::Url(b) => format!("url={b}"),
+            },
+        },
+    }
+}
+
+/// Hard-links `from` to `to`, or copies it where links are not possible.
+fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(_) => fs::copy(from, to).map(|_| ()),
+    }
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Every file below `dir`, relative, sorted.
+pub fn files_below(dir: &Path) -> io::Result<Vec<String>> {
+    fn walk(root: &Path, d: &Path, out: &mut Vec<String>) -> io::Result<()> {
+        for e in fs::read_dir(d)? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                walk(root, &p, out)?;
+            } else {
+                out.push(
+                    p.strip_prefix(root)
+                        .unwrap_or(&p)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// `sha256sum -c` lines for every file below `dir` but SHA256SUMS.
+pub fn sha256sums(dir: &Path) -> io::Result<String> {
+    let mut s = String::new();
+    for f in files_below(dir)? {
+        if f == "SHA256SUMS" {
+            continue;
+        }
+        s.push_str(&format!("{}  {f}\n", sha256_file(&dir.join(&f))?));
+    }
+    Ok(s)
+}
+
+/// A private scratch directory beside `out_root/<target>`, for one build.
+pub fn scratch(out_root: &Path, target: &str) -> Result<PathBuf, OutputError> {
+    let tmp = out_root.join(format!(".{target}.tmp.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fsutil::create_dir_all_mode(&tmp.join("layers"), 0o755).map_err(io_err(target, &tmp))?;
+    Ok(tmp)
+}
+
+/// Assembles `out_root/<target>/` from `tmp` (made by [`scratch`], holding
+/// the secrets layer already) and the built layers.
+pub fn assemble(
+    m: &Manifests,
+    plan: &Plan,
+    layers: &[BuiltLayer],
+    opts: &Options,
+    tmp: &Path,
+    out_root: &Path,
+) -> Result<PathBuf, OutputError> {
+    let (formats, seed, sde) = (opts.formats, &opts.seed, opts.source_date_epoch);
+    let target = plan.target.as_str();
+    let mtime = u64::try_from(sde).unwrap_or(0);
+    for l in layers {
+        let dest = tmp.join("layers").join(format!("{}.tar.gz", l.name));
+        if l.file != dest {
+            link_or_copy(&l.file, &dest).map_err(io_err(target, &dest))?;
+        }
+    }
+    let image = image_json(m, plan, layers, sde, formats, seed);
+    let json = crate::canonical_json(&image);
+    let digest = hex::encode(Sha256::digest(json.as_bytes()));
+    let p = tmp.join("image.json");
+    fsutil::write_atomic(&p, json.as_bytes(), 0o644).map_err(io_err(target, &p))?;
+    if formats.cloud_init {
+        cloudinit::write(m, plan, layers, &digest, seed, mtime, tmp)
+            .map_err(io_err(target, tmp))?;
+    }
+    if formats.pxe {
+        pxe::write(plan, layers, tmp, mtime).map_err(io_err(target, tmp))?;
+    }
+    if !formats.layers {
+        // layers were only the means to the other formats
+        fs::remove_dir_all(tmp.join("layers")).map_err(io_err(target, tmp))?;
+    }
+    let sums = sha256sums(tmp).map_err(io_err(target, tmp))?;
+    let p = tmp.join("SHA256SUMS");
+    fsutil::write_atomic(&p, sums.as_bytes(), 0o644).map_err(io_err(target, &p))?;
+    let dest = out_root.join(target);
+    if dest.exists() {
+        let old = out_root.join(format!(".{target}.old.{}", std::process::id()));
+        fs::rename(&dest, &old).map_err(io_err(target, &dest))?;
+        fs::rename(tmp, &dest).map_err(io_err(target, &dest))?;
+        fs::remove_dir_all(&old).map_err(io_err(target, &old))?;
+    } else {
+        fs::rename(tmp, &dest).map_err(io_err(target, &dest))?;
+    }
+    Ok(dest)
+}

@@ -1,0 +1,286 @@
+//! Stage 8, `verify`: takes an output directory (`out/<node>`) and the
+//! manifests, and checks what CI and an operator would: every file against
+//! SHA256SUMS (and nothing unlisted), image.json against the layer files,
+//! every input against its pin, no private key or token outside the secrets
+//! layer, no CA private key on a node without the control-plane role, and the
+//! modes of secret files. [`compare`] names the first file that differs from
+//! a rebuild.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use flate2::read::GzDecoder;
+use serde::Deserialize;
+
+use crate::manifest::Manifests;
+use crate::manifest::secrets;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot read {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{dir} failed verification:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Failed { dir: PathBuf, problems: Vec<String> },
+    #[error("{dir} differs from a rebuild from the manifests and state: first at {file}")]
+    Differs { dir: PathBuf, file: String },
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ImageJson {
+    pub node: String,
+    pub kind: String,
+    pub roles: Vec<String>,
+    pub layers: Vec<LayerJson>,
+    pub inputs: Vec<InputJson>,
+    pub build: BuildJson,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LayerJson {
+    pub name: String,
+    pub file: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InputJson {
+    pub artifact: String,
+    pub version: String,
+    pub url: String,
+    pub checksum: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BuildJson {
+    pub formats: Vec<String>,
+    pub seed_layers: String,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VerifyError + '_ {
+    move |source| VerifyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+pub fn read_image_json(dir: &Path) -> Result<ImageJson, VerifyError> {
+    let p = dir.join("image.json");
+    let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+    serde_json::from_str(&text).map_err(|e| VerifyError::Failed {
+        dir: dir.to_path_buf(),
+        problems: vec![format!("image.json: {e}")],
+    })
+}
+
+/// What in a non-secrets file is private material.
+fn secret_marker(text: &str) -> Option<&'static str> {
+    [
+        ("PRIVATE KEY-----", "a PEM private key"),
+        ("client-key-data:", "a kubeconfig with a client key"),
+        ("token-secret:", "a bootstrap token"),
+        ("system:bootstrapper,", "a token.csv line"),
+    ]
+    .into_iter()
+    .find(|(m, _)| text.contains(m))
+    .map(|(_, what)| what)
+}
+
+/// Every check but the rebuild; all problems at once.
+pub fn check(m: &Manifests, dir: &Path) -> Result<ImageJson, VerifyError> {
+    let mut problems = Vec::new();
+    // SHA256SUMS
+    let sums_path = dir.join("SHA256SUMS");
+    let sums = fs::read_to_string(&sums_path).map_err(io_err(&sums_path))?;
+    let mut listed = BTreeMap::new();
+    for line in sums.lines() {
+        match line.split_once("  ") {
+            Some((h, f)) => {
+                listed.insert(f.to_string(), h.to_string());
+            }
+            None => problems.push(format!("SHA256SUMS: malformed line `{line}`")),
+        }
+    }
+    let present = crate::output::files_below(dir).map_err(io_err(dir))?;
+    for f in &present {
+        if f == "SHA256SUMS" {
+            continue;
+        }
+        match listed.get(f) {
+            None => problems.push(format!("{f} is not listed in SHA256SUMS")),
+            Some(h) => {
+                let actual = sha256_file(&dir.join(f)).map_err(io_err(&dir.join(f)))?;
+                if &actual != h {
+                    problems.push(format!("{f}: sha256 is {actual}, SHA256SUMS says {h}"));
+                }
+            }
+        }
+    }
+    for f in listed.keys() {
+        if !present.contains(f) {
+            problems.push(format!("{f} is listed in SHA256SUMS but missing"));
+        }
+    }
+    let image = read_image_json(dir)?;
+    // image.json against the layer files
+    for l in &image.layers {
+        let p = dir.join(&l.file);
+        if !p.is_file() {
+            if image.build.formats.iter().any(|f| f == "layers") {
+                problems.push(format!("{}: listed in image.json but missing", l.file));
+            }
+            continue;
+        }
+        let actual = format!("sha256:{}", sha256_file(&p).map_err(io_err(&p))?);
+        let size = fs::metadata(&p).map_err(io_err(&p))?.len();
+        if actual != l.digest || size != l.size {
+            problems.push(format!(
+                "{}: digest {actual} ({size} bytes), image.json says {} ({} bytes)",
+                l.file, l.digest, l.size
+            ));
+        }
+    }
+    // every input against its pin
+    for i in &image.inputs {
+        let pin = m
+            .pins
+            .artifacts
+            .iter()
+            .find(|p| p.name == i.artifact && p.url == i.url);
+        match pin {
+            None => problems.push(format!(
+                "input {} {} ({}) has no pin in {}",
+                i.artifact,
+                i.version,
+                i.url,
+                m.dir.display()
+            )),
+            Some(p) if p.checksum.to_string() != i.checksum || p.version != i.version => problems
+                .push(format!(
+                    "input {} {}: built from {}, but the pin says {} {}",
+                    i.artifact, i.version, i.checksum, p.version, p.checksum
+                )),
+            Some(_) => {}
+        }
+    }
+    // secrets: where they are and their modes
+    let control_plane = image.roles.iter().any(|r| r == "control-plane");
+    for l in &image.layers {
+        let p = dir.join(&l.file);
+        if !p.is_file() {
+            continue;
+        }
+        let secret_layer = l.name.ends_with("-secrets");
+        if secret_layer {
+            let mode = fs::metadata(&p).map_err(io_err(&p))?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                problems.push(format!(
+                    "{}: mode {mode:04o}, a secrets layer must be 0600",
+                    l.file
+                ));
+            }
+        }
+        let f = File::open(&p).map_err(io_err(&p))?;
+        let mut a = tar::Archive::new(GzDecoder::new(BufReader::new(f)));
+        for e in a.entries().map_err(io_err(&p))? {
+            let mut e = e.map_err(io_err(&p))?;
+            let path = e.path().map_err(io_err(&p))?.to_string_lossy().into_owned();
+            if !e.header().entry_type().is_file() {
+                continue;
+            }
+            let mode = e.header().mode().map_err(io_err(&p))? & 0o7777;
+            if secret_layer {
+                let id = path.trim_start_matches("etc/kubernetes/");
+                if let Some(spec) = secrets::lookup(id) {
+                    if spec.is_private() && mode & 0o037 != 0 {
+                        problems.push(format!("{}: /{path} has mode {mode:04o}; private material must be 0600 (0640 for a service group)", l.file));
+                    }
+                    if spec.ca_key && !control_plane {
+                        problems.push(format!("{}: /{path} is a CA private key on {}, which is not a control-plane node", l.file, image.node));
+                    }
+                }
+                continue;
+            }
+            if e.size() > 1 << 20 {
+                continue; // binaries: a key would be a file of its own
+            }
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf).map_err(io_err(&p))?;
+            if let Some(what) = secret_marker(&String::from_utf8_lossy(&buf)) {
+                problems.push(format!(
+                    "{}: /{path} holds {what} outside the secrets layer",
+                    l.file
+                ));
+            }
+        }
+    }
+    for private in ["cloud-init/seed.iso", "pxe/overlay.cpio.gz"] {
+        let p = dir.join(private);
+        if let Ok(meta) = fs::metadata(&p)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            problems.push(format!(
+                "{private}: mode {:04o}; it carries the secrets layer and must be 0600",
+                meta.permissions().mode() & 0o777
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(image)
+    } else {
+        Err(VerifyError::Failed {
+            dir: dir.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Compares two output directories byte for byte through their SHA256SUMS.
+pub fn compare(dir: &Path, rebuilt: &Path) -> Result<(), VerifyError> {
+    let read = |d: &Path| {
+        let p = d.join("SHA256SUMS");
+        fs::read_to_string(&p).map_err(|source| VerifyError::Io { path: p, source })
+    };
+    let (a, b) = (read(dir)?, read(rebuilt)?);
+    let parse = |s: &str| -> BTreeMap<String, String> {
+        s.lines()
+            .filter_map(|l| l.split_once("  "))
+            .map(|(h, f)| (f.to_string(), h.to_string()))
+            .collect()
+    };
+    let (a, b) = (parse(&a), parse(&b));
+    let mut files: Vec<&String> = a.keys().chain(b.keys()).collect();
+    files.sort();
+    files.dedup();
+    for f in files {
+        if a.get(f) != b.get(f) {
+            return Err(VerifyError::Differs {
+                dir: dir.to_path_buf(),
+                file: f.clone(),
+            });
+        }
+    }
+    Ok(())
+}
