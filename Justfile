@@ -19,8 +19,24 @@ check:
     ! grep -rnE '(dbg|todo|unimplemented)!' src tests
     cargo test --locked --all-targets
 
-# the main job on the shipped example: plan master01 and node01
+# the main job, offline: build the lab mirror, build every lab node, verify
+# each, then start etcd on the three etcd nodes from their built layers
 demo: build
-    ./target/release/imgbuild plan --role master01
-    ./target/release/imgbuild plan --role node01
-    ./target/release/imgbuild plan --role worker
+    #!/usr/bin/env bash
+    set -euo pipefail
+    lab=target/demo
+    bash scripts/lab-mirror "$lab"
+    rm -rf "$lab/layers" && cp -r layers "$lab/layers"
+    cd "$lab"
+    imgbuild=../release/imgbuild
+    "$imgbuild" --manifests manifests --cache cache --mirror "file://$PWD/mirror" cluster --out out
+    for node in out/*/; do
+      "$imgbuild" --manifests manifests --cache cache verify "$node"
+    done
+    "$imgbuild" --manifests manifests pki status >/dev/null && echo "pki: every certificate OK"
+    bash ../../scripts/demo-etcd out
+
+# the plan of the shipped example (the guides' cluster)
+plan:
+    cargo run --quiet -- plan --role master01
+    cargo run --quiet -- plan --role worker
