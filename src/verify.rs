@@ -102,6 +102,7 @@ fn secret_marker(text: &str) -> Option<&'static str> {
         ("client-key-data:", "a kubeconfig with a client key"),
         ("token-secret:", "a bootstrap token"),
         ("system:bootstrapper,", "a token.csv line"),
+        ("auth_pass ", "a VRRP password"),
     ]
     .into_iter()
     .find(|(m, _)| text.contains(m))

@@ -94,6 +94,7 @@ pub const CATALOG: &[SecretSpec] = &[
     s("bootstrap-kubelet.conf", Kubeconfig, Cluster, false),
     s("token.csv", Token, Cluster, false),
     s("addons/bootstrap-token.yaml", Token, Cluster, false),
+    s("keepalived-auth.conf", Token, Cluster, false),
 ];
 
 pub fn lookup(id: &str) -> Option<&'static SecretSpec> {
@@ -111,6 +112,7 @@ mod tests {
                 || spec.id.ends_with(".conf")
                 || spec.id == "token.csv"
                 || spec.id.starts_with("addons/")
+                || spec.id == "keepalived-auth.conf"
             {
                 assert!(spec.is_private(), "{}", spec.id);
                 assert_eq!(spec.mode(), 0o600, "{}", spec.id);

@@ -88,6 +88,7 @@ pub const SA_KEY: &str = "pki/sa.key";
 pub const SA_PUB: &str = "pki/sa.pub";
 pub const TOKEN_CSV: &str = "token.csv";
 pub const TOKEN_SECRET: &str = "addons/bootstrap-token.yaml";
+pub const KEEPALIVED_AUTH: &str = "keepalived-auth.conf";
 
 /// Where the state dir keeps a secret: per-node ones under `nodes/<node>/`.
 pub fn state_path(id: &str, node: Option<&str>) -> String {

@@ -22,6 +22,14 @@ pub fn lab_mirror() -> &'static Path {
         ] {
             h.update(std::fs::read(repo().join(f)).unwrap());
         }
+        let mut roles: Vec<PathBuf> = std::fs::read_dir(repo().join("manifests/roles"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        roles.sort();
+        for r in roles {
+            h.update(std::fs::read(r).unwrap());
+        }
         let key = &hex::encode(h.finalize())[..16];
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lab-{key}"));
         if !dir.join("manifests/cluster.yaml").is_file() {
@@ -35,14 +43,9 @@ pub fn lab_mirror() -> &'static Path {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::rename(&tmp, &dir).unwrap();
         }
-        // the layer trees and roles are copied fresh: they change more often
+        // the layer trees are copied fresh: they change more often
         let _ = std::fs::remove_dir_all(dir.join("layers"));
         copy_tree(&repo().join("layers"), &dir.join("layers"));
-        let _ = std::fs::remove_dir_all(dir.join("manifests/roles"));
-        copy_tree(
-            &repo().join("manifests/roles"),
-            &dir.join("manifests/roles"),
-        );
         dir
     })
 }
@@ -70,6 +73,20 @@ impl Lab {
         let dir = tempfile::tempdir().unwrap();
         copy_tree(&repo().join("manifests"), &dir.path().join("manifests"));
         copy_tree(&repo().join("layers"), &dir.path().join("layers"));
+        Lab { dir }
+    }
+
+    /// A copy of the lab cluster of `scripts/lab-mirror` (manifests and
+    /// layers) with the test-only state fixture in `state/lab`.
+    pub fn lab_cluster() -> Lab {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let lab = lab_mirror();
+        copy_tree(&lab.join("manifests"), &dir.path().join("manifests"));
+        copy_tree(&repo().join("layers"), &dir.path().join("layers"));
+        copy_tree(
+            &repo().join("tests/fixtures/lab-state"),
+            &dir.path().join("state/lab"),
+        );
         Lab { dir }
     }
 

@@ -2,6 +2,7 @@
 
 mod archive;
 mod artifacts;
+mod build;
 mod etcd;
 mod fetch;
 mod http;
