@@ -2,7 +2,6 @@
 //! and listings, reproducibility, the real judges (cloud-init schema,
 //! isoinfo, blkid, cpio, haproxy, keepalived) and etcd from the built layers.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;

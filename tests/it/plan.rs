@@ -146,11 +146,16 @@ fn issue2_two_roles_writing_one_path_is_an_error() {
 #[test]
 fn issue2_unimplemented_commands_say_so() {
     let lab = Lab::new();
-    for (args, name) in [(&["push", "out/master01", "127.0.0.1:5000/n:1"][..], "push")] {
-        let run = lab.imgbuild(args).assert_failed();
-        let want = format!("error: '{name}' is not implemented yet");
-        assert!(run.stderr().contains(&want), "{args:?}: {}", run.stderr());
-    }
+    // push lands with the OCI image (issue 6)
+    let run = lab
+        .imgbuild(&["push", "out/master01", "127.0.0.1:5000/n:1"])
+        .assert_failed();
+    assert!(
+        run.stderr()
+            .contains("error: 'push' is not implemented yet"),
+        "{}",
+        run.stderr()
+    );
 }
 
 #[test]
