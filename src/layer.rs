@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::fetch::Cache;
 use crate::fetch::archive::{self, ArchiveError};
+use crate::fetch::oci::{self, PulledImage};
 use crate::manifest::{Arch, Manifests};
 use crate::pki::state_path;
 use crate::plan::{Entry, LayerKind, LayerPlan, Source};
@@ -111,6 +112,8 @@ pub struct Inputs<'a> {
     pub node: Option<&'a str>,
     pub mtime: u64,
     pub jobs: usize,
+    /// Pulled images by (name, arch).
+    pub images: &'a BTreeMap<(String, Arch), PulledImage>,
 }
 
 /// Where one entry's bytes come from, resolved.
@@ -124,6 +127,7 @@ enum Content {
     Bytes(Vec<u8>),
     File(PathBuf),
     Symlink(String),
+    Image(Box<PulledImage>),
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -200,11 +204,19 @@ impl Inputs<'_> {
                 (Content::Bytes(bytes), format!("bytes {h}"))
             }
             Source::Image { image, reference } => {
-                return Err(LayerError::ImageMissing {
-                    layer: layer.name.clone(),
-                    image: image.clone(),
-                    reference: reference.clone(),
-                });
+                let pulled = self
+                    .images
+                    .get(&(image.clone(), self.arch))
+                    .ok_or_else(|| LayerError::ImageMissing {
+                        layer: layer.name.clone(),
+                        image: image.clone(),
+                        reference: reference.clone(),
+                    })?;
+                let id = format!(
+                    "image {} {} {}",
+                    pulled.pin.digest, self.arch, pulled.manifest.digest
+                );
+                (Content::Image(Box::new(pulled.clone())), id)
             }
             Source::Symlink { target } => (
                 Content::Symlink(target.clone()),
@@ -497,10 +509,81 @@ fn write_entries<W: Write>(
             Content::Symlink(target) => {
                 tarutil::append_symlink(b, path, &target, mtime).map_err(io(path))?
             }
+            Content::Image(img) => {
+                let spool = inputs
+                    .cache
+                    .temp(&format!("oci-{}", oci_hex(&img.pin.digest)));
+                let result = write_oci_archive(inputs.cache, &img, &spool, mtime).and_then(|()| {
+                    let f = File::open(&spool)?;
+                    let size = f.metadata()?.len();
+                    tarutil::append_file(b, path, e.mode, mtime, size, io::BufReader::new(f))
+                });
+                let _ = fs::remove_file(&spool);
+                result.map_err(io(path))?
+            }
             Content::Member { .. } => {}
         }
     }
     Ok(())
+}
+
+fn oci_hex(d: &str) -> &str {
+    d.strip_prefix("sha256:").unwrap_or(d)
+}
+
+/// An OCI image-layout archive of one image for one arch: `oci-layout`,
+/// `index.json` pointing at the pinned index (so `name@sha256:<index>` still
+/// resolves after `ctr images import`), and the blobs of that arch. Sorted,
+/// root-owned, one mtime.
+fn write_oci_archive(cache: &Cache, img: &PulledImage, out: &Path, mtime: u64) -> io::Result<()> {
+    let (_, _, tag) = oci::split_reference(&img.pin.image);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": img.index.media_type,
+            "digest": img.index.digest,
+            "size": img.index.size,
+            "annotations": {
+                "io.containerd.image.name": img.pin.image,
+                "org.opencontainers.image.ref.name": tag,
+            }
+        }]
+    });
+    let index = crate::canonical_json(&index);
+    let layout = "{\"imageLayoutVersion\":\"1.0.0\"}\n";
+    let mut blobs: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for d in img.blobs() {
+        blobs.insert(
+            format!("blobs/sha256/{}", oci_hex(&d.digest)),
+            oci::blob_file(cache, &d.digest),
+        );
+    }
+    let mut b = tar::Builder::new(BufWriter::new(fs::File::create(out)?));
+    tarutil::append_dir(&mut b, "blobs", 0o755, mtime)?;
+    tarutil::append_dir(&mut b, "blobs/sha256", 0o755, mtime)?;
+    for (name, file) in &blobs {
+        let f = File::open(file)?;
+        let size = f.metadata()?.len();
+        tarutil::append_file(&mut b, name, 0o644, mtime, size, io::BufReader::new(f))?;
+    }
+    tarutil::append_file(
+        &mut b,
+        "index.json",
+        0o644,
+        mtime,
+        index.len() as u64,
+        index.as_bytes(),
+    )?;
+    tarutil::append_file(
+        &mut b,
+        "oci-layout",
+        0o644,
+        mtime,
+        layout.len() as u64,
+        layout.as_bytes(),
+    )?;
+    b.into_inner()?.flush()
 }
 
 #[cfg(test)]

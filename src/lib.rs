@@ -41,6 +41,8 @@ pub enum Error {
     #[error(transparent)]
     Bundle(#[from] fetch::bundle::BundleError),
     #[error(transparent)]
+    Image(#[from] fetch::oci::ImageError),
+    #[error(transparent)]
     Render(#[from] render::RenderError),
     #[error(transparent)]
     Layer(#[from] layer::LayerError),
@@ -191,7 +193,18 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let m = load_manifests(&cli, &reporter)?;
             let plans = plans_for(&m, args.role.as_deref())?;
             let fetched = fetch_pins(&cli, &ctx, &reporter, &fetch::needed_pins(&m, &plans))?;
-            print(&fetch::summary(&fetched))
+            let cache = fetch::Cache::open(&cache_dir(&cli))?;
+            let images = pull_images(&cli, &cache, &m, &plans)?;
+            let mut table = fetch::summary(&fetched);
+            for ((name, arch), img) in &images {
+                table.push_str(&format!(
+                    "{name:17}  {:10}  {arch:5}  {:>10}  image {}\n",
+                    img.pin.version,
+                    img.layers.len().to_string() + " layers",
+                    img.pin.reference()
+                ));
+            }
+            print(&table)
         }
         Command::Bundle(BundleCommand::Export(args)) => {
             let m = load_manifests(&cli, &reporter)?;
@@ -199,8 +212,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let pins = fetch::needed_pins(&m, &plans);
             fetch_pins(&cli, &ctx, &reporter, &pins)?;
             let cache = fetch::Cache::open(&cache_dir(&cli))?;
+            let images = pull_images(&cli, &cache, &m, &plans)?;
+            let mut blobs: Vec<String> = images
+                .values()
+                .flat_map(|i| i.blobs().into_iter().map(|d| d.digest.clone()))
+                .collect();
+            blobs.sort();
+            blobs.dedup();
             let mtime = u64::try_from(ctx.source_date_epoch).unwrap_or(0);
-            let n = fetch::bundle::export(&m, &cache, &pins, &args.file, mtime)?;
+            let n = fetch::bundle::export(&m, &cache, &pins, &blobs, &args.file, mtime)?;
             reporter.info(&format!("bundle: {} files, {} artifacts", n, pins.len()));
             print(&format!("{}\n", args.file.display()))
         }
@@ -262,9 +282,10 @@ fn build(
     out: &std::path::Path,
     opts: &output::Options,
 ) -> Result<Vec<PathBuf>, Error> {
-    // stage 3: every pinned download present and verified
+    // stage 3: every pinned download and image present and verified
     fetch_pins(cli, ctx, reporter, &fetch::needed_pins(m, &plans))?;
     let cache = fetch::Cache::open(&cache_dir(cli))?;
+    let images = pull_images(cli, &cache, m, &plans)?;
     // stage 4: the PKI, created or kept
     let state = state_dir(cli, m);
     let changes = pki::State::new(ctx, m, &state).ensure(pki::Renew::Needed, false)?;
@@ -286,7 +307,7 @@ fn build(
         for _ in 0..workers {
             s.spawn(|| {
                 while let Some(plan) = next.lock().ok().and_then(|mut it| it.next()) {
-                    let r = build_one(ctx, m, &cache, &store, &state, plan, out, opts);
+                    let r = build_one(ctx, m, &cache, &store, &state, &images, plan, out, opts);
                     if let Ok(mut res) = results.lock() {
                         res.push((plan.target.clone(), r));
                     }
@@ -305,6 +326,35 @@ fn build(
     Ok(dirs)
 }
 
+/// Stage 3 for images: each (image, arch) the plans bake in.
+fn pull_images(
+    cli: &Cli,
+    cache: &fetch::Cache,
+    m: &Manifests,
+    plans: &[plan::Plan],
+) -> Result<std::collections::BTreeMap<(String, Arch), fetch::oci::PulledImage>, Error> {
+    let mut wanted = std::collections::BTreeMap::new();
+    for p in plans {
+        for l in &p.layers {
+            for e in &l.entries {
+                if let plan::Source::Image { image, .. } = &e.source
+                    && let Some(pin) = m.pins.image(image)
+                {
+                    wanted.insert((image.clone(), p.arch), pin.clone());
+                }
+            }
+        }
+    }
+    let list: Vec<(manifest::ImagePin, Arch)> =
+        wanted.iter().map(|((_, a), p)| (p.clone(), *a)).collect();
+    let mirrors = fetch::oci::parse_mirrors(&cli.global.registry_mirrors)?;
+    let pulled = fetch::oci::pull_all(cache, &list, &mirrors, cli.global.offline)?;
+    Ok(pulled
+        .into_iter()
+        .map(|p| ((p.pin.name.clone(), p.arch), p))
+        .collect())
+}
+
 /// Stages 5-7 for one target.
 #[allow(clippy::too_many_arguments)]
 fn build_one(
@@ -313,6 +363,7 @@ fn build_one(
     cache: &fetch::Cache,
     store: &layer::Store,
     state: &std::path::Path,
+    images: &std::collections::BTreeMap<(String, Arch), fetch::oci::PulledImage>,
     plan: &plan::Plan,
     out: &std::path::Path,
     opts: &output::Options,
@@ -329,6 +380,7 @@ fn build_one(
             node: Some(plan.target.as_str()),
             mtime: u64::try_from(ctx.source_date_epoch).unwrap_or(0),
             jobs: ctx.jobs,
+            images,
         };
         let mut built = Vec::new();
         for l in &plan.layers {

@@ -51,6 +51,9 @@ impl From<FetchError> for BundleError {
     }
 }
 
+/// Where a bundle keeps image blobs.
+const IMAGE_BLOBS: &str = "images/blobs/sha256/";
+
 /// `https://HOST/PATH` -> `HOST/PATH`
 pub fn mirror_path(url: &str) -> Option<&str> {
     url.strip_prefix("https://")
@@ -100,11 +103,14 @@ fn sha256_file(path: &Path) -> Result<String, BundleError> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Writes the bundle for `pins` (already in the cache) to `out`, atomically.
+/// Writes the bundle for `pins` and the image blobs `images` (sha256
+/// digests, all already in the cache) to `out`, atomically. Image blobs go
+/// to `images/blobs/sha256/<hex>`.
 pub fn export(
     m: &Manifests,
     cache: &Cache,
     pins: &[ArtifactPin],
+    images: &[String],
     out: &Path,
     mtime: u64,
 ) -> Result<usize, BundleError> {
@@ -122,6 +128,13 @@ pub fn export(
         if let Some(p) = mirror_path(&pin.url) {
             files.insert(p.to_string(), blob);
         }
+    }
+    for digest in images {
+        let hex = digest.trim_start_matches("sha256:");
+        files.insert(
+            format!("{IMAGE_BLOBS}{hex}"),
+            super::oci::blob_file(cache, digest),
+        );
     }
     let mut sums = String::new();
     for (name, path) in &files {
@@ -216,6 +229,32 @@ pub fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Imported, B
             bundle: bundle.to_path_buf(),
             file: name.clone(),
         })?;
+        if let Some(hex) = name.strip_prefix(IMAGE_BLOBS) {
+            // an image blob: its name is its digest
+            let digest = format!("sha256:{hex}");
+            let dest = super::oci::blob_file(cache, &digest);
+            if dest.is_file() {
+                done.already.push(format!("image blob {digest}"));
+                continue;
+            }
+            let tmp = cache.temp(hex);
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).map_err(io)?;
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if actual != hex || &actual != listed {
+                return Err(BundleError::Mismatch {
+                    bundle: bundle.to_path_buf(),
+                    file: name,
+                    what: "its digest".into(),
+                    expected: digest,
+                    actual: format!("sha256:{actual}"),
+                });
+            }
+            fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
+            fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+            done.added.push(format!("image blob {digest}"));
+            continue;
+        }
         let Some(pin) = by_path.get(name.as_str()) else {
             if !(name.starts_with("manifests/") || name.starts_with("layers/")) {
                 done.unpinned.push(name);

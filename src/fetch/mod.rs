@@ -11,6 +11,7 @@
 pub mod archive;
 pub mod bundle;
 pub mod digest;
+pub mod oci;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -154,11 +155,13 @@ impl Cache {
         Ok(blob)
     }
 
-    /// A temporary file for a verified import (bundle import).
+    /// A temporary file, unique to this process and call.
     pub fn temp(&self, name: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.root
             .join("tmp")
-            .join(format!("{name}.{}.import", std::process::id()))
+            .join(format!("{name}.{}.{n}.tmp", std::process::id()))
     }
 }
 

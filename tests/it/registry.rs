@@ -1,0 +1,220 @@
+//! A real OCI registry (Debian's docker-registry) on 127.0.0.1, seeded with
+//! synthetic multi-arch images by skopeo from OCI layouts made here.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+
+pub struct Registry {
+    pub port: u16,
+    pub root: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let root = dir.path().join("storage");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "docker-registry (Debian docker-registry) must be installed: bash scripts/setup",
+            );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            port,
+            root,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The registry's own file for a blob.
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.root
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+fn sha(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+/// A pushed synthetic image: its index digest and per-arch layer digests.
+pub struct Pushed {
+    pub index: String,
+    pub layers: Vec<(String, String)>,
+}
+
+/// Builds a two-arch OCI image `repo:tag` and pushes it with skopeo.
+pub fn push_image(reg: &Registry, repo: &str, tag: &str) -> Pushed {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |b: &[u8]| -> String {
+        let d = sha(b);
+        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), b).unwrap();
+        d
+    };
+    let mut manifests = Vec::new();
+    let mut layers = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let mut tar = tar::Builder::new(Vec::new());
+        let body = format!("{repo}:{tag} for {arch}\n");
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        tar.append_data(
+            &mut h,
+            format!("{}-{arch}", repo.replace('/', "-")),
+            body.as_bytes(),
+        )
+        .unwrap();
+        let raw = tar.into_inner().unwrap();
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw).unwrap();
+        let layer = gz.finish().unwrap();
+        let layer_d = put(&layer);
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [sha(&raw)]}
+        })
+        .to_string();
+        let config_d = put(config.as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_d, "size": layer.len()}]
+        })
+        .to_string();
+        let manifest_d = put(manifest.as_bytes());
+        manifests.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_d, "size": manifest.len(),
+            "platform": {"architecture": arch, "os": "linux"}
+        }));
+        layers.push((arch.to_string(), layer_d));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests
+    })
+    .to_string();
+    let index_d = put(index.as_bytes());
+    let layout_index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_d, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag}
+        }]
+    });
+    std::fs::write(dir.path().join("index.json"), layout_index.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("oci-layout"),
+        "{\"imageLayoutVersion\":\"1.0.0\"}",
+    )
+    .unwrap();
+    let out = Command::new("skopeo")
+        .args(["copy", "--all", "--dest-tls-verify=false", "--quiet"])
+        .arg(format!("oci:{}:{tag}", dir.path().display()))
+        .arg(format!("docker://127.0.0.1:{}/{repo}:{tag}", reg.port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Pushed {
+        index: index_d,
+        layers,
+    }
+}
+
+/// Pushes every image the lab's pins name and rewrites their digests.
+pub fn seed(lab: &crate::lab::Lab, reg: &Registry) -> Vec<(String, Pushed)> {
+    let text = lab.read("pins.toml");
+    let mut doc: toml::Table = toml::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    if let Some(images) = doc.get_mut("image").and_then(|v| v.as_array_mut()) {
+        for i in images {
+            let t = i.as_table_mut().unwrap();
+            let image = t["image"].as_str().unwrap().to_string();
+            let (name, tag) = image.rsplit_once(':').unwrap();
+            let repo = name.split_once('/').unwrap().1;
+            let pushed = push_image(reg, repo, tag);
+            t.insert("digest".into(), pushed.index.clone().into());
+            out.push((t["name"].as_str().unwrap().to_string(), pushed));
+        }
+    }
+    std::fs::write(
+        lab.path("manifests/pins.toml"),
+        toml::to_string(&doc).unwrap(),
+    )
+    .unwrap();
+    out
+}
+
+pub fn mirrors(reg: &Registry) -> Vec<String> {
+    ["registry.k8s.io", "ghcr.io"]
+        .iter()
+        .flat_map(|r| {
+            [
+                "--registry-mirror".to_string(),
+                format!("{r}={}", reg.url()),
+            ]
+        })
+        .collect()
+}
