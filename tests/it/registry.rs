@@ -2,7 +2,7 @@
 //! synthetic multi-arch images by skopeo from OCI layouts made here.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
