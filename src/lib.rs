@@ -43,6 +43,8 @@ pub enum Error {
     #[error(transparent)]
     Image(#[from] fetch::oci::ImageError),
     #[error(transparent)]
+    Push(#[from] output::push::PushError),
+    #[error(transparent)]
     Render(#[from] render::RenderError),
     #[error(transparent)]
     Layer(#[from] layer::LayerError),
@@ -62,8 +64,6 @@ pub enum Error {
     PkiUnhealthy { count: usize, dir: PathBuf },
     #[error("cannot write to standard output")]
     Stdout(#[source] std::io::Error),
-    #[error("'{0}' is not implemented yet")]
-    NotImplemented(&'static str),
 }
 
 impl From<ArchArg> for Arch {
@@ -189,6 +189,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             reporter.info(&format!("{}: verified", args.dir.display()));
             Ok(())
         }
+        Command::Push(args) => {
+            if args.include_secrets {
+                reporter.warn("warning: pushing WITH the secrets layer (--include-secrets): every private key of the node goes to the registry");
+            } else {
+                reporter.info("push: the secrets layer is left out (--include-secrets adds it)");
+            }
+            let digest = output::push::push(&args.dir, &args.reference, args.include_secrets)?;
+            print(&format!("{}@{digest}\n", args.reference))
+        }
         Command::Fetch(args) => {
             let m = load_manifests(&cli, &reporter)?;
             let plans = plans_for(&m, args.role.as_deref())?;
@@ -247,7 +256,6 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             ));
             Ok(())
         }
-        other => Err(Error::NotImplemented(other.name())),
     }
 }
 
@@ -268,6 +276,7 @@ fn formats(list: &[cli::Format]) -> output::Formats {
         layers: list.contains(&cli::Format::Layers),
         cloud_init: list.contains(&cli::Format::CloudInit),
         pxe: list.contains(&cli::Format::Pxe),
+        oci: list.contains(&cli::Format::Oci),
     }
 }
 

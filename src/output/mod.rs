@@ -9,6 +9,8 @@
 
 pub mod cloudinit;
 pub mod iso;
+pub mod oci;
+pub mod push;
 pub mod pxe;
 
 use std::collections::BTreeMap;
@@ -43,6 +45,7 @@ pub struct Formats {
     pub layers: bool,
     pub cloud_init: bool,
     pub pxe: bool,
+    pub oci: bool,
 }
 
 /// How to build: formats, seed mode, and the one timestamp.
@@ -186,6 +189,7 @@ pub fn image_json(
                 (formats.layers, "layers"),
                 (formats.cloud_init, "cloud-init"),
                 (formats.pxe, "pxe"),
+                (formats.oci, "oci"),
             ]
             .iter()
             .filter(|(on, _)| *on)
@@ -296,6 +300,9 @@ pub fn assemble(
     }
     if formats.pxe {
         pxe::write(plan, layers, tmp, mtime).map_err(io_err(target, tmp))?;
+    }
+    if formats.oci {
+        oci::write(tmp, &image, layers, sde).map_err(io_err(target, tmp))?;
     }
     if !formats.layers {
         // layers were only the means to the other formats

@@ -163,3 +163,158 @@ fn issue6_bundle_with_images_then_offline_build_in_an_empty_cache() {
     run.assert_ok();
     assert!(lab.path("out/node01/layers/01-worker.tar.gz").is_file());
 }
+
+fn oci_index(lab: &Lab, out: &str) -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(lab.path(&format!("{out}/oci/index.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn issue6_node_image_as_reproducible_oci_layout_judged_by_skopeo_and_umoci() {
+    let (lab, server, reg, _) = lab_with_images();
+    run(
+        &lab,
+        &server,
+        &reg,
+        &[
+            "node",
+            "--role",
+            "node01",
+            "--format",
+            "layers,oci",
+            "--out",
+            "a",
+        ],
+    )
+    .assert_ok();
+    run(
+        &lab,
+        &server,
+        &reg,
+        &[
+            "--jobs", "1", "node", "--role", "node01", "--format", "oci", "--out", "b",
+        ],
+    )
+    .assert_ok();
+    let (a, b) = (oci_index(&lab, "a/node01"), oci_index(&lab, "b/node01"));
+    assert_eq!(a, b, "two builds gave different OCI manifests");
+    let tags: Vec<&str> = a["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(tags, ["node01", "node01-with-secrets"]);
+    let layout = lab.path("a/node01/oci");
+    let o = Command::new("skopeo")
+        .args(["inspect"])
+        .arg(format!("oci:{}:node01", layout.display()))
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(info.contains("\"io.imgbuild.node\": \"node01\""), "{info}");
+    assert!(
+        info.contains("\"Created\": \"2023-11-14T22:13:20Z\""),
+        "{info}"
+    );
+    // three public layers; the secrets layer only in the -with-secrets image
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:node01", layout.display()))
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(m["layers"].as_array().unwrap().len(), 3);
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:node01-with-secrets", layout.display()))
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(m["layers"].as_array().unwrap().len(), 4);
+    // the layer blobs are the layer files
+    let image: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.path("a/node01/image.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["layers"][0]["digest"], image["layers"][0]["digest"]);
+    for tag in ["node01", "node01-with-secrets"] {
+        let o = Command::new("umoci")
+            .args(["stat", "--image"])
+            .arg(format!("{}:{tag}", layout.display()))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "umoci stat {tag}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = Command::new("umoci")
+        .args(["ls", "--layout"])
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("node01-with-secrets"));
+}
+
+#[test]
+fn issue6_push_then_copy_back_gives_the_same_digest_without_secrets() {
+    let (lab, server, reg, _) = lab_with_images();
+    run(
+        &lab,
+        &server,
+        &reg,
+        &["node", "--role", "node01", "--format", "oci"],
+    )
+    .assert_ok();
+    let index = oci_index(&lab, "out/node01");
+    let public = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dest = format!("127.0.0.1:{}/nodes/node01:v1", reg.port);
+    let pushed = lab.imgbuild(&["push", "out/node01", &dest]).assert_ok();
+    assert!(
+        pushed.stderr().contains("the secrets layer is left out"),
+        "{}",
+        pushed.stderr()
+    );
+    assert_eq!(pushed.stdout().trim(), format!("{dest}@{public}"));
+    let back = lab.path("back");
+    let o = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--quiet"])
+        .arg(format!("docker://{dest}"))
+        .arg(format!("oci:{}:v1", back.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let idx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(back.join("index.json")).unwrap()).unwrap();
+    assert_eq!(idx["manifests"][0]["digest"].as_str().unwrap(), public);
+    // with --include-secrets, the other manifest, and a warning
+    let dest2 = format!("127.0.0.1:{}/nodes/node01:v1-secrets", reg.port);
+    let pushed = lab
+        .imgbuild(&["push", "out/node01", &dest2, "--include-secrets"])
+        .assert_ok();
+    assert!(
+        pushed
+            .stderr()
+            .contains("warning: pushing WITH the secrets layer"),
+        "{}",
+        pushed.stderr()
+    );
+    assert_eq!(
+        pushed.stdout().trim(),
+        format!(
+            "{dest2}@{}",
+            index["manifests"][1]["digest"].as_str().unwrap()
+        )
+    );
+}

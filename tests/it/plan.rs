@@ -144,18 +144,11 @@ fn issue2_two_roles_writing_one_path_is_an_error() {
 }
 
 #[test]
-fn issue2_unimplemented_commands_say_so() {
+fn issue6_push_without_an_oci_image_says_how_to_make_one() {
     let lab = Lab::new();
-    // push lands with the OCI image (issue 6)
-    let run = lab
-        .imgbuild(&["push", "out/master01", "127.0.0.1:5000/n:1"])
-        .assert_failed();
-    assert!(
-        run.stderr()
-            .contains("error: 'push' is not implemented yet"),
-        "{}",
-        run.stderr()
-    );
+    lab.imgbuild(&["push", "out/master01", "127.0.0.1:5000/n:1"])
+        .assert_failed()
+        .assert_stderr_has("cannot read out/master01/oci/index.json");
 }
 
 #[test]
