@@ -60,7 +60,7 @@ fn fetch(lab: &Lab, extra: &[&str]) -> crate::lab::Run {
 #[test]
 fn issue3_fetch_fills_the_cache_and_a_second_run_downloads_nothing() {
     let server = Server::start();
-    let lab = Lab::new();
+    let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Direct, 64 << 10);
     let run = fetch(&lab, &[]).assert_ok();
     assert_cache_complete(&lab, &served);
@@ -92,7 +92,7 @@ fn issue3_fetch_fills_the_cache_and_a_second_run_downloads_nothing() {
 #[test]
 fn issue3_fetch_one_role_takes_only_what_it_needs() {
     let server = Server::start();
-    let lab = Lab::new();
+    let lab = Lab::new().without_images();
     serve(&lab, &server, Serve::Direct, 4 << 10);
     let out = fetch(&lab, &["--role", "worker"]).assert_ok().stdout();
     let names: Vec<&str> = out
@@ -114,7 +114,7 @@ fn issue3_fetch_one_role_takes_only_what_it_needs() {
 
 fn one_fault(fault: Fault) -> (Server, Lab, Served) {
     let server = Server::start();
-    let lab = Lab::new();
+    let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Direct, 256 << 10);
     server.fault(served.path("etcd"), fault);
     (server, lab, served)
@@ -229,7 +229,7 @@ fn issue3_range_not_supported_restarts_from_zero() {
 #[test]
 fn issue3_offline_fails_at_once_naming_every_missing_artifact() {
     let server = Server::start();
-    let lab = Lab::new();
+    let lab = Lab::new().without_images();
     serve(&lab, &server, Serve::Direct, 1024);
     let run = fetch(&lab, &["--offline"]).assert_failed();
     assert_eq!(server.total_requests(), 0, "offline reached the network");
@@ -246,7 +246,7 @@ fn issue3_offline_fails_at_once_naming_every_missing_artifact() {
 #[test]
 fn issue3_mirror_serves_the_upstream_layout() {
     let server = Server::start();
-    let lab = Lab::new();
+    let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Mirror, 4 << 10);
     let mirror = server.url("mirror");
     let run = fetch(
@@ -272,7 +272,7 @@ fn issue3_mirror_serves_the_upstream_layout() {
 #[test]
 fn issue3_killed_mid_download_then_run_again_ends_verified() {
     let server = Server::start();
-    let lab = Lab::new();
+    let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Direct, 2 << 20);
     let path = served.path("kubernetes-server").to_string();
     server.fault(
@@ -319,7 +319,7 @@ fn issue3_killed_mid_download_then_run_again_ends_verified() {
 #[test]
 fn issue3_two_concurrent_fetches_into_one_cache_both_succeed() {
     let server = Server::start();
-    let lab = Lab::new();
+    let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Direct, 512 << 10);
     for name in NEEDED {
         server.fault(
@@ -370,7 +370,7 @@ fn untar(file: &Path, into: &Path) {
 #[test]
 fn issue3_bundle_export_import_then_offline() {
     let server = Server::start();
-    let lab = Lab::new();
+    let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Mirror, 8 << 10);
     let mirror = server.url("mirror");
     lab.imgbuild(&[
@@ -450,7 +450,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn issue3_bundle_import_refuses_a_tampered_artifact() {
     let server = Server::start();
-    let lab = Lab::new();
+    let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Mirror, 8 << 10);
     lab.imgbuild(&[
         "bundle",

@@ -90,6 +90,18 @@ impl Lab {
         Lab { dir }
     }
 
+    /// The roles without `images:` (tests of artifacts alone; no registry).
+    pub fn without_images(self) -> Lab {
+        let roles = self.path("manifests/roles");
+        for e in std::fs::read_dir(&roles).unwrap() {
+            let p = e.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("images:")).collect();
+            std::fs::write(&p, kept.join("\n") + "\n").unwrap();
+        }
+        self
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
