@@ -40,3 +40,7 @@ demo: build
 plan:
     cargo run --quiet -- plan --role master01
     cargo run --quiet -- plan --role worker
+
+# measure against the guides' way and the limit; writes BENCHMARKS.md
+bench: build
+    python3 scripts/bench.py

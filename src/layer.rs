@@ -378,10 +378,12 @@ pub fn build(
     let result = write_entries(&mut b, inputs, layer, resolved);
     let finished = result.and_then(|()| {
         let mut w = b.into_inner().map_err(io(&tmp))?;
-        w.inner.finish().map_err(|e| LayerError::Gzip {
+        let mut out = w.inner.finish().map_err(|e| LayerError::Gzip {
             layer: layer.name.clone(),
             message: e.to_string(),
-        })
+        })?;
+        // flush explicitly: a BufWriter dropped unflushed hides its error
+        out.flush().map_err(io(&tmp))
     });
     if let Err(e) = finished {
         let _ = fs::remove_file(&tmp);

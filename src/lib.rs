@@ -135,6 +135,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 formats: formats(&args.format),
                 seed: output::SeedLayers::parse(&args.seed_layers)?,
                 source_date_epoch: ctx.source_date_epoch,
+                jobs: ctx.jobs,
             };
             let dirs = build(&cli, &ctx, &reporter, &m, vec![plan], &args.out, &opts)?;
             print(
@@ -151,6 +152,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 formats: formats(&args.format),
                 seed: output::SeedLayers::parse(&args.seed_layers)?,
                 source_date_epoch: ctx.source_date_epoch,
+                jobs: ctx.jobs,
             };
             let dirs = build(&cli, &ctx, &reporter, &m, plans, &args.out, &opts)?;
             print(
@@ -175,6 +177,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                     formats: formats(&list),
                     seed: output::SeedLayers::parse(&image.build.seed_layers)?,
                     source_date_epoch: ctx.source_date_epoch,
+                    jobs: ctx.jobs,
                 };
                 let scratch = tempfile_dir(&args.dir)?;
                 let result = build(&cli, &ctx, &reporter, &m, vec![plan], &scratch, &opts)

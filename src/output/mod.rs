@@ -54,6 +54,8 @@ pub struct Options {
     pub formats: Formats,
     pub seed: SeedLayers,
     pub source_date_epoch: i64,
+    /// Threads for compression; the bytes never depend on it.
+    pub jobs: usize,
 }
 
 /// Where cloud-init gets the shared layers from.
@@ -250,14 +252,19 @@ pub fn files_below(dir: &Path) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// `sha256sum -c` lines for every file below `dir` but SHA256SUMS.
-pub fn sha256sums(dir: &Path) -> io::Result<String> {
+/// `sha256sum -c` lines for every file below `dir` but SHA256SUMS; `known`
+/// digests (the layers, hashed while they were written) are not read again.
+pub fn sha256sums(dir: &Path, known: &BTreeMap<String, String>) -> io::Result<String> {
     let mut s = String::new();
     for f in files_below(dir)? {
         if f == "SHA256SUMS" {
             continue;
         }
-        s.push_str(&format!("{}  {f}\n", sha256_file(&dir.join(&f))?));
+        let h = match known.get(&f) {
+            Some(h) => h.clone(),
+            None => sha256_file(&dir.join(&f))?,
+        };
+        s.push_str(&format!("{h}  {f}\n"));
     }
     Ok(s)
 }
@@ -299,7 +306,7 @@ pub fn assemble(
             .map_err(io_err(target, tmp))?;
     }
     if formats.pxe {
-        pxe::write(plan, layers, tmp, mtime).map_err(io_err(target, tmp))?;
+        pxe::write(plan, layers, tmp, mtime, opts.jobs).map_err(io_err(target, tmp))?;
     }
     if formats.oci {
         oci::write(tmp, &image, layers, sde).map_err(io_err(target, tmp))?;
@@ -308,7 +315,18 @@ pub fn assemble(
         // layers were only the means to the other formats
         fs::remove_dir_all(tmp.join("layers")).map_err(io_err(target, tmp))?;
     }
-    let sums = sha256sums(tmp).map_err(io_err(target, tmp))?;
+    let mut known = BTreeMap::new();
+    if formats.layers {
+        for l in layers {
+            known.insert(format!("layers/{}.tar.gz", l.name), l.digest.clone());
+        }
+    }
+    if formats.oci {
+        for l in layers {
+            known.insert(format!("oci/blobs/sha256/{}", l.digest), l.digest.clone());
+        }
+    }
+    let sums = sha256sums(tmp, &known).map_err(io_err(target, tmp))?;
     let p = tmp.join("SHA256SUMS");
     fsutil::write_atomic(&p, sums.as_bytes(), 0o644).map_err(io_err(target, &p))?;
     let dest = out_root.join(target);

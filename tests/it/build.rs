@@ -574,3 +574,22 @@ fn issue5_etcd_cluster_from_the_built_layers() {
     );
     assert_eq!(out.matches("is healthy").count(), 3, "{out}");
 }
+
+#[test]
+fn issue7_jobs_1_and_2_give_identical_bytes() {
+    let (lab, server) = synthetic();
+    for (jobs, out) in [("1", "out-j1"), ("2", "out-j2")] {
+        build(
+            &lab,
+            &server,
+            &["--jobs", jobs, "cluster", "--out", out],
+            &[],
+        )
+        .assert_ok();
+    }
+    for node in ["master01", "master02", "master03", "node01", "node02"] {
+        let a = std::fs::read_to_string(lab.path(&format!("out-j1/{node}/SHA256SUMS"))).unwrap();
+        let b = std::fs::read_to_string(lab.path(&format!("out-j2/{node}/SHA256SUMS"))).unwrap();
+        assert_eq!(a, b, "{node}: --jobs changed the bytes");
+    }
+}
