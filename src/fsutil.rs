@@ -15,6 +15,22 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
 }
 
+/// sha256 of a file, lowercase hex, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 /// Creates (truncates) `path` with mode 0600, whatever the umask.
 pub fn create_private(path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()

@@ -71,21 +71,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VerifyError + '_ {
     }
 }
 
-fn sha256_file(path: &Path) -> io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 pub fn read_image_json(dir: &Path) -> Result<ImageJson, VerifyError> {
     let p = dir.join("image.json");
     let text = fs::read_to_string(&p).map_err(io_err(&p))?;
@@ -132,7 +117,8 @@ pub fn check(m: &Manifests, dir: &Path) -> Result<ImageJson, VerifyError> {
         match listed.get(f) {
             None => problems.push(format!("{f} is not listed in SHA256SUMS")),
             Some(h) => {
-                let actual = sha256_file(&dir.join(f)).map_err(io_err(&dir.join(f)))?;
+                let actual =
+                    crate::fsutil::sha256_file(&dir.join(f)).map_err(io_err(&dir.join(f)))?;
                 if &actual != h {
                     problems.push(format!("{f}: sha256 is {actual}, SHA256SUMS says {h}"));
                 }
@@ -154,7 +140,10 @@ pub fn check(m: &Manifests, dir: &Path) -> Result<ImageJson, VerifyError> {
             }
             continue;
         }
-        let actual = format!("sha256:{}", sha256_file(&p).map_err(io_err(&p))?);
+        let actual = format!(
+            "sha256:{}",
+            crate::fsutil::sha256_file(&p).map_err(io_err(&p))?
+        );
         let size = fs::metadata(&p).map_err(io_err(&p))?.len();
         if actual != l.digest || size != l.size {
             problems.push(format!(

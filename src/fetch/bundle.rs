@@ -85,24 +85,6 @@ fn files_under(
     Ok(())
 }
 
-fn sha256_file(path: &Path) -> Result<String, BundleError> {
-    let io = |source| BundleError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = File::open(path).map_err(io)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 /// Writes the bundle for `pins` and the image blobs `images` (sha256
 /// digests, all already in the cache) to `out`, atomically. Image blobs go
 /// to `images/blobs/sha256/<hex>`.
@@ -138,7 +120,11 @@ pub fn export(
     }
     let mut sums = String::new();
     for (name, path) in &files {
-        sums.push_str(&format!("{}  {name}\n", sha256_file(path)?));
+        let h = crate::fsutil::sha256_file(path).map_err(|source| BundleError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        sums.push_str(&format!("{h}  {name}\n"));
     }
     let tmp = out.with_extension("tmp-bundle");
     let io = |path: &Path| {

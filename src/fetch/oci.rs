@@ -73,6 +73,16 @@ pub enum ImageError {
     },
 }
 
+/// The parameters of a `WWW-Authenticate: Bearer realm="…",service="…",scope="…"`.
+pub fn parse_challenge(challenge: &str) -> BTreeMap<String, String> {
+    challenge
+        .trim_start_matches("Bearer ")
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect()
+}
+
 /// `registry.k8s.io/coredns/coredns:v1.12.4` -> (registry, repository, tag)
 pub fn split_reference(image: &str) -> (String, String, String) {
     let (name, tag) = match image.rsplit_once(':') {
@@ -231,12 +241,7 @@ impl Puller<'_> {
 
     /// `Bearer realm="…",service="…",scope="…"` -> an anonymous pull token.
     async fn anonymous_token(&self, image: &str, challenge: &str) -> Result<String, ImageError> {
-        let params: BTreeMap<String, String> = challenge
-            .trim_start_matches("Bearer ")
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
-            .collect();
+        let params = parse_challenge(challenge);
         let realm = params.get("realm").cloned().unwrap_or_default();
         let mut url = reqwest::Url::parse(&realm).map_err(|_| ImageError::Http {
             image: image.to_string(),

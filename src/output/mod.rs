@@ -15,7 +15,7 @@ pub mod pxe;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -213,20 +213,6 @@ fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 /// Every file below `dir`, relative, sorted.
 pub fn files_below(dir: &Path) -> io::Result<Vec<String>> {
     fn walk(root: &Path, d: &Path, out: &mut Vec<String>) -> io::Result<()> {
@@ -262,7 +248,7 @@ pub fn sha256sums(dir: &Path, known: &BTreeMap<String, String>) -> io::Result<St
         }
         let h = match known.get(&f) {
             Some(h) => h.clone(),
-            None => sha256_file(&dir.join(&f))?,
+            None => crate::fsutil::sha256_file(&dir.join(&f))?,
         };
         s.push_str(&format!("{h}  {f}\n"));
     }

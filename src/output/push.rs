@@ -130,12 +130,7 @@ impl Client {
         if !challenge.starts_with("Bearer ") {
             return Ok(basic.unwrap_or_default());
         }
-        let params: BTreeMap<String, String> = challenge
-            .trim_start_matches("Bearer ")
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
-            .collect();
+        let params = crate::fetch::oci::parse_challenge(challenge);
         let realm = params.get("realm").cloned().unwrap_or_default();
         let mut url = reqwest::Url::parse(&realm).map_err(|_| PushError::Http {
             url: realm.clone(),
