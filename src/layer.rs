@@ -125,7 +125,6 @@ enum Content {
     },
     Blob(PathBuf),
     Bytes(Vec<u8>),
-    File(PathBuf),
     Symlink(String),
     Image(Box<PulledImage>),
 }
@@ -149,14 +148,7 @@ impl Inputs<'_> {
             Source::Member {
                 artifact, member, ..
             } => {
-                let pin = self.pin(layer, artifact)?;
-                let blob = self.cache.blob(&pin.checksum);
-                if !blob.is_file() {
-                    return Err(LayerError::NotFetched {
-                        layer: layer.name.clone(),
-                        artifact: format!("{} {} ({})", pin.name, pin.version, pin.arch),
-                    });
-                }
+                let (pin, blob) = self.fetched(layer, artifact)?;
                 let id = format!("member {} {}", pin.checksum, member);
                 let label = format!("{} {}", pin.name, pin.version);
                 (
@@ -169,14 +161,7 @@ impl Inputs<'_> {
                 )
             }
             Source::Download { artifact, .. } => {
-                let pin = self.pin(layer, artifact)?;
-                let blob = self.cache.blob(&pin.checksum);
-                if !blob.is_file() {
-                    return Err(LayerError::NotFetched {
-                        layer: layer.name.clone(),
-                        artifact: format!("{} {} ({})", pin.name, pin.version, pin.arch),
-                    });
-                }
+                let (pin, blob) = self.fetched(layer, artifact)?;
                 (Content::Blob(blob), format!("blob {}", pin.checksum))
             }
             Source::Template { .. } => {
@@ -191,7 +176,8 @@ impl Inputs<'_> {
             Source::Static { file } => {
                 let path = self.m.layers_dir.join(file.trim_start_matches("layers/"));
                 let bytes = fs::read(&path).map_err(io(&path))?;
-                (Content::File(path), format!("bytes {}", sha256_hex(&bytes)))
+                let id = format!("bytes {}", sha256_hex(&bytes));
+                (Content::Bytes(bytes), id)
             }
             Source::Secret { id, node } => {
                 let path = self.state.join(state_path(id, node.as_deref()));
@@ -223,6 +209,23 @@ impl Inputs<'_> {
                 format!("symlink {target}"),
             ),
         })
+    }
+
+    /// The pin of `artifact` for this arch and its blob, which must be cached.
+    fn fetched(
+        &self,
+        layer: &LayerPlan,
+        artifact: &str,
+    ) -> Result<(&crate::manifest::ArtifactPin, PathBuf), LayerError> {
+        let pin = self.pin(layer, artifact)?;
+        let blob = self.cache.blob(&pin.checksum);
+        if !blob.is_file() {
+            return Err(LayerError::NotFetched {
+                layer: layer.name.clone(),
+                artifact: format!("{} {} ({})", pin.name, pin.version, pin.arch),
+            });
+        }
+        Ok((pin, blob))
     }
 
     fn pin(
@@ -502,7 +505,7 @@ fn write_entries<W: Write>(
                 tarutil::append_file(b, path, e.mode, mtime, bytes.len() as u64, bytes.as_slice())
                     .map_err(io(path))?
             }
-            Content::File(p) | Content::Blob(p) => {
+            Content::Blob(p) => {
                 let f = File::open(&p).map_err(io(path))?;
                 let size = f.metadata().map_err(io(path))?.len();
                 tarutil::append_file(b, path, e.mode, mtime, size, io::BufReader::new(f))

@@ -131,36 +131,16 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Node(args) => {
             let m = load_manifests(&cli, &reporter)?;
             let plan = plan::plan(&m, &args.role, args.arch.map(Arch::from))?;
-            let opts = output::Options {
-                formats: formats(&args.format),
-                seed: output::SeedLayers::parse(&args.seed_layers)?,
-                source_date_epoch: ctx.source_date_epoch,
-                jobs: ctx.jobs,
-            };
+            let opts = options(&ctx, &args.format, &args.seed_layers)?;
             let dirs = build(&cli, &ctx, &reporter, &m, vec![plan], &args.out, &opts)?;
-            print(
-                &dirs
-                    .iter()
-                    .map(|d| format!("{}\n", d.display()))
-                    .collect::<String>(),
-            )
+            print_dirs(&dirs)
         }
         Command::Cluster(args) => {
             let m = load_manifests(&cli, &reporter)?;
             let plans = plan::plan_all(&m)?;
-            let opts = output::Options {
-                formats: formats(&args.format),
-                seed: output::SeedLayers::parse(&args.seed_layers)?,
-                source_date_epoch: ctx.source_date_epoch,
-                jobs: ctx.jobs,
-            };
+            let opts = options(&ctx, &args.format, &args.seed_layers)?;
             let dirs = build(&cli, &ctx, &reporter, &m, plans, &args.out, &opts)?;
-            print(
-                &dirs
-                    .iter()
-                    .map(|d| format!("{}\n", d.display()))
-                    .collect::<String>(),
-            )
+            print_dirs(&dirs)
         }
         Command::Verify(args) => {
             let m = load_manifests(&cli, &reporter)?;
@@ -173,12 +153,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                     .iter()
                     .filter_map(|f| <cli::Format as clap::ValueEnum>::from_str(f, false).ok())
                     .collect();
-                let opts = output::Options {
-                    formats: formats(&list),
-                    seed: output::SeedLayers::parse(&image.build.seed_layers)?,
-                    source_date_epoch: ctx.source_date_epoch,
-                    jobs: ctx.jobs,
-                };
+                let opts = options(&ctx, &list, &image.build.seed_layers)?;
                 let scratch = tempfile_dir(&args.dir)?;
                 let result = build(&cli, &ctx, &reporter, &m, vec![plan], &scratch, &opts)
                     .and_then(|dirs| {
@@ -447,6 +422,30 @@ fn fetch_pins(
         fetched.len() - downloaded
     ));
     Ok(fetched)
+}
+
+/// The build options of a command line (or of an output being rebuilt).
+fn options(
+    ctx: &Context,
+    list: &[cli::Format],
+    seed_layers: &str,
+) -> Result<output::Options, Error> {
+    Ok(output::Options {
+        formats: formats(list),
+        seed: output::SeedLayers::parse(seed_layers)?,
+        source_date_epoch: ctx.source_date_epoch,
+        jobs: ctx.jobs,
+    })
+}
+
+/// The directories written, one a line: the data of `node` and `cluster`.
+fn print_dirs(dirs: &[PathBuf]) -> Result<(), Error> {
+    print(
+        &dirs
+            .iter()
+            .map(|d| format!("{}\n", d.display()))
+            .collect::<String>(),
+    )
 }
 
 fn print(text: &str) -> Result<(), Error> {

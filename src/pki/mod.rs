@@ -153,6 +153,14 @@ impl<'a> State<'a> {
         self.m.cluster.pki.key_algorithm
     }
 
+    /// A fresh key of the manifests' algorithm, for the file `rel`.
+    fn new_key(&self, rel: &str) -> Result<rcgen::KeyPair, PkiError> {
+        generate_key(self.alg()).map_err(|source| PkiError::Issue {
+            path: self.path(rel),
+            source,
+        })
+    }
+
     /// `pki init` (`Renew::Needed`, `replace_cas` false) and `pki renew`.
     pub fn ensure(mut self, renew: Renew, replace_cas: bool) -> Result<Vec<Change>, PkiError> {
         fsutil::create_dir_all_mode(&self.dir, DIR_MODE).map_err(|source| PkiError::Write {
@@ -196,10 +204,7 @@ impl<'a> State<'a> {
                 missing: self.path(&crt),
             }),
             (existing, _, _) => {
-                let kp = generate_key(self.alg()).map_err(|source| PkiError::Issue {
-                    path: self.path(&key),
-                    source,
-                })?;
+                let kp = self.new_key(&key)?;
                 let pem = issue_ca(self.ctx, ca, &kp, self.m.cluster.pki.ca_validity_days)
                     .map_err(|source| PkiError::Issue {
                         path: self.path(&crt),
@@ -224,10 +229,7 @@ impl<'a> State<'a> {
             self.note(spec::SA_KEY, Action::Kept);
             return Ok(());
         }
-        let kp = generate_key(self.alg()).map_err(|source| PkiError::Issue {
-            path: self.path(spec::SA_KEY),
-            source,
-        })?;
+        let kp = self.new_key(spec::SA_KEY)?;
         self.write(spec::SA_KEY, &kp.serialize_pem())?;
         self.write(spec::SA_PUB, &kp.public_key_pem())?;
         self.note(spec::SA_KEY, Action::Created);
@@ -358,10 +360,7 @@ impl<'a> State<'a> {
             },
         };
         let signer = self.signer(s.ca, ca_pem)?;
-        let kp = generate_key(self.alg()).map_err(|source| PkiError::Issue {
-            path: self.path(&key),
-            source,
-        })?;
+        let kp = self.new_key(&key)?;
         let pem = issue_leaf(
             self.ctx,
             s,
@@ -431,10 +430,7 @@ impl<'a> State<'a> {
                 organizations,
             } => {
                 let signer = self.signer(Ca::Kubernetes, ca_pem)?;
-                let kp = generate_key(self.alg()).map_err(|source| PkiError::Issue {
-                    path: self.path(&s.path),
-                    source,
-                })?;
+                let kp = self.new_key(&s.path)?;
                 let client = LeafSpec {
                     stem: s.path.clone(),
                     common_name: common_name.clone(),

@@ -416,7 +416,7 @@ fn issue3_bundle_export_import_then_offline() {
         );
     }
     let bundle_server = Server::start();
-    for entry in walk(&unpacked) {
+    for entry in crate::lab::files_below(&unpacked) {
         let rel = entry
             .strip_prefix(&unpacked)
             .unwrap()
@@ -432,19 +432,6 @@ fn issue3_bundle_export_import_then_offline() {
         &bundle_server.url("b"),
     ])
     .assert_ok();
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

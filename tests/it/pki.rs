@@ -17,20 +17,13 @@ fn state(lab: &Lab) -> std::path::PathBuf {
 /// Every file of the state dir with its sha256.
 fn hashes(dir: &Path) -> BTreeMap<String, String> {
     use sha2::{Digest, Sha256};
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, hex::encode(Sha256::digest(std::fs::read(&p).unwrap())));
-            }
-        }
-    }
-    out
+    crate::lab::files_below(dir)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            (rel, hex::encode(Sha256::digest(std::fs::read(&p).unwrap())))
+        })
+        .collect()
 }
 
 fn changed(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
