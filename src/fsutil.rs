@@ -31,6 +31,39 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// A writer that keeps the sha256 of the bytes written through it, so that
+/// a big output is hashed while it is written, not read again.
+pub struct Sha256Writer<W> {
+    inner: W,
+    sha: sha2::Sha256,
+}
+
+impl<W: Write> Sha256Writer<W> {
+    pub fn new(inner: W) -> Sha256Writer<W> {
+        Sha256Writer {
+            inner,
+            sha: sha2::Digest::new(),
+        }
+    }
+
+    /// The writer and the lowercase hex sha256 of everything written.
+    pub fn finish(self) -> (W, String) {
+        (self.inner, hex::encode(sha2::Digest::finalize(self.sha)))
+    }
+}
+
+impl<W: Write> Write for Sha256Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.sha, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Creates (truncates) `path` with mode 0600, whatever the umask.
 pub fn create_private(path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()

@@ -1,26 +1,24 @@
 //! Stage 6, `layer`: takes a [`LayerPlan`] with its sources (the cache, the
 //! state dir, the rendered templates) and writes a deterministic
-//! `.tar.gz`: numeric root-owned entries with explicit modes, one mtime
+//! `.tar.gz`: numeric owners and explicit modes from the plan, one mtime
 //! (SOURCE_DATE_EPOCH), every parent directory first, then the archive
 //! members streamed straight out of the cached tarballs (by artifact name,
-//! in archive order), then every other file by path. gzip is pinned (pure-Rust
-//! deflate via gzp, fixed block size, header mtime 0, no name), so the bytes do
-//! not depend on `--jobs`. A layer is keyed by the hash of its inputs: the
-//! layer store (`<cache>/layers/`) builds each distinct layer once and every
-//! node that has it reuses it. Memory does not grow with artifact size.
+//! in archive order), then every other file by path. For PXE it writes, in
+//! the same pass, the layer's newc cpio segment: the same files, and the
+//! same compressed bytes for every large content (see [`crate::pgzip`]).
+//! gzip is pinned (pure-Rust deflate, pieces cut where the bytes say, header
+//! mtime 0, no name), so the bytes do not depend on `--jobs`. A layer is
+//! keyed by the hash of its inputs: the layer store (`<cache>/layers/`)
+//! builds each distinct layer once and every node that has it reuses it.
+//! Memory does not grow with artifact size.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-use gzp::deflate::Gzip;
-use gzp::par::compress::{ParCompress, ParCompressBuilder};
-use gzp::{Compression, ZWriter};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::fetch::Cache;
 use crate::fetch::archive::{self, ArchiveError};
@@ -29,10 +27,10 @@ use crate::manifest::{Arch, Manifests};
 use crate::pki::state_path;
 use crate::plan::{Entry, LayerKind, LayerPlan, Source};
 use crate::render::Rendered;
-use crate::tarutil;
+use crate::{newc, pgzip, tarutil};
 
 /// Bump when the layer format changes: every key changes with it.
-const FORMAT: &str = "imgbuild-layer-v1";
+const FORMAT: &str = "imgbuild-layer-v2";
 /// gzip level of every layer.
 pub const GZIP_LEVEL: u32 = 6;
 
@@ -67,8 +65,6 @@ pub enum LayerError {
         #[source]
         source: ArchiveError,
     },
-    #[error("layer {layer}: parallel gzip failed: {message}")]
-    Gzip { layer: String, message: String },
 }
 
 /// A built layer in the store.
@@ -85,6 +81,9 @@ pub struct BuiltLayer {
     pub diff_id: String,
     #[serde(skip)]
     pub file: PathBuf,
+    /// The PXE segment (gzip'd newc cpio), when it was asked for.
+    #[serde(skip)]
+    pub segment: Option<PathBuf>,
 }
 
 /// Where built layers live, by key: `<cache>/layers/<key>.tar.gz` + `.json`.
@@ -112,6 +111,8 @@ pub struct Inputs<'a> {
     pub node: Option<&'a str>,
     pub mtime: u64,
     pub jobs: usize,
+    /// Write each layer's PXE segment too.
+    pub cpio: bool,
     /// Pulled images by (name, arch).
     pub images: &'a BTreeMap<(String, Arch), PulledImage>,
 }
@@ -243,30 +244,6 @@ impl Inputs<'_> {
     }
 }
 
-/// A writer that hashes what passes through it.
-struct HashWriter<W> {
-    inner: W,
-    hash: Arc<Mutex<Sha256>>,
-    count: Arc<Mutex<u64>>,
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        if let Ok(mut h) = self.hash.lock() {
-            h.update(&buf[..n]);
-        }
-        if let Ok(mut c) = self.count.lock() {
-            *c += n as u64;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Every ancestor directory of `path` (`/a/b/c` -> `a`, `a/b`).
 fn ancestors(path: &str, out: &mut BTreeSet<String>) {
     let rel = path.trim_start_matches('/');
@@ -281,8 +258,11 @@ fn ancestors(path: &str, out: &mut BTreeSet<String>) {
     }
 }
 
-/// Builds (or finds in the store) one layer. The secrets layer never enters
-/// the shared store: it is written to `private_dir` with mode 0600.
+/// Builds (or finds in the store) one layer: its `.tar.gz` and, when
+/// `inputs.cpio`, its PXE segment (the same files as a gzip'd newc cpio
+/// without a trailer), both from one pass over the sources. The secrets
+/// layer never enters the shared store: it is written to `private_dir` with
+/// mode 0600, its segment as a hidden file beside it.
 pub fn build(
     store: &Store,
     inputs: &Inputs<'_>,
@@ -299,15 +279,16 @@ pub fn build(
     }
     let key = hex::encode(key.finalize());
     let private = layer.kind == LayerKind::Secrets;
-    let dir = if private {
-        private_dir
+    let (file, seg) = if private {
+        (
+            private_dir.join(format!("{}.tar.gz", layer.name)),
+            private_dir.join(format!(".{}.cpio.gz", layer.name)),
+        )
     } else {
-        store.dir.as_path()
-    };
-    let file = if private {
-        dir.join(format!("{}.tar.gz", layer.name))
-    } else {
-        dir.join(format!("{key}.tar.gz"))
+        (
+            store.dir.join(format!("{key}.tar.gz")),
+            store.dir.join(format!("{key}.cpio.gz")),
+        )
     };
     let meta = store.dir.join(format!("{key}.json"));
     let io = |path: &Path| {
@@ -335,80 +316,80 @@ pub fn build(
     };
     if !private
         && file.is_file()
+        && (!inputs.cpio || seg.is_file())
         && let Ok(text) = fs::read_to_string(&meta)
         && let Ok(mut built) = serde_json::from_str::<BuiltLayer>(&text)
     {
         built.name = layer.name.clone();
         built.file = file;
+        built.segment = seg.is_file().then_some(seg);
         return Ok(built);
     }
 
-    let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
-    let gz_hash = Arc::new(Mutex::new(Sha256::new()));
-    let gz_count = Arc::new(Mutex::new(0u64));
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{key}.{}.tar.tmp", std::process::id()));
+    let seg_tmp = dir.join(format!(".{key}.{}.cpio.tmp", std::process::id()));
     let mode = if private { 0o600 } else { 0o644 };
-    let created = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .and_then(|f| {
-            f.set_permissions(fs::Permissions::from_mode(mode))
-                .map(|()| f)
-        })
-        .map_err(io(&tmp))?;
-    let out = HashWriter {
-        inner: BufWriter::with_capacity(1 << 20, created),
-        hash: gz_hash.clone(),
-        count: gz_count.clone(),
+    let create = |path: &Path| {
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+            .and_then(|f| {
+                f.set_permissions(fs::Permissions::from_mode(mode))
+                    .map(|()| BufWriter::with_capacity(1 << 20, f))
+            })
+            .map_err(io(path))
     };
-    let gz: ParCompress<'static, Gzip, _> = ParCompressBuilder::<Gzip>::new()
-        .num_threads(inputs.jobs.max(1))
-        .map_err(|e| LayerError::Gzip {
-            layer: layer.name.clone(),
-            message: e.to_string(),
-        })?
-        .compression_level(Compression::new(GZIP_LEVEL))
-        .from_writer(out);
-    let tar_hash = Arc::new(Mutex::new(Sha256::new()));
-    let tar_out = HashWriter {
-        inner: gz,
-        hash: tar_hash.clone(),
-        count: Arc::new(Mutex::new(0u64)),
-    };
-    let mut b = tar::Builder::new(tar_out);
-    let result = write_entries(&mut b, inputs, layer, resolved);
-    let finished = result.and_then(|()| {
-        let mut w = b.into_inner().map_err(io(&tmp))?;
-        let mut out = w.inner.finish().map_err(|e| LayerError::Gzip {
-            layer: layer.name.clone(),
-            message: e.to_string(),
-        })?;
-        // flush explicitly: a BufWriter dropped unflushed hides its error
-        out.flush().map_err(io(&tmp))
-    });
-    if let Err(e) = finished {
+    let cleanup = || {
         let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    let take = |h: &Arc<Mutex<Sha256>>| {
-        h.lock()
-            .map(|h| hex::encode(h.clone().finalize()))
-            .unwrap_or_default()
+        let _ = fs::remove_file(&seg_tmp);
+    };
+    let written = create(&tmp)
+        .and_then(|t| Ok((t, inputs.cpio.then(|| create(&seg_tmp)).transpose()?)))
+        .and_then(|(t, c)| {
+            pgzip::write(
+                t,
+                c,
+                GZIP_LEVEL,
+                inputs.jobs,
+                |s| write_entries(s, inputs, layer, resolved),
+                |e| io(&tmp)(e),
+            )
+        })
+        .and_then(|out| {
+            for (w, path) in [(Some(out.tar_writer.get_ref()), &tmp)]
+                .into_iter()
+                .chain([(out.cpio_writer.as_ref().map(BufWriter::get_ref), &seg_tmp)])
+            {
+                if let Some(f) = w {
+                    f.sync_all().map_err(io(path))?;
+                }
+            }
+            Ok((out.tar, out.diff_id, out.cpio))
+        });
+    let (tar, diff_id, cpio) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            cleanup();
+            return Err(e);
+        }
     };
     let built = BuiltLayer {
         name: layer.name.clone(),
         kind: layer.kind,
         key: key.clone(),
-        digest: take(&gz_hash),
-        size: gz_count.lock().map(|c| *c).unwrap_or(0),
-        diff_id: take(&tar_hash),
+        digest: tar.digest,
+        size: tar.size,
+        diff_id,
         file: file.clone(),
+        segment: cpio.is_some().then(|| seg.clone()),
     };
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io(&tmp))?;
+    if cpio.is_some() {
+        fs::rename(&seg_tmp, &seg).map_err(io(&seg))?;
+    }
     fs::rename(&tmp, &file).map_err(io(&file))?;
     if !private {
         let json = serde_json::to_string(&built).unwrap_or_default();
@@ -417,8 +398,98 @@ pub fn build(
     Ok(built)
 }
 
-fn write_entries<W: Write>(
-    b: &mut tar::Builder<W>,
+/// Writes each entry of a layer to the tar stream and to the cpio stream
+/// (inode numbers in order; directories with two links, files with one, so
+/// the kernel never takes two files for hard links).
+struct Emit<'s> {
+    s: &'s mut pgzip::Streams,
+    headers: tar::Builder<Vec<u8>>,
+    ino: u32,
+    mtime: u64,
+}
+
+impl Emit<'_> {
+    /// The tar header block(s) just appended to `headers`.
+    fn tar_header(&mut self) -> Vec<u8> {
+        std::mem::take(self.headers.get_mut())
+    }
+
+    fn cpio_header(
+        &mut self,
+        path: &str,
+        mode: u32,
+        owner: (u32, u32),
+        size: u64,
+    ) -> io::Result<Vec<u8>> {
+        self.ino += 1;
+        let size = if self.s.has_cpio() {
+            u32::try_from(size).map_err(|_| {
+                io::Error::other(format!("{path} is larger than a newc cpio allows (4 GiB)"))
+            })?
+        } else {
+            0
+        };
+        Ok(newc::Header {
+            name: path,
+            ino: self.ino,
+            mode,
+            uid: owner.0,
+            gid: owner.1,
+            nlink: if mode & newc::S_IFDIR != 0 { 2 } else { 1 },
+            mtime: u32::try_from(self.mtime).unwrap_or(0),
+            size,
+        }
+        .to_bytes())
+    }
+
+    fn dir(&mut self, path: &str) -> io::Result<()> {
+        tarutil::append_dir(&mut self.headers, path, 0o755, self.mtime)?;
+        let t = self.tar_header();
+        let c = self.cpio_header(path, newc::S_IFDIR | 0o755, (0, 0), 0)?;
+        self.s.meta(&t, &c)
+    }
+
+    fn file(&mut self, e: &Entry, size: u64, data: &mut dyn Read) -> io::Result<()> {
+        let path = e.path.trim_start_matches('/');
+        let owner = (e.uid, e.gid);
+        tarutil::append_file_as(
+            &mut self.headers,
+            path,
+            e.mode,
+            owner,
+            self.mtime,
+            size,
+            io::empty(),
+        )?;
+        let t = self.tar_header();
+        let c = self.cpio_header(path, newc::S_IFREG | (e.mode & 0o7777), owner, size)?;
+        self.s.meta(&t, &c)?;
+        self.s.content(data, size)?;
+        let zeros = [0u8; 512];
+        self.s.meta(
+            &zeros[..tarutil::padding(size)],
+            &zeros[..newc::padding(size)],
+        )
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+        tarutil::append_symlink(&mut self.headers, path, target, self.mtime)?;
+        let t = self.tar_header();
+        let len = target.len() as u64;
+        let mut c = self.cpio_header(path, newc::S_IFLNK | 0o777, (0, 0), len)?;
+        c.extend_from_slice(target.as_bytes());
+        c.resize(c.len() + newc::padding(len), 0);
+        self.s.meta(&t, &c)
+    }
+
+    /// The tar's end: two zero blocks. (A cpio segment has no trailer.)
+    fn finish(self) -> io::Result<()> {
+        self.s.meta(&[0u8; 1024], b"")
+    }
+}
+
+fn write_entries(
+    s: &mut pgzip::Streams,
     inputs: &Inputs<'_>,
     layer: &LayerPlan,
     resolved: Vec<(&Entry, Content)>,
@@ -433,12 +504,18 @@ fn write_entries<W: Write>(
             source,
         }
     };
+    let mut w = Emit {
+        s,
+        headers: tar::Builder::new(Vec::new()),
+        ino: 0,
+        mtime,
+    };
     let mut dirs = BTreeSet::new();
     for (e, _) in &resolved {
         ancestors(&e.path, &mut dirs);
     }
     for d in &dirs {
-        tarutil::append_dir(b, d, 0o755, mtime).map_err(io(d))?;
+        w.dir(d).map_err(io(d))?;
     }
     // archive members, by archive, in archive order
     let mut by_archive: BTreeMap<(String, PathBuf), BTreeMap<String, Vec<&Entry>>> =
@@ -465,29 +542,14 @@ fn write_entries<W: Write>(
         let wanted: BTreeSet<String> = members.keys().cloned().collect();
         archive::read_members(blob, label, &wanted, |member, _mode, size, reader| {
             let targets = &members[member];
-            if targets.len() == 1 {
-                let e = targets[0];
-                tarutil::append_file(
-                    b,
-                    e.path.trim_start_matches('/'),
-                    e.mode,
-                    mtime,
-                    size,
-                    reader,
-                )?;
+            if let [e] = targets.as_slice() {
+                w.file(e, size, reader)?;
             } else {
                 // the same member at several paths: small, so buffer it once
                 let mut buf = Vec::new();
                 reader.read_to_end(&mut buf)?;
                 for e in targets {
-                    tarutil::append_file(
-                        b,
-                        e.path.trim_start_matches('/'),
-                        e.mode,
-                        mtime,
-                        size,
-                        buf.as_slice(),
-                    )?;
+                    w.file(e, size, &mut buf.as_slice())?;
                 }
             }
             Ok(())
@@ -501,19 +563,16 @@ fn write_entries<W: Write>(
     for (e, c) in rest {
         let path = e.path.trim_start_matches('/');
         match c {
-            Content::Bytes(bytes) => {
-                tarutil::append_file(b, path, e.mode, mtime, bytes.len() as u64, bytes.as_slice())
-                    .map_err(io(path))?
-            }
+            Content::Bytes(bytes) => w
+                .file(e, bytes.len() as u64, &mut bytes.as_slice())
+                .map_err(io(path))?,
             Content::Blob(p) => {
                 let f = File::open(&p).map_err(io(path))?;
                 let size = f.metadata().map_err(io(path))?.len();
-                tarutil::append_file(b, path, e.mode, mtime, size, io::BufReader::new(f))
+                w.file(e, size, &mut io::BufReader::new(f))
                     .map_err(io(path))?
             }
-            Content::Symlink(target) => {
-                tarutil::append_symlink(b, path, &target, mtime).map_err(io(path))?
-            }
+            Content::Symlink(target) => w.symlink(path, &target).map_err(io(path))?,
             Content::Image(img) => {
                 let spool = inputs
                     .cache
@@ -521,7 +580,7 @@ fn write_entries<W: Write>(
                 let result = write_oci_archive(inputs.cache, &img, &spool, mtime).and_then(|()| {
                     let f = File::open(&spool)?;
                     let size = f.metadata()?.len();
-                    tarutil::append_file(b, path, e.mode, mtime, size, io::BufReader::new(f))
+                    w.file(e, size, &mut io::BufReader::new(f))
                 });
                 let _ = fs::remove_file(&spool);
                 result.map_err(io(path))?
@@ -529,7 +588,7 @@ fn write_entries<W: Write>(
             Content::Member { .. } => {}
         }
     }
-    Ok(())
+    w.finish().map_err(io(&layer.name))
 }
 
 fn oci_hex(d: &str) -> &str {

@@ -11,7 +11,9 @@ pub mod fetch;
 pub mod fsutil;
 pub mod layer;
 pub mod manifest;
+pub mod newc;
 pub mod output;
+pub mod pgzip;
 pub mod pki;
 pub mod plan;
 pub mod render;
@@ -306,8 +308,11 @@ fn build(
     results.sort_by(|a, b| a.0.cmp(&b.0));
     let mut dirs = Vec::new();
     for (target, r) in results {
-        let dir = r?;
-        reporter.info(&format!("built {target}"));
+        let (dir, outcome) = r?;
+        match outcome {
+            output::Outcome::Built => reporter.info(&format!("built {target}")),
+            output::Outcome::UpToDate => reporter.info(&format!("up to date {target}")),
+        }
         dirs.push(dir);
     }
     Ok(dirs)
@@ -354,7 +359,7 @@ fn build_one(
     plan: &plan::Plan,
     out: &std::path::Path,
     opts: &output::Options,
-) -> Result<PathBuf, Error> {
+) -> Result<(PathBuf, output::Outcome), Error> {
     let rendered = render::render(m, plan)?;
     let tmp = output::scratch(out, &plan.target)?;
     let result = (|| {
@@ -367,6 +372,7 @@ fn build_one(
             node: Some(plan.target.as_str()),
             mtime: u64::try_from(ctx.source_date_epoch).unwrap_or(0),
             jobs: ctx.jobs,
+            cpio: opts.formats.pxe,
             images,
         };
         let mut built = Vec::new();

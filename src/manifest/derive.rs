@@ -37,6 +37,18 @@ pub struct Derived {
     pub vrrp: Vec<VrrpPeer>,
     /// `https://<dns name>:<lb port>`: what workers and kube-proxy talk to.
     pub api_server_url: String,
+    /// What every node's `/etc/hosts` lists besides the API name: the nodes
+    /// that serve the cluster (etcd, control-plane or lb roles). Workers are
+    /// left out: nothing resolves them by name (the apiserver reaches
+    /// kubelets by InternalIP), and a worker's address then changes no
+    /// other node's image.
+    pub hosts: Vec<HostEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HostEntry {
+    pub name: String,
+    pub ip: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -146,6 +158,15 @@ pub fn derive(c: &Cluster) -> Derived {
         haproxy_backends,
         vrrp,
         api_server_url: format!("https://{}:{}", c.api.dns_name, c.api.lb_port),
+        hosts: c
+            .nodes
+            .iter()
+            .filter(|n| n.has_role(ETCD) || n.has_role(CONTROL_PLANE) || n.has_role(LB))
+            .map(|n| HostEntry {
+                name: n.name.clone(),
+                ip: n.ip,
+            })
+            .collect(),
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-pub use derive::{ApiserverSans, Derived, HaproxyBackend, VrrpPeer, VrrpState};
+pub use derive::{ApiserverSans, Derived, HaproxyBackend, HostEntry, VrrpPeer, VrrpState};
 pub use diag::{Diagnostic, Diagnostics, Loc, ParseCause, Severity};
 pub use secrets::SecretSpec;
 

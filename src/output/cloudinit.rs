@@ -144,15 +144,16 @@ pub fn network_config(m: &Manifests, plan: &Plan) -> Option<String> {
     Some(s)
 }
 
-pub fn write(
+/// Writes the seed's own files below `out/cloud-init/`; returns every file
+/// `seed.iso` holds (those, and the layers that travel in the seed).
+pub fn files(
     m: &Manifests,
     plan: &Plan,
     layers: &[BuiltLayer],
     digest: &str,
     seed: &SeedLayers,
-    mtime: u64,
     out: &Path,
-) -> io::Result<()> {
+) -> io::Result<Vec<IsoFile>> {
     let dir = out.join("cloud-init");
     fs::create_dir_all(&dir)?;
     let mut files = vec![
@@ -178,5 +179,16 @@ pub fn write(
             ));
         }
     }
-    iso::write(&dir.join("seed.iso"), "cidata", &files, mtime)
+    Ok(files)
+}
+
+/// Writes `out/cloud-init/seed.iso` (label `cidata`) holding `files`;
+/// returns its sha256.
+pub fn seed_iso(out: &Path, files: &[IsoFile], mtime: u64) -> io::Result<String> {
+    iso::write(
+        &out.join("cloud-init").join("seed.iso"),
+        "cidata",
+        files,
+        mtime,
+    )
 }

@@ -330,8 +330,8 @@ fn volume_descriptor(
     d
 }
 
-/// Writes `files` into an ISO at `out`.
-pub fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Result<()> {
+/// Writes `files` into an ISO at `out`; returns its sha256 (hex).
+pub fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Result<String> {
     let when = time::OffsetDateTime::from_unix_timestamp(i64::try_from(mtime).unwrap_or(0))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let t = dr_time(&when);
@@ -397,7 +397,10 @@ pub fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Resu
 
     let tmp = out.with_extension("iso.tmp");
     // the seed carries the secrets layer: private to its owner
-    let mut w = BufWriter::new(crate::fsutil::create_private(&tmp)?);
+    let mut w = crate::fsutil::Sha256Writer::new(BufWriter::with_capacity(
+        1 << 20,
+        crate::fsutil::create_private(&tmp)?,
+    ));
     w.write_all(&vec![0u8; 16 * SECTOR])?;
     w.write_all(&volume_descriptor(
         false, label, total, &primary, pt_pl, pt_pm, p_sizes[0], &when,
@@ -436,7 +439,8 @@ pub fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Resu
         let pad = (sectors(*size) as usize * SECTOR) - *size as usize;
         w.write_all(&vec![0u8; pad])?;
     }
-    let f = w.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
-    std::fs::rename(tmp, out)
+    let (w, digest) = w.finish();
+    w.into_inner().map_err(|e| e.into_error())?;
+    std::fs::rename(tmp, out)?;
+    Ok(digest)
 }

@@ -103,6 +103,8 @@ pub struct ImageJson {
 pub struct BuildJson {
     pub formats: Vec<String>,
     pub seed_layers: String,
+    /// The version of imgbuild that wrote it.
+    pub imgbuild: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -201,6 +203,7 @@ pub fn image_json(
                 SeedLayers::Embed => "embed".into(),
                 SeedLayers::Url(b) => format!("url={b}"),
             },
+            imgbuild: env!("CARGO_PKG_VERSION").to_string(),
         },
     }
 }
@@ -263,8 +266,49 @@ pub fn scratch(out_root: &Path, target: &str) -> Result<PathBuf, OutputError> {
     Ok(tmp)
 }
 
+/// What [`assemble`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The directory was written.
+    Built,
+    /// The directory already held exactly this build; it was left as it was.
+    UpToDate,
+}
+
+/// Whether `dest` already holds the build whose small files are in `tmp`:
+/// the same image.json (layer digests, inputs, formats, imgbuild's
+/// version), the same seed and boot files, and every file its SHA256SUMS
+/// lists present. The big files (seed.iso, overlay.cpio.gz, OCI blobs) are
+/// functions of those; `imgbuild verify` checks their bytes.
+fn up_to_date(tmp: &Path, dest: &Path) -> io::Result<bool> {
+    let Ok(sums) = fs::read_to_string(dest.join("SHA256SUMS")) else {
+        return Ok(false);
+    };
+    let listed: Vec<&str> = sums
+        .lines()
+        .filter_map(|l| l.split_once("  ").map(|(_, f)| f))
+        .collect();
+    if !listed.iter().all(|f| dest.join(f).is_file()) {
+        return Ok(false);
+    }
+    // layers are checked by their digests in image.json (and, when they
+    // are an output, by being listed)
+    for f in files_below(tmp)?
+        .iter()
+        .filter(|f| !f.starts_with("layers/"))
+    {
+        if !listed.contains(&f.as_str())
+            || fs::read(dest.join(f)).ok() != Some(fs::read(tmp.join(f))?)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Assembles `out_root/<target>/` from `tmp` (made by [`scratch`], holding
-/// the secrets layer already) and the built layers.
+/// the secrets layer already) and the built layers. When the directory
+/// already holds this very build, it is left as it is.
 pub fn assemble(
     m: &Manifests,
     plan: &Plan,
@@ -272,10 +316,12 @@ pub fn assemble(
     opts: &Options,
     tmp: &Path,
     out_root: &Path,
-) -> Result<PathBuf, OutputError> {
+) -> Result<(PathBuf, Outcome), OutputError> {
     let (formats, seed, sde) = (opts.formats, &opts.seed, opts.source_date_epoch);
     let target = plan.target.as_str();
     let mtime = u64::try_from(sde).unwrap_or(0);
+    let dest = out_root.join(target);
+    // the small files first: they decide whether anything changed
     for l in layers {
         let dest = tmp.join("layers").join(format!("{}.tar.gz", l.name));
         if l.file != dest {
@@ -287,35 +333,57 @@ pub fn assemble(
     let digest = hex::encode(Sha256::digest(json.as_bytes()));
     let p = tmp.join("image.json");
     fsutil::write_atomic(&p, json.as_bytes(), 0o644).map_err(io_err(target, &p))?;
-    if formats.cloud_init {
-        cloudinit::write(m, plan, layers, &digest, seed, mtime, tmp)
-            .map_err(io_err(target, tmp))?;
+    let seed_files = if formats.cloud_init {
+        Some(cloudinit::files(m, plan, layers, &digest, seed, tmp).map_err(io_err(target, tmp))?)
+    } else {
+        None
+    };
+    if formats.pxe {
+        pxe::boot_script(plan, tmp).map_err(io_err(target, tmp))?;
+    }
+    let private_segments = || {
+        for l in layers
+            .iter()
+            .filter(|l| l.kind == crate::plan::LayerKind::Secrets)
+        {
+            if let Some(seg) = &l.segment {
+                let _ = fs::remove_file(seg);
+            }
+        }
+    };
+    if up_to_date(tmp, &dest).map_err(io_err(target, tmp))? {
+        private_segments();
+        fs::remove_dir_all(tmp).map_err(io_err(target, tmp))?;
+        return Ok((dest, Outcome::UpToDate));
+    }
+    // the big files, hashed while they are written
+    let mut known = BTreeMap::new();
+    if let Some(files) = &seed_files {
+        let h = cloudinit::seed_iso(tmp, files, mtime).map_err(io_err(target, tmp))?;
+        known.insert("cloud-init/seed.iso".to_string(), h);
     }
     if formats.pxe {
-        pxe::write(plan, layers, tmp, mtime, opts.jobs).map_err(io_err(target, tmp))?;
+        let h = pxe::overlay(layers, tmp).map_err(io_err(target, tmp))?;
+        known.insert("pxe/overlay.cpio.gz".to_string(), h);
     }
+    private_segments();
     if formats.oci {
         oci::write(tmp, &image, layers, sde).map_err(io_err(target, tmp))?;
-    }
-    if !formats.layers {
-        // layers were only the means to the other formats
-        fs::remove_dir_all(tmp.join("layers")).map_err(io_err(target, tmp))?;
-    }
-    let mut known = BTreeMap::new();
-    if formats.layers {
-        for l in layers {
-            known.insert(format!("layers/{}.tar.gz", l.name), l.digest.clone());
-        }
-    }
-    if formats.oci {
         for l in layers {
             known.insert(format!("oci/blobs/sha256/{}", l.digest), l.digest.clone());
         }
     }
+    if formats.layers {
+        for l in layers {
+            known.insert(format!("layers/{}.tar.gz", l.name), l.digest.clone());
+        }
+    } else {
+        // layers were only the means to the other formats
+        fs::remove_dir_all(tmp.join("layers")).map_err(io_err(target, tmp))?;
+    }
     let sums = sha256sums(tmp, &known).map_err(io_err(target, tmp))?;
     let p = tmp.join("SHA256SUMS");
     fsutil::write_atomic(&p, sums.as_bytes(), 0o644).map_err(io_err(target, &p))?;
-    let dest = out_root.join(target);
     if dest.exists() {
         let old = out_root.join(format!(".{target}.old.{}", std::process::id()));
         fs::rename(&dest, &old).map_err(io_err(target, &dest))?;
@@ -324,5 +392,5 @@ pub fn assemble(
     } else {
         fs::rename(tmp, &dest).map_err(io_err(target, &dest))?;
     }
-    Ok(dest)
+    Ok((dest, Outcome::Built))
 }

@@ -18,9 +18,14 @@ const SDE: &str = "1700000000";
 
 /// The lab cluster with deterministic test artifacts behind a mirror.
 fn synthetic() -> (Lab, Server) {
+    synthetic_sized(64 << 10)
+}
+
+/// The same, with archive members of `member_size` bytes.
+fn synthetic_sized(member_size: usize) -> (Lab, Server) {
     let server = Server::start();
     let lab = Lab::lab_cluster();
-    serve(&lab, &server, Serve::Mirror, 64 << 10);
+    serve(&lab, &server, Serve::Mirror, member_size);
     (lab, server)
 }
 
@@ -577,7 +582,9 @@ fn issue5_etcd_cluster_from_the_built_layers() {
 
 #[test]
 fn issue7_jobs_1_and_2_give_identical_bytes() {
-    let (lab, server) = synthetic();
+    // members of several compression pieces (1 MiB each), so that threads
+    // really share the work
+    let (lab, server) = synthetic_sized((2 << 20) + 12345);
     for (jobs, out) in [("1", "out-j1"), ("2", "out-j2")] {
         build(
             &lab,
@@ -591,5 +598,168 @@ fn issue7_jobs_1_and_2_give_identical_bytes() {
         let a = std::fs::read_to_string(lab.path(&format!("out-j1/{node}/SHA256SUMS"))).unwrap();
         let b = std::fs::read_to_string(lab.path(&format!("out-j2/{node}/SHA256SUMS"))).unwrap();
         assert_eq!(a, b, "{node}: --jobs changed the bytes");
+        assert!(a.contains("pxe/overlay.cpio.gz"), "{a}");
     }
+}
+
+/// Every regular file, directory and symlink below `root`: path, kind, mode,
+/// owner, and the sha256 of file contents and link targets.
+fn tree(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for p in crate::lab::files_below(root) {
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let what = if md.file_type().is_symlink() {
+            format!("-> {}", std::fs::read_link(&p).unwrap().display())
+        } else {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap()))
+        };
+        out.push(format!(
+            "{rel} {:o} {}:{} {what}",
+            md.mode(),
+            md.uid(),
+            md.gid()
+        ));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn issue7_pxe_overlay_unpacks_to_the_same_files_as_the_layers() {
+    // members larger than a compression piece: their compressed bytes are
+    // shared between the tar layers and the cpio overlay
+    let (lab, server) = synthetic_sized((1 << 20) + 777);
+    // an owner other than root reaches both the tar and the cpio
+    let lab = lab.edit(
+        "roles/worker.yaml",
+        "{ from: crictl, to: /usr/local/bin/crictl }",
+        "{ from: crictl, to: /usr/local/bin/crictl, owner: \"0:998\", mode: \"0750\" }",
+    );
+    build(
+        &lab,
+        &server,
+        &["node", "--role", "node01", "--out", "out"],
+        &[],
+    )
+    .assert_ok();
+    let dir = lab.path("out/node01");
+    let from_tar = lab.path("root-tar");
+    // the kernel's unpacker reads the concatenated segments as one archive;
+    // GNU cpio stops at the first trailer, which is the overlay's last entry
+    let from_cpio = lab.path("root-cpio");
+    std::fs::create_dir_all(&from_cpio).unwrap();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zcat '{}' | cpio -idm --quiet",
+            dir.join("pxe/overlay.cpio.gz").display()
+        ))
+        .current_dir(&from_cpio)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // tar -x here keeps owners as root runs it (the test runs as root in CI)
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "mkdir '{t}' && for l in '{d}'/layers/*.tar.gz; do tar -xzf \"$l\" -C '{t}' --same-owner --numeric-owner || exit 1; done",
+            t = from_tar.display(),
+            d = dir.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let (a, b) = (tree(&from_tar), tree(&from_cpio));
+    assert_eq!(a, b, "the overlay and the layers differ");
+    let crictl = a
+        .iter()
+        .find(|l| l.starts_with("usr/local/bin/crictl "))
+        .unwrap();
+    assert!(crictl.contains(" 100750 0:998 "), "{crictl}");
+    assert!(
+        a.iter().any(|l| l.starts_with("usr/local/bin/kubelet ")),
+        "{a:?}"
+    );
+}
+
+/// The inode of every file below `dir`: unchanged when the directory was
+/// left alone.
+fn inodes(dir: &Path) -> Vec<(PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<_> = crate::lab::files_below(dir)
+        .into_iter()
+        .map(|p| {
+            let ino = std::fs::metadata(&p).unwrap().ino();
+            (p, ino)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn issue7_a_workers_new_ip_rebuilds_that_worker_only() {
+    let (lab, server) = synthetic();
+    build(&lab, &server, &["cluster", "--out", "out"], &[]).assert_ok();
+    let before: Vec<_> = ["master01", "master02", "master03", "node01"]
+        .iter()
+        .map(|n| inodes(&lab.path(&format!("out/{n}"))))
+        .collect();
+    let lab = lab.edit("cluster.yaml", "ip: 127.0.10.12", "ip: 127.0.10.22");
+    let run = build(&lab, &server, &["cluster", "--out", "out"], &[]).assert_ok();
+    let err = run.stderr();
+    for n in ["master01", "master02", "master03", "node01"] {
+        assert!(err.contains(&format!("up to date {n}")), "{err}");
+    }
+    assert!(err.contains("built node02"), "{err}");
+    let after: Vec<_> = ["master01", "master02", "master03", "node01"]
+        .iter()
+        .map(|n| inodes(&lab.path(&format!("out/{n}"))))
+        .collect();
+    assert_eq!(before, after, "a node that did not change was rewritten");
+    // the worker's new address is in its image and seed ...
+    let nc = std::fs::read_to_string(lab.path("out/node02/cloud-init/network-config")).unwrap();
+    assert!(nc.contains("127.0.10.22"), "{nc}");
+    // ... and what is there is what a clean build of the new inventory gives
+    build(&lab, &server, &["cluster", "--out", "clean"], &[]).assert_ok();
+    for n in ["master01", "master02", "master03", "node01", "node02"] {
+        let a = std::fs::read_to_string(lab.path(&format!("out/{n}/SHA256SUMS"))).unwrap();
+        let b = std::fs::read_to_string(lab.path(&format!("clean/{n}/SHA256SUMS"))).unwrap();
+        assert_eq!(a, b, "{n}");
+    }
+    lab.imgbuild(&["verify", "out/node02"]).assert_ok();
+}
+
+#[test]
+fn issue7_an_up_to_date_directory_missing_a_file_is_rebuilt() {
+    let (lab, server) = synthetic();
+    let args = ["node", "--role", "node01", "--out", "out"];
+    build(&lab, &server, &args, &[]).assert_ok();
+    let sums = std::fs::read_to_string(lab.path("out/node01/SHA256SUMS")).unwrap();
+    build(&lab, &server, &args, &[])
+        .assert_ok()
+        .assert_stderr_has("up to date node01");
+    std::fs::remove_file(lab.path("out/node01/pxe/overlay.cpio.gz")).unwrap();
+    build(&lab, &server, &args, &[])
+        .assert_ok()
+        .assert_stderr_has("built node01");
+    assert_eq!(
+        std::fs::read_to_string(lab.path("out/node01/SHA256SUMS")).unwrap(),
+        sums
+    );
+    // another set of formats is another build
+    build(
+        &lab,
+        &server,
+        &[
+            "node", "--role", "node01", "--out", "out", "--format", "layers",
+        ],
+        &[],
+    )
+    .assert_ok()
+    .assert_stderr_has("built node01");
+    lab.imgbuild(&["verify", "out/node01"]).assert_ok();
 }

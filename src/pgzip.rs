@@ -1,0 +1,418 @@
+//! Parallel, reproducible gzip for layers: takes the bytes of one archive
+//! stream (a tar) or of two archive streams of the same files (a tar and the
+//! newc cpio of a PXE overlay) and writes each as one gzip file.
+//!
+//! Every stream is cut into pieces at places that depend only on the
+//! stream's own bytes (archive metadata gathered up to [`PIECE`] bytes; a
+//! large file's content cut every [`PIECE`] bytes), never on the number of
+//! threads. Each piece is deflated on its own, with a fresh compressor and a
+//! sync flush at its end, so the pieces concatenate into one valid deflate
+//! stream and the bytes do not depend on `--jobs`. A large file's content is
+//! the same in both archives, so its pieces are compressed once and written
+//! to both: the cpio of a layer costs no second compression. The crc32 of
+//! each stream is combined from its pieces'.
+//!
+//! Memory is bounded: a few pieces per thread are in flight, whatever the
+//! size of the archives.
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use flate2::{Compress, Compression, FlushCompress};
+use sha2::{Digest, Sha256};
+
+/// Size of a piece of input deflated on its own.
+pub const PIECE: usize = 1 << 20;
+/// File contents at least this large are compressed once for both streams.
+pub const SHARED_MIN: u64 = 64 << 10;
+
+/// gzip header: deflate, no flags, mtime 0, no extra flags, OS unknown.
+const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+/// The last deflate block: empty, final, fixed Huffman codes.
+const LAST_BLOCK: [u8; 2] = [0x03, 0x00];
+
+/// One deflated piece: its bytes, and the crc32 and length of its input.
+struct Piece {
+    data: Vec<u8>,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+fn deflate(input: &[u8], level: u32) -> io::Result<Piece> {
+    let mut c = Compress::new(Compression::new(level), false);
+    let mut out = Vec::with_capacity(input.len() + input.len() / 8 + 1024);
+    loop {
+        let done = usize::try_from(c.total_in()).unwrap_or(input.len());
+        c.compress_vec(&input[done..], &mut out, FlushCompress::Sync)
+            .map_err(io::Error::other)?;
+        if c.total_in() == input.len() as u64 && out.len() < out.capacity() {
+            break;
+        }
+        out.reserve(out.capacity().max(1024));
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(input);
+    Ok(Piece {
+        data: out,
+        crc,
+        len: input.len() as u64,
+    })
+}
+
+/// Which streams a piece goes to.
+#[derive(Clone, Copy)]
+enum To {
+    Tar,
+    Cpio,
+    Both,
+}
+
+type Job = (Vec<u8>, SyncSender<io::Result<Piece>>);
+
+/// One gzip file being written.
+struct Gz<W: Write> {
+    w: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+    sha: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Gz<W> {
+    fn new(mut w: W) -> io::Result<Gz<W>> {
+        w.write_all(&HEADER)?;
+        let mut sha = Sha256::new();
+        sha.update(HEADER);
+        Ok(Gz {
+            w,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            sha,
+            size: HEADER.len() as u64,
+        })
+    }
+
+    fn put(&mut self, p: &Piece) -> io::Result<()> {
+        self.w.write_all(&p.data)?;
+        self.sha.update(&p.data);
+        self.size += p.data.len() as u64;
+        self.crc.combine(&p.crc);
+        self.len += p.len;
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<(Written, W)> {
+        let mut tail = LAST_BLOCK.to_vec();
+        tail.extend_from_slice(&self.crc.clone().finalize().to_le_bytes());
+        // ISIZE is the input length modulo 2^32
+        tail.extend_from_slice(&((self.len & 0xffff_ffff) as u32).to_le_bytes());
+        self.w.write_all(&tail)?;
+        self.w.flush()?;
+        self.sha.update(&tail);
+        Ok((
+            Written {
+                digest: hex::encode(self.sha.finalize()),
+                size: self.size + tail.len() as u64,
+            },
+            self.w,
+        ))
+    }
+}
+
+/// A gzip file as written: sha256 of its bytes and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// What [`write`] made.
+#[derive(Debug)]
+pub struct Output<W1, W2> {
+    pub tar: Written,
+    /// sha256 of the uncompressed tar stream (an OCI diff_id)
+    pub diff_id: String,
+    pub cpio: Option<Written>,
+    pub tar_writer: W1,
+    pub cpio_writer: Option<W2>,
+}
+
+/// The producer's side: archive bytes go in, in order.
+pub struct Streams {
+    jobs: SyncSender<Job>,
+    order: SyncSender<(Receiver<io::Result<Piece>>, To)>,
+    pending: [Vec<u8>; 2],
+    cpio: bool,
+    diff: Sha256,
+}
+
+impl Streams {
+    /// Whether there is a cpio stream.
+    pub fn has_cpio(&self) -> bool {
+        self.cpio
+    }
+
+    fn send(&mut self, data: Vec<u8>, to: To) -> io::Result<()> {
+        let stopped = || io::Error::other("the gzip writer stopped");
+        let (tx, rx) = sync_channel(1);
+        self.jobs.send((data, tx)).map_err(|_| stopped())?;
+        self.order.send((rx, to)).map_err(|_| stopped())
+    }
+
+    fn flush_pending(&mut self, i: usize) -> io::Result<()> {
+        if !self.pending[i].is_empty() {
+            let data = std::mem::replace(&mut self.pending[i], Vec::with_capacity(PIECE));
+            self.send(data, if i == 0 { To::Tar } else { To::Cpio })?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, i: usize, bytes: &[u8]) -> io::Result<()> {
+        if i == 1 && !self.cpio {
+            return Ok(());
+        }
+        if i == 0 {
+            self.diff.update(bytes);
+        }
+        self.pending[i].extend_from_slice(bytes);
+        if self.pending[i].len() >= PIECE {
+            self.flush_pending(i)?;
+        }
+        Ok(())
+    }
+
+    /// Archive metadata (headers, padding, small contents): `tar` for the
+    /// tar stream, `cpio` for the cpio stream (ignored without one).
+    pub fn meta(&mut self, tar: &[u8], cpio: &[u8]) -> io::Result<()> {
+        self.push(0, tar)?;
+        self.push(1, cpio)
+    }
+
+    /// A file's content, `len` bytes from `r`: the same in both streams.
+    pub fn content(&mut self, r: &mut dyn Read, len: u64) -> io::Result<()> {
+        let short = || {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the content ended before its declared {len} bytes"),
+            )
+        };
+        if len < SHARED_MIN {
+            let mut buf = Vec::with_capacity(len as usize);
+            r.take(len).read_to_end(&mut buf)?;
+            if buf.len() as u64 != len {
+                return Err(short());
+            }
+            return self.meta(&buf, &buf);
+        }
+        self.flush_pending(0)?;
+        self.flush_pending(1)?;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(PIECE as u64) as usize;
+            let mut buf = vec![0u8; n];
+            r.read_exact(&mut buf).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    short()
+                } else {
+                    e
+                }
+            })?;
+            self.diff.update(&buf);
+            self.send(buf, if self.cpio { To::Both } else { To::Tar })?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the gzip of the tar stream to `tar` and, when given, of the cpio
+/// stream to `cpio`, with `threads` compressors; `body` produces the
+/// streams' bytes. Errors of the writers are turned into `E` by `io_err`.
+pub fn write<W1, W2, E>(
+    tar: W1,
+    cpio: Option<W2>,
+    level: u32,
+    threads: usize,
+    body: impl FnOnce(&mut Streams) -> Result<(), E>,
+    io_err: impl Fn(io::Error) -> E,
+) -> Result<Output<W1, W2>, E>
+where
+    W1: Write + Send,
+    W2: Write + Send,
+{
+    let threads = threads.max(1);
+    let (job_tx, job_rx) = sync_channel::<Job>(2 * threads);
+    let (order_tx, order_rx) = sync_channel::<(Receiver<io::Result<Piece>>, To)>(4 * threads);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let with_cpio = cpio.is_some();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let rx = Arc::clone(&job_rx);
+            s.spawn(move || {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((data, reply)) = job else { return };
+                    // the writer may have stopped; then nobody waits for it
+                    let _ = reply.send(deflate(&data, level));
+                }
+            });
+        }
+        let writer = s.spawn(move || -> io::Result<_> {
+            let mut t = Gz::new(tar)?;
+            let mut c = cpio.map(Gz::new).transpose()?;
+            for (rx, to) in order_rx {
+                let piece = rx
+                    .recv()
+                    .map_err(|_| io::Error::other("a gzip thread stopped"))??;
+                if matches!(to, To::Tar | To::Both) {
+                    t.put(&piece)?;
+                }
+                if let (To::Cpio | To::Both, Some(c)) = (to, c.as_mut()) {
+                    c.put(&piece)?;
+                }
+            }
+            let (tw, tar) = t.finish()?;
+            let cw = c.map(Gz::finish).transpose()?;
+            Ok((tw, tar, cw))
+        });
+        let mut streams = Streams {
+            jobs: job_tx,
+            order: order_tx,
+            pending: [Vec::with_capacity(PIECE), Vec::new()],
+            cpio: with_cpio,
+            diff: Sha256::new(),
+        };
+        let produced = body(&mut streams)
+            .and_then(|()| streams.flush_pending(0).map_err(&io_err))
+            .and_then(|()| streams.flush_pending(1).map_err(&io_err));
+        let Streams {
+            jobs, order, diff, ..
+        } = streams;
+        // closing the channels lets the workers and the writer finish
+        drop((jobs, order));
+        let written = writer
+            .join()
+            .map_err(|_| io_err(io::Error::other("the gzip writer panicked")))?;
+        // a writer error explains a producer's "writer stopped": report it first
+        let (tw, tar_writer, cw) = written.map_err(&io_err)?;
+        produced?;
+        let (cpio, cpio_writer) = match cw {
+            Some((w, c)) => (Some(w), Some(c)),
+            None => (None, None),
+        };
+        Ok(Output {
+            tar: tw,
+            diff_id: hex::encode(diff.finalize()),
+            cpio,
+            tar_writer,
+            cpio_writer,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::read::GzDecoder;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // partly compressible, like a binary
+                if i % 3 == 0 { 0 } else { x as u8 }
+            })
+            .collect()
+    }
+
+    fn run(threads: usize, with_cpio: bool, big: &[u8]) -> Output<Vec<u8>, Vec<u8>> {
+        let cpio = with_cpio.then(Vec::new);
+        write(
+            Vec::new(),
+            cpio,
+            6,
+            threads,
+            |s| {
+                s.meta(b"tar-header-1", b"cpio-header-1")?;
+                s.content(&mut &big[..], big.len() as u64)?;
+                s.meta(b"tar-pad", b"cp")?;
+                s.content(&mut &b"small file"[..], 10)?;
+                s.meta(&[0u8; 1024], b"")
+            },
+            |e| e,
+        )
+        .expect("write")
+    }
+
+    fn gunzip(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        GzDecoder::new(b).read_to_end(&mut out).expect("gunzip");
+        out
+    }
+
+    #[test]
+    fn both_streams_decompress_to_their_bytes_and_share_content() {
+        let big = pseudo_random(3 * PIECE + 12345, 7);
+        let out = run(2, true, &big);
+        let mut tar = b"tar-header-1".to_vec();
+        tar.extend_from_slice(&big);
+        tar.extend_from_slice(b"tar-pad");
+        tar.extend_from_slice(b"small file");
+        tar.extend_from_slice(&[0u8; 1024]);
+        let mut cpio = b"cpio-header-1".to_vec();
+        cpio.extend_from_slice(&big);
+        cpio.extend_from_slice(b"cp");
+        cpio.extend_from_slice(b"small file");
+        assert_eq!(gunzip(&out.tar_writer), tar);
+        let cpio_gz = out.cpio_writer.as_ref().expect("cpio");
+        assert_eq!(gunzip(cpio_gz), cpio);
+        assert_eq!(out.diff_id, hex::encode(Sha256::digest(&tar)));
+        assert_eq!(out.tar.digest, hex::encode(Sha256::digest(&out.tar_writer)));
+        assert_eq!(out.tar.size, out.tar_writer.len() as u64);
+        // gzip(1) agrees
+        let mut child = std::process::Command::new("gzip")
+            .arg("-t")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("gzip");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(cpio_gz)
+            .expect("pipe");
+        assert!(child.wait().expect("gzip").success());
+    }
+
+    #[test]
+    fn bytes_do_not_depend_on_threads_or_on_the_second_stream() {
+        let big = pseudo_random(2 * PIECE + 99, 3);
+        let one = run(1, false, &big);
+        let two = run(2, true, &big);
+        let four = run(4, true, &big);
+        assert_eq!(one.tar_writer, two.tar_writer);
+        assert_eq!(two.tar_writer, four.tar_writer);
+        assert_eq!(two.cpio_writer, four.cpio_writer);
+    }
+
+    #[test]
+    fn short_content_is_an_error() {
+        let r = write(
+            Vec::new(),
+            None::<Vec<u8>>,
+            6,
+            2,
+            |s| s.content(&mut &[1u8; 100][..], SHARED_MIN * 2),
+            |e| e,
+        );
+        let e = r.expect_err("an error");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
