@@ -43,4 +43,5 @@ plan:
 
 # measure against the guides' way and the limit; writes BENCHMARKS.md
 bench: build
+    cargo build --release --locked --example deflate_limit
     python3 scripts/bench.py

@@ -60,9 +60,11 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build one node's artifacts (or a role's generic image) into OUT/<target>/.
+    /// Build one node's artifacts (or a role's generic image) into OUT/<target>/;
+    /// a directory that already holds this very build is left as it is.
     Node(NodeArgs),
-    /// Build every node of the inventory, in parallel, into OUT/<node>/.
+    /// Build every node of the inventory, in parallel, into OUT/<node>/;
+    /// directories already up to date are left as they are.
     Cluster(ClusterArgs),
     /// Push a node's OCI image (OUT/<node>/oci) to a registry.
     Push(PushArgs),
