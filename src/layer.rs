@@ -360,13 +360,9 @@ pub fn build(
             )
         })
         .and_then(|out| {
-            for (w, path) in [(Some(out.tar_writer.get_ref()), &tmp)]
-                .into_iter()
-                .chain([(out.cpio_writer.as_ref().map(BufWriter::get_ref), &seg_tmp)])
-            {
-                if let Some(f) = w {
-                    f.sync_all().map_err(io(path))?;
-                }
+            out.tar_writer.get_ref().sync_all().map_err(io(&tmp))?;
+            if let Some(c) = &out.cpio_writer {
+                c.get_ref().sync_all().map_err(io(&seg_tmp))?;
             }
             Ok((out.tar, out.diff_id, out.cpio))
         });

@@ -214,12 +214,7 @@ impl Puller<'_> {
             }
             let resp = req.send().await.map_err(transport)?;
             if resp.status().as_u16() == 401 && self.token.is_none() {
-                let challenge = resp
-                    .headers()
-                    .get(reqwest::header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
+                let challenge = www_authenticate(&resp);
                 self.token = Some(self.anonymous_token(image, &challenge).await?);
                 continue;
             }
@@ -433,6 +428,15 @@ pub fn read_blob(cache: &Cache, digest: &str) -> std::io::Result<Vec<u8>> {
 
 pub fn blob_file(cache: &Cache, digest: &str) -> PathBuf {
     blob_path(cache, digest)
+}
+
+/// The `WWW-Authenticate` challenge of a 401 answer (empty if none).
+pub fn www_authenticate(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[cfg(test)]

@@ -102,12 +102,7 @@ impl Client {
                 source,
             })?;
             if resp.status().as_u16() == 401 && self.auth.is_none() {
-                let challenge = resp
-                    .headers()
-                    .get(reqwest::header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
+                let challenge = crate::fetch::oci::www_authenticate(&resp);
                 self.auth = Some(self.authorize(&challenge).await?);
                 continue;
             }
