@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Creates `dir` and its missing parents with `mode` (the parents too).
 pub fn create_dir_all_mode(dir: &Path, mode: u32) -> io::Result<()> {
@@ -15,12 +16,15 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
 }
 
+/// The block size of big reads and writes.
+pub const BLOCK: usize = 1 << 20;
+
 /// sha256 of a file, lowercase hex, read in 1 MiB blocks.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     use sha2::{Digest, Sha256};
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; BLOCK];
     loop {
         let n = std::io::Read::read(&mut f, &mut buf)?;
         if n == 0 {
@@ -40,9 +44,32 @@ pub struct Sha256Writer<W> {
 
 impl<W: Write> Sha256Writer<W> {
     pub fn new(inner: W) -> Sha256Writer<W> {
-        Sha256Writer {
-            inner,
-            sha: sha2::Digest::new(),
+        Sha256Writer::resume(sha2::Digest::new(), inner)
+    }
+
+    /// Goes on from `sha`, the state after bytes already in `inner`.
+    pub fn resume(sha: sha2::Sha256, inner: W) -> Sha256Writer<W> {
+        Sha256Writer { inner, sha }
+    }
+
+    /// The state so far.
+    pub fn state(&self) -> &sha2::Sha256 {
+        &self.sha
+    }
+
+    /// Appends the file at `path`, read in blocks of [`BLOCK`] (as large as
+    /// the 1 MiB write buffers, which then pass it through uncopied).
+    pub fn append_file(&mut self, path: &Path) -> io::Result<u64> {
+        let mut f = File::open(path)?;
+        let mut buf = vec![0u8; BLOCK];
+        let mut total = 0;
+        loop {
+            let n = io::Read::read(&mut f, &mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            self.write_all(&buf[..n])?;
+            total += n as u64;
         }
     }
 
@@ -84,7 +111,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // unique to this process and call: two threads may write the same path
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{call}", std::process::id()));
     let result = (|| {
         let mut f: File = OpenOptions::new()
             .write(true)

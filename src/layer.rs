@@ -19,6 +19,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 use crate::fetch::Cache;
 use crate::fetch::archive::{self, ArchiveError};
@@ -86,17 +88,116 @@ pub struct BuiltLayer {
     pub segment: Option<PathBuf>,
 }
 
-/// Where built layers live, by key: `<cache>/layers/<key>.tar.gz` + `.json`.
-#[derive(Debug, Clone)]
+/// Where built layers live, by key: `<cache>/layers/<key>.tar.gz` (and
+/// `.cpio.gz`) + `.json`. A layer counts as stored once its `.json` record
+/// exists, and the record is written only after the layer's bytes are on
+/// disk: a layer built by this process is fsynced in the background while
+/// the build goes on ([`Store::commit`] waits for it), and found meanwhile in
+/// memory by the other nodes that have it.
+#[derive(Debug)]
 pub struct Store {
     pub dir: PathBuf,
+    fresh: Mutex<BTreeMap<String, BuiltLayer>>,
+    syncing: Mutex<Vec<JoinHandle<Result<(), LayerError>>>>,
 }
 
 impl Store {
     pub fn open(cache: &Cache) -> io::Result<Store> {
         let dir = cache.root.join("layers");
         fs::create_dir_all(&dir)?;
-        Ok(Store { dir })
+        Ok(Store {
+            dir,
+            fresh: Mutex::new(BTreeMap::new()),
+            syncing: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A layer this process built, by key.
+    fn fresh(&self, key: &str) -> Option<BuiltLayer> {
+        self.fresh.lock().ok()?.get(key).cloned()
+    }
+
+    /// Records a layer just renamed into the store: fsyncs its files in the
+    /// background, then writes its `.json`.
+    fn record(&self, built: &BuiltLayer, meta: PathBuf) {
+        if let Ok(mut fresh) = self.fresh.lock() {
+            fresh.insert(built.key.clone(), built.clone());
+        }
+        let built = built.clone();
+        let handle = std::thread::spawn(move || {
+            let io = |path: &Path| {
+                let path = path.to_path_buf();
+                let layer = built.name.clone();
+                move |source| LayerError::Io {
+                    layer,
+                    path,
+                    source,
+                }
+            };
+            for f in std::iter::once(&built.file).chain(built.segment.as_ref()) {
+                File::open(f).and_then(|f| f.sync_all()).map_err(io(f))?;
+            }
+            let json = serde_json::to_string(&built).unwrap_or_default();
+            crate::fsutil::write_atomic(&meta, json.as_bytes(), 0o644).map_err(io(&meta))
+        });
+        if let Ok(mut syncing) = self.syncing.lock() {
+            syncing.push(handle);
+        }
+    }
+
+    /// Where the sha256 state after a run of stored layers' PXE segments is
+    /// kept: by the layers' keys, in order.
+    fn segments_state_path(&self, layers: &[BuiltLayer]) -> PathBuf {
+        let mut key = Sha256::new();
+        key.update(b"imgbuild-segments-sha256-v1\n");
+        for l in layers {
+            key.update(format!("{}\n", l.key).as_bytes());
+        }
+        self.dir
+            .join(format!("{}.segments-sha256", hex::encode(key.finalize())))
+    }
+
+    /// The sha256 state after the PXE segments of `layers`, one after the
+    /// other, when a build kept it ([`Store::keep_segments_state`]). A
+    /// layer's bytes are a function of its key, so the state stays true.
+    pub fn segments_state(&self, layers: &[BuiltLayer]) -> Option<Sha256> {
+        use sha2::digest::common::hazmat::{SerializableState, SerializedState};
+        let bytes = fs::read(self.segments_state_path(layers)).ok()?;
+        let state = SerializedState::<Sha256>::try_from(bytes.as_slice()).ok()?;
+        Sha256::deserialize(&state).ok()
+    }
+
+    /// Keeps `state`, the sha256 state after the PXE segments of `layers`.
+    pub fn keep_segments_state(&self, layers: &[BuiltLayer], state: &Sha256) -> io::Result<()> {
+        use sha2::digest::common::hazmat::SerializableState;
+        crate::fsutil::write_atomic(
+            &self.segments_state_path(layers),
+            state.serialize().as_slice(),
+            0o644,
+        )
+    }
+
+    /// Waits until every layer built by this process is on disk and
+    /// recorded; the first failure, if any.
+    pub fn commit(&self) -> Result<(), LayerError> {
+        let handles = match self.syncing.lock() {
+            Ok(mut s) => std::mem::take(&mut *s),
+            Err(_) => Vec::new(),
+        };
+        let mut first = Ok(());
+        for h in handles {
+            let r = h.join().unwrap_or_else(|_| {
+                Err(LayerError::Io {
+                    layer: String::new(),
+                    path: self.dir.clone(),
+                    source: io::Error::other("the thread syncing a layer panicked"),
+                })
+            });
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
     }
 }
 
@@ -314,6 +415,10 @@ pub fn build(
         f.lock().map_err(io(&lock_path))?;
         Some(f)
     };
+    if !private && let Some(mut built) = store.fresh(&key) {
+        built.name = layer.name.clone();
+        return Ok(built);
+    }
     if !private
         && file.is_file()
         && (!inputs.cpio || seg.is_file())
@@ -359,13 +464,7 @@ pub fn build(
                 |e| io(&tmp)(e),
             )
         })
-        .and_then(|out| {
-            out.tar_writer.get_ref().sync_all().map_err(io(&tmp))?;
-            if let Some(c) = &out.cpio_writer {
-                c.get_ref().sync_all().map_err(io(&seg_tmp))?;
-            }
-            Ok((out.tar, out.diff_id, out.cpio))
-        });
+        .map(|out| (out.tar, out.diff_id, out.cpio));
     let (tar, diff_id, cpio) = match written {
         Ok(w) => w,
         Err(e) => {
@@ -388,8 +487,7 @@ pub fn build(
     }
     fs::rename(&tmp, &file).map_err(io(&file))?;
     if !private {
-        let json = serde_json::to_string(&built).unwrap_or_default();
-        crate::fsutil::write_atomic(&meta, json.as_bytes(), 0o644).map_err(io(&meta))?;
+        store.record(&built, meta);
     }
     Ok(built)
 }

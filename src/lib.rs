@@ -304,6 +304,8 @@ fn build(
             });
         }
     });
+    // the layers built here, on disk and recorded in the store
+    let committed = store.commit();
     let mut results = results.into_inner().unwrap_or_default();
     results.sort_by(|a, b| a.0.cmp(&b.0));
     let mut dirs = Vec::new();
@@ -315,6 +317,7 @@ fn build(
         }
         dirs.push(dir);
     }
+    committed?;
     Ok(dirs)
 }
 
@@ -379,7 +382,7 @@ fn build_one(
         for l in &plan.layers {
             built.push(layer::build(store, &inputs, l, &tmp.join("layers"))?);
         }
-        Ok::<_, Error>(output::assemble(m, plan, &built, opts, &tmp, out)?)
+        Ok::<_, Error>(output::assemble(m, plan, &built, store, opts, &tmp, out)?)
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);

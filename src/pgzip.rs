@@ -75,15 +75,15 @@ struct Gz<W: Write> {
     w: W,
     crc: crc32fast::Hasher,
     len: u64,
-    sha: Sha256,
+    /// Only for the file whose digest is wanted (the tar.gz).
+    sha: Option<Sha256>,
     size: u64,
 }
 
 impl<W: Write> Gz<W> {
-    fn new(mut w: W) -> io::Result<Gz<W>> {
+    fn new(mut w: W, hashed: bool) -> io::Result<Gz<W>> {
         w.write_all(&HEADER)?;
-        let mut sha = Sha256::new();
-        sha.update(HEADER);
+        let sha = hashed.then(|| Sha256::new_with_prefix(HEADER));
         Ok(Gz {
             w,
             crc: crc32fast::Hasher::new(),
@@ -95,28 +95,28 @@ impl<W: Write> Gz<W> {
 
     fn put(&mut self, p: &Piece) -> io::Result<()> {
         self.w.write_all(&p.data)?;
-        self.sha.update(&p.data);
+        if let Some(sha) = &mut self.sha {
+            sha.update(&p.data);
+        }
         self.size += p.data.len() as u64;
         self.crc.combine(&p.crc);
         self.len += p.len;
         Ok(())
     }
 
-    fn finish(mut self) -> io::Result<(Written, W)> {
+    /// The size and (when hashed) the sha256 of the file, and its writer.
+    fn finish(mut self) -> io::Result<(Option<String>, u64, W)> {
         let mut tail = LAST_BLOCK.to_vec();
         tail.extend_from_slice(&self.crc.clone().finalize().to_le_bytes());
         // ISIZE is the input length modulo 2^32
         tail.extend_from_slice(&((self.len & 0xffff_ffff) as u32).to_le_bytes());
         self.w.write_all(&tail)?;
         self.w.flush()?;
-        self.sha.update(&tail);
-        Ok((
-            Written {
-                digest: hex::encode(self.sha.finalize()),
-                size: self.size + tail.len() as u64,
-            },
-            self.w,
-        ))
+        let digest = self.sha.map(|mut sha| {
+            sha.update(&tail);
+            hex::encode(sha.finalize())
+        });
+        Ok((digest, self.size + tail.len() as u64, self.w))
     }
 }
 
@@ -133,7 +133,8 @@ pub struct Output<W1, W2> {
     pub tar: Written,
     /// sha256 of the uncompressed tar stream (an OCI diff_id)
     pub diff_id: String,
-    pub cpio: Option<Written>,
+    /// The size of the cpio.gz, when there is one.
+    pub cpio: Option<u64>,
     pub tar_writer: W1,
     pub cpio_writer: Option<W2>,
 }
@@ -262,8 +263,8 @@ where
             });
         }
         let writer = s.spawn(move || -> io::Result<_> {
-            let mut t = Gz::new(tar)?;
-            let mut c = cpio.map(Gz::new).transpose()?;
+            let mut t = Gz::new(tar, true)?;
+            let mut c = cpio.map(|w| Gz::new(w, false)).transpose()?;
             for (rx, to) in order_rx {
                 let piece = rx
                     .recv()
@@ -275,8 +276,12 @@ where
                     c.put(&piece)?;
                 }
             }
-            let (tw, tar) = t.finish()?;
-            let cw = c.map(Gz::finish).transpose()?;
+            let (digest, size, tar) = t.finish()?;
+            let tw = Written {
+                digest: digest.unwrap_or_default(),
+                size,
+            };
+            let cw = c.map(Gz::finish).transpose()?.map(|(_, size, w)| (size, w));
             Ok((tw, tar, cw))
         });
         let mut streams = Streams {

@@ -5,7 +5,6 @@
 //! SOURCE_DATE_EPOCH, entries sorted. Files are streamed from disk.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -398,7 +397,7 @@ pub fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Resu
     let tmp = out.with_extension("iso.tmp");
     // the seed carries the secrets layer: private to its owner
     let mut w = crate::fsutil::Sha256Writer::new(BufWriter::with_capacity(
-        1 << 20,
+        crate::fsutil::BLOCK,
         crate::fsutil::create_private(&tmp)?,
     ));
     w.write_all(&vec![0u8; 16 * SECTOR])?;
@@ -433,7 +432,7 @@ pub fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Resu
         match &f.data {
             Data::Bytes(b) => w.write_all(b)?,
             Data::Path(p) => {
-                io::copy(&mut File::open(p)?, &mut w)?;
+                w.append_file(p)?;
             }
         }
         let pad = (sectors(*size) as usize * SECTOR) - *size as usize;

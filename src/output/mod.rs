@@ -22,7 +22,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::fsutil;
-use crate::layer::BuiltLayer;
+use crate::layer::{BuiltLayer, Store};
 use crate::manifest::Manifests;
 use crate::plan::{Plan, TargetKind};
 
@@ -307,12 +307,14 @@ fn up_to_date(tmp: &Path, dest: &Path) -> io::Result<bool> {
 }
 
 /// Assembles `out_root/<target>/` from `tmp` (made by [`scratch`], holding
-/// the secrets layer already) and the built layers. When the directory
+/// the secrets layer already) and the built layers (and their PXE segments,
+/// from `store`). When the directory
 /// already holds this very build, it is left as it is.
 pub fn assemble(
     m: &Manifests,
     plan: &Plan,
     layers: &[BuiltLayer],
+    store: &Store,
     opts: &Options,
     tmp: &Path,
     out_root: &Path,
@@ -356,17 +358,31 @@ pub fn assemble(
         fs::remove_dir_all(tmp).map_err(io_err(target, tmp))?;
         return Ok((dest, Outcome::UpToDate));
     }
-    // the big files, hashed while they are written
+    // the big files, each hashed while it is written, side by side
     let mut known = BTreeMap::new();
-    if let Some(files) = &seed_files {
-        let h = cloudinit::seed_iso(tmp, files, mtime).map_err(io_err(target, tmp))?;
+    let (iso, overlay) = std::thread::scope(|s| {
+        let iso = s.spawn(|| {
+            seed_files
+                .as_ref()
+                .map(|files| cloudinit::seed_iso(tmp, files, mtime))
+                .transpose()
+        });
+        let overlay = formats
+            .pxe
+            .then(|| pxe::overlay(layers, store, tmp))
+            .transpose();
+        let iso = iso
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("writing the seed ISO panicked")));
+        (iso, overlay)
+    });
+    private_segments();
+    if let Some(h) = iso.map_err(io_err(target, tmp))? {
         known.insert("cloud-init/seed.iso".to_string(), h);
     }
-    if formats.pxe {
-        let h = pxe::overlay(layers, tmp).map_err(io_err(target, tmp))?;
+    if let Some(h) = overlay.map_err(io_err(target, tmp))? {
         known.insert("pxe/overlay.cpio.gz".to_string(), h);
     }
-    private_segments();
     if formats.oci {
         oci::write(tmp, &image, layers, sde).map_err(io_err(target, tmp))?;
         for l in layers {

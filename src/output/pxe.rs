@@ -15,27 +15,54 @@ use std::path::Path;
 use flate2::GzBuilder;
 
 use crate::fsutil::{self, Sha256Writer};
-use crate::layer::BuiltLayer;
+use crate::layer::{BuiltLayer, Store};
 use crate::newc;
-use crate::plan::Plan;
+use crate::plan::{LayerKind, Plan};
 
 /// Writes `pxe/overlay.cpio.gz` below `out`; returns its sha256.
-pub fn overlay(layers: &[BuiltLayer], out: &Path) -> io::Result<String> {
+///
+/// The leading shared layers (base and roles) are the same for every node of
+/// the same roles: the store keeps the sha256 state after their segments,
+/// so that later nodes copy those bytes in the kernel (`copy_file_range`)
+/// instead of reading and hashing them again.
+pub fn overlay(layers: &[BuiltLayer], store: &Store, out: &Path) -> io::Result<String> {
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
-    // the overlay holds the secrets layer's files: private to its owner
-    let mut overlay = Sha256Writer::new(BufWriter::with_capacity(
-        1 << 20,
-        fsutil::create_private(&dir.join("overlay.cpio.gz"))?,
-    ));
-    for l in layers {
-        let seg = l.segment.as_ref().ok_or_else(|| {
+    let segment = |l: &BuiltLayer| {
+        l.segment.clone().ok_or_else(|| {
             io::Error::other(format!(
                 "layer {} was built without its PXE segment",
                 l.name
             ))
-        })?;
-        io::copy(&mut File::open(seg)?, &mut overlay)?;
+        })
+    };
+    let shared = layers
+        .iter()
+        .take_while(|l| matches!(l.kind, LayerKind::Base | LayerKind::Role))
+        .count();
+    let (head, tail) = layers.split_at(shared);
+    // the overlay holds the secrets layer's files: private to its owner
+    let mut file = fsutil::create_private(&dir.join("overlay.cpio.gz"))?;
+    let mut overlay = match store.segments_state(head) {
+        Some(state) => {
+            for l in head {
+                io::copy(&mut File::open(segment(l)?)?, &mut file)?;
+            }
+            Sha256Writer::resume(state, BufWriter::with_capacity(fsutil::BLOCK, file))
+        }
+        None => {
+            let mut w = Sha256Writer::new(BufWriter::with_capacity(fsutil::BLOCK, file));
+            for l in head {
+                w.append_file(&segment(l)?)?;
+            }
+            if !head.is_empty() {
+                store.keep_segments_state(head, w.state())?;
+            }
+            w
+        }
+    };
+    for l in tail {
+        overlay.append_file(&segment(l)?)?;
     }
     let mut gz = GzBuilder::new()
         .mtime(0)

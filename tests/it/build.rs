@@ -602,6 +602,38 @@ fn issue7_jobs_1_and_2_give_identical_bytes() {
     }
 }
 
+#[test]
+fn issue7_overlays_hashed_from_kept_segment_states_pass_sha256sum() {
+    let (lab, server) = synthetic();
+    build(&lab, &server, &["cluster", "--out", "first"], &[]).assert_ok();
+    // the masters' and the workers' shared segments each have a kept state
+    let states = std::fs::read_dir(lab.path("cache/layers"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".segments-sha256")
+        })
+        .count();
+    assert_eq!(states, 2);
+    // a second build hashes every overlay from them; coreutils agrees
+    build(&lab, &server, &["cluster", "--out", "second"], &[]).assert_ok();
+    for n in ["master01", "master02", "master03", "node01", "node02"] {
+        let check = std::process::Command::new("sha256sum")
+            .args(["--check", "--quiet", "SHA256SUMS"])
+            .current_dir(lab.path(&format!("second/{n}")))
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{n}: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+}
+
 /// Every regular file, directory and symlink below `root`: path, kind, mode,
 /// owner, and the sha256 of file contents and link targets.
 fn tree(root: &Path) -> Vec<String> {
