@@ -177,6 +177,27 @@ impl Store {
         )
     }
 
+    /// The sha256 of a stored layer's PXE segment, kept beside it
+    /// (`<key>.cpio.sha256`) once computed.
+    pub fn segment_digest(&self, l: &BuiltLayer) -> io::Result<String> {
+        let seg = l.segment.as_ref().ok_or_else(|| {
+            io::Error::other(format!(
+                "layer {} was built without its PXE segment",
+                l.name
+            ))
+        })?;
+        let kept = self.dir.join(format!("{}.cpio.sha256", l.key));
+        if let Ok(d) = fs::read_to_string(&kept)
+            && d.len() == 64
+            && d.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Ok(d);
+        }
+        let d = crate::fsutil::sha256_file(seg)?;
+        crate::fsutil::write_atomic(&kept, d.as_bytes(), 0o644)?;
+        Ok(d)
+    }
+
     /// Waits until every layer built by this process is on disk and
     /// recorded; the first failure, if any.
     pub fn commit(&self) -> Result<(), LayerError> {

@@ -16,12 +16,7 @@ use super::SeedLayers;
 use super::iso::{self, IsoFile};
 use crate::layer::BuiltLayer;
 use crate::manifest::Manifests;
-use crate::plan::{LayerKind, Plan, TargetKind};
-
-/// Whether a layer is fetched by URL (shared) or travels in the seed.
-fn remote(seed: &SeedLayers, l: &BuiltLayer) -> bool {
-    matches!(seed, SeedLayers::Url(_)) && matches!(l.kind, LayerKind::Base | LayerKind::Role)
-}
+use crate::plan::{Plan, TargetKind};
 
 fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
     let mut s = String::new();
@@ -41,7 +36,7 @@ fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
     let _ = writeln!(s, "fi");
     for l in layers {
         let file = format!("{}.tar.gz", l.name);
-        if remote(seed, l) {
+        if seed.remote(l) {
             if let SeedLayers::Url(base) = seed {
                 let _ = writeln!(
                     s,
@@ -172,7 +167,7 @@ pub fn files(
         }
     }
     for l in layers {
-        if !remote(seed, l) {
+        if !seed.remote(l) {
             files.push(IsoFile::path(
                 &format!("layers/{}.tar.gz", l.name),
                 &out.join("layers").join(format!("{}.tar.gz", l.name)),

@@ -69,6 +69,16 @@ pub enum SeedLayers {
 }
 
 impl SeedLayers {
+    /// Whether a layer is fetched from BASE (a shared one, in url mode) or
+    /// travels in the node's seed and overlay.
+    pub fn remote(&self, l: &BuiltLayer) -> bool {
+        matches!(self, SeedLayers::Url(_))
+            && matches!(
+                l.kind,
+                crate::plan::LayerKind::Base | crate::plan::LayerKind::Role
+            )
+    }
+
     pub fn parse(s: &str) -> Result<SeedLayers, OutputError> {
         if s == "embed" {
             return Ok(SeedLayers::Embed);
@@ -291,11 +301,11 @@ fn up_to_date(tmp: &Path, dest: &Path) -> io::Result<bool> {
     if !listed.iter().all(|f| dest.join(f).is_file()) {
         return Ok(false);
     }
-    // layers are checked by their digests in image.json (and, when they
-    // are an output, by being listed)
+    // layers (and the PXE segments made with them) are checked by their
+    // digests in image.json (and by being listed)
     for f in files_below(tmp)?
         .iter()
-        .filter(|f| !f.starts_with("layers/"))
+        .filter(|f| !f.starts_with("layers/") && !f.starts_with("pxe/segments/"))
     {
         if !listed.contains(&f.as_str())
             || fs::read(dest.join(f)).ok() != Some(fs::read(tmp.join(f))?)
@@ -330,6 +340,7 @@ pub fn assemble(
             link_or_copy(&l.file, &dest).map_err(io_err(target, &dest))?;
         }
     }
+    let mut known = BTreeMap::new();
     let image = image_json(m, plan, layers, sde, formats, seed);
     let json = crate::canonical_json(&image);
     let digest = hex::encode(Sha256::digest(json.as_bytes()));
@@ -340,8 +351,20 @@ pub fn assemble(
     } else {
         None
     };
+    // in url mode, the shared layers' PXE segments are loaded from BASE
+    let (remote, local): (Vec<&BuiltLayer>, Vec<&BuiltLayer>) =
+        layers.iter().partition(|l| seed.remote(l));
+    let local: Vec<BuiltLayer> = local.into_iter().cloned().collect();
     if formats.pxe {
-        pxe::boot_script(plan, tmp).map_err(io_err(target, tmp))?;
+        let remote = pxe::segments(&remote, store, tmp).map_err(io_err(target, tmp))?;
+        let base = match seed {
+            SeedLayers::Url(b) => Some(b.as_str()),
+            SeedLayers::Embed => None,
+        };
+        pxe::boot_script(plan, &remote, base, tmp).map_err(io_err(target, tmp))?;
+        for s in &remote {
+            known.insert(format!("pxe/segments/{}", s.file), s.digest.clone());
+        }
     }
     let private_segments = || {
         for l in layers
@@ -359,7 +382,6 @@ pub fn assemble(
         return Ok((dest, Outcome::UpToDate));
     }
     // the big files, each hashed while it is written, side by side
-    let mut known = BTreeMap::new();
     let (iso, overlay) = std::thread::scope(|s| {
         let iso = s.spawn(|| {
             seed_files
@@ -369,7 +391,7 @@ pub fn assemble(
         });
         let overlay = formats
             .pxe
-            .then(|| pxe::overlay(layers, store, tmp))
+            .then(|| pxe::overlay(&local, store, tmp))
             .transpose();
         let iso = iso
             .join()

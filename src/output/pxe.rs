@@ -74,21 +74,74 @@ pub fn overlay(layers: &[BuiltLayer], store: &Store, out: &Path) -> io::Result<S
     Ok(digest)
 }
 
-/// Writes `pxe/boot.ipxe` below `out`.
-pub fn boot_script(plan: &Plan, out: &Path) -> io::Result<()> {
+/// A shared layer's PXE segment, loaded from BASE in url mode.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// `NN-<name>.cpio.gz`
+    pub file: String,
+    /// sha256 of its bytes: it is served as `BASE/sha256/<digest>.cpio.gz`.
+    pub digest: String,
+}
+
+/// Links the segments of the `remote` layers into `out/pxe/segments/` (to
+/// publish under their digests) and returns them in layer order.
+pub fn segments(remote: &[&BuiltLayer], store: &Store, out: &Path) -> io::Result<Vec<Segment>> {
+    if remote.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = out.join("pxe").join("segments");
+    fs::create_dir_all(&dir)?;
+    let mut list = Vec::new();
+    for l in remote {
+        let digest = store.segment_digest(l)?;
+        let file = format!("{}.cpio.gz", l.name);
+        if let Some(seg) = &l.segment {
+            super::link_or_copy(seg, &dir.join(&file))?;
+        }
+        list.push(Segment { file, digest });
+    }
+    Ok(list)
+}
+
+/// Writes `pxe/boot.ipxe` below `out`: the distribution's kernel and initrd,
+/// then the `remote` segments from `base` (url mode), then the overlay.
+pub fn boot_script(
+    plan: &Plan,
+    remote: &[Segment],
+    base: Option<&str>,
+    out: &Path,
+) -> io::Result<()> {
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
-    let ipxe = format!(
+    let mut s = format!(
         "#!ipxe\n\
 # imgbuild: {target} ({arch}). Serve the distribution's kernel and initrd and this\n\
 # directory over HTTP; set base-url to where they are.\n\
-isset ${{base-url}} || set base-url http://${{next-server}}/{target}\n\
-kernel ${{base-url}}/vmlinuz initrd=initrd.img initrd=overlay.cpio.gz\n\
-initrd ${{base-url}}/initrd.img\n\
-initrd ${{base-url}}/pxe/overlay.cpio.gz overlay.cpio.gz\n\
-boot\n",
+isset ${{base-url}} || set base-url http://${{next-server}}/{target}\n",
         target = plan.target,
         arch = plan.arch
     );
-    fs::write(dir.join("boot.ipxe"), ipxe)
+    if let Some(base) = base.filter(|_| !remote.is_empty()) {
+        s.push_str(&format!(
+            "# The shared layers' segments are served by digest from layers-url\n\
+# (publish pxe/segments/<file> as sha256/<digest>.cpio.gz).\n\
+isset ${{layers-url}} || set layers-url {base}\n"
+        ));
+    }
+    let mut names = vec!["initrd.img".to_string()];
+    names.extend(remote.iter().map(|r| r.file.clone()));
+    names.push("overlay.cpio.gz".to_string());
+    let cmdline: Vec<String> = names.iter().map(|n| format!("initrd={n}")).collect();
+    s.push_str(&format!(
+        "kernel ${{base-url}}/vmlinuz {}\ninitrd ${{base-url}}/initrd.img\n",
+        cmdline.join(" ")
+    ));
+    for r in remote {
+        s.push_str(&format!(
+            "initrd ${{layers-url}}/sha256/{}.cpio.gz {}\n",
+            r.digest, r.file
+        ));
+    }
+    s.push_str("initrd ${base-url}/pxe/overlay.cpio.gz overlay.cpio.gz\nboot\n");
+    fs::write(dir.join("boot.ipxe"), s)
 }

@@ -717,6 +717,93 @@ fn issue7_pxe_overlay_unpacks_to_the_same_files_as_the_layers() {
     );
 }
 
+#[test]
+fn issue7_pxe_url_mode_loads_the_shared_segments_from_base() {
+    let (lab, server) = synthetic();
+    let base = "http://10.0.0.5/layers";
+    let url = format!("url={base}");
+    for (out, seed) in [("out-url", url.as_str()), ("out-embed", "embed")] {
+        build(
+            &lab,
+            &server,
+            &[
+                "node",
+                "--role",
+                "node01",
+                "--out",
+                out,
+                "--seed-layers",
+                seed,
+            ],
+            &[],
+        )
+        .assert_ok();
+    }
+    let dir = lab.path("out-url/node01");
+    let ipxe = std::fs::read_to_string(dir.join("pxe/boot.ipxe")).unwrap();
+    assert!(
+        ipxe.contains(&format!("isset ${{layers-url}} || set layers-url {base}\n")),
+        "{ipxe}"
+    );
+    assert!(
+        ipxe.contains(
+            "initrd=initrd.img initrd=00-base.cpio.gz initrd=01-worker.cpio.gz initrd=overlay.cpio.gz\n"
+        ),
+        "{ipxe}"
+    );
+    // each shared segment is named by its digest, and published beside the overlay
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let mut served = Vec::new();
+    for line in ipxe
+        .lines()
+        .filter(|l| l.starts_with("initrd ${layers-url}"))
+    {
+        let (url, file) = line
+            .trim_start_matches("initrd ${layers-url}/sha256/")
+            .split_once(".cpio.gz ")
+            .unwrap();
+        let seg = dir.join("pxe/segments").join(file);
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&seg).unwrap()));
+        assert_eq!(url, digest, "{file}");
+        assert!(
+            sums.contains(&format!("{digest}  pxe/segments/{file}\n")),
+            "{sums}"
+        );
+        served.push(seg);
+    }
+    assert_eq!(served.len(), 2, "{ipxe}");
+    // the overlay holds the node's own layers only ...
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let overlay = dir.join("pxe/overlay.cpio.gz");
+    let embedded = lab.path("out-embed/node01/pxe/overlay.cpio.gz");
+    assert!(size(&overlay) * 4 < size(&embedded));
+    // ... and the segments as iPXE loads them, then the overlay, unpack to
+    // what the self-contained overlay holds
+    let unpack = |parts: &[PathBuf], to: &str| {
+        let root = lab.path(to);
+        std::fs::create_dir_all(&root).unwrap();
+        let files: Vec<String> = parts.iter().map(|p| format!("'{}'", p.display())).collect();
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cat {} | zcat | cpio -idm --quiet",
+                files.join(" ")
+            ))
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        tree(&root)
+    };
+    served.push(overlay);
+    assert_eq!(
+        unpack(&served, "root-url"),
+        unpack(&[embedded], "root-embed")
+    );
+    lab.imgbuild(&["verify", "out-url/node01"]).assert_ok();
+}
+
 /// The inode of every file below `dir`: unchanged when the directory was
 /// left alone.
 fn inodes(dir: &Path) -> Vec<(PathBuf, u64)> {
