@@ -130,7 +130,8 @@ pub struct NodeArgs {
     /// Output formats, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "layers,cloud-init,pxe")]
     pub format: Vec<Format>,
-    /// `embed` puts the layers in seed.iso; `url=BASE` makes cloud-init fetch them from BASE.
+    /// `embed` puts every layer in seed.iso and the PXE overlay; `url=BASE` leaves the
+    /// shared ones out: cloud-init fetches them and boot.ipxe loads their segments from BASE.
     #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
     pub seed_layers: String,
     /// Arch of a role's generic image when its nodes differ.
@@ -146,7 +147,8 @@ pub struct ClusterArgs {
     /// Output formats, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "layers,cloud-init,pxe")]
     pub format: Vec<Format>,
-    /// `embed` puts the layers in seed.iso; `url=BASE` makes cloud-init fetch them from BASE.
+    /// `embed` puts every layer in seed.iso and the PXE overlay; `url=BASE` leaves the
+    /// shared ones out: cloud-init fetches them and boot.ipxe loads their segments from BASE.
     #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
     pub seed_layers: String,
 }

@@ -603,6 +603,44 @@ fn issue7_jobs_1_and_2_give_identical_bytes() {
 }
 
 #[test]
+fn issue7_a_stored_layer_without_its_record_is_built_again() {
+    let (lab, server) = synthetic();
+    let node = |out: &str| {
+        build(
+            &lab,
+            &server,
+            &["node", "--role", "node01", "--out", out],
+            &[],
+        )
+        .assert_ok();
+    };
+    node("first");
+    // every stored layer has its record by the time the command exits
+    let store = lab.path("cache/layers");
+    let names: Vec<String> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let layers: Vec<&String> = names.iter().filter(|n| n.ends_with(".tar.gz")).collect();
+    assert_eq!(layers.len(), 3, "{names:?}");
+    for l in &layers {
+        let json = l.replace(".tar.gz", ".json");
+        assert!(names.contains(&json), "{l} has no record: {names:?}");
+    }
+    // a crash before the records: a layer's bytes lost, no record
+    for n in names.iter().filter(|n| n.ends_with(".json")) {
+        std::fs::remove_file(store.join(n)).unwrap();
+    }
+    std::fs::write(store.join(layers[0]), b"").unwrap();
+    node("second");
+    assert_eq!(
+        std::fs::read_to_string(lab.path("first/node01/SHA256SUMS")).unwrap(),
+        std::fs::read_to_string(lab.path("second/node01/SHA256SUMS")).unwrap()
+    );
+    lab.imgbuild(&["verify", "second/node01"]).assert_ok();
+}
+
+#[test]
 fn issue7_overlays_hashed_from_kept_segment_states_pass_sha256sum() {
     let (lab, server) = synthetic();
     build(&lab, &server, &["cluster", "--out", "first"], &[]).assert_ok();
