@@ -69,6 +69,16 @@ pub enum LayerError {
     },
 }
 
+/// Maps an I/O error on `path` while making `layer`.
+fn io_err(layer: &str, path: &Path) -> impl FnOnce(io::Error) -> LayerError + use<> {
+    let (layer, path) = (layer.to_string(), path.to_path_buf());
+    move |source| LayerError::Io {
+        layer,
+        path,
+        source,
+    }
+}
+
 /// A built layer in the store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuiltLayer {
@@ -86,6 +96,19 @@ pub struct BuiltLayer {
     /// The PXE segment (gzip'd newc cpio), when it was asked for.
     #[serde(skip)]
     pub segment: Option<PathBuf>,
+}
+
+impl BuiltLayer {
+    /// The layer's PXE segment, or an error naming the layer when it was
+    /// built without one.
+    pub fn segment(&self) -> io::Result<&Path> {
+        self.segment.as_deref().ok_or_else(|| {
+            io::Error::other(format!(
+                "layer {} was built without its PXE segment",
+                self.name
+            ))
+        })
+    }
 }
 
 /// Where built layers live, by key: `<cache>/layers/<key>.tar.gz` (and
@@ -125,15 +148,7 @@ impl Store {
         }
         let built = built.clone();
         let handle = std::thread::spawn(move || {
-            let io = |path: &Path| {
-                let path = path.to_path_buf();
-                let layer = built.name.clone();
-                move |source| LayerError::Io {
-                    layer,
-                    path,
-                    source,
-                }
-            };
+            let io = |path: &Path| io_err(&built.name, path);
             for f in std::iter::once(&built.file).chain(built.segment.as_ref()) {
                 File::open(f).and_then(|f| f.sync_all()).map_err(io(f))?;
             }
@@ -180,12 +195,7 @@ impl Store {
     /// The sha256 of a stored layer's PXE segment, kept beside it
     /// (`<key>.cpio.sha256`) once computed.
     pub fn segment_digest(&self, l: &BuiltLayer) -> io::Result<String> {
-        let seg = l.segment.as_ref().ok_or_else(|| {
-            io::Error::other(format!(
-                "layer {} was built without its PXE segment",
-                l.name
-            ))
-        })?;
+        let seg = l.segment()?;
         let kept = self.dir.join(format!("{}.cpio.sha256", l.key));
         if let Ok(d) = fs::read_to_string(&kept)
             && d.len() == 64
@@ -258,15 +268,7 @@ fn sha256_hex(b: &[u8]) -> String {
 
 impl Inputs<'_> {
     fn resolve(&self, layer: &LayerPlan, e: &Entry) -> Result<(Content, String), LayerError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            let layer = layer.name.clone();
-            move |source| LayerError::Io {
-                layer,
-                path,
-                source,
-            }
-        };
+        let io = |path: &Path| io_err(&layer.name, path);
         Ok(match &e.source {
             Source::Member {
                 artifact, member, ..
@@ -413,15 +415,7 @@ pub fn build(
         )
     };
     let meta = store.dir.join(format!("{key}.json"));
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        let layer = layer.name.clone();
-        move |source| LayerError::Io {
-            layer,
-            path,
-            source,
-        }
-    };
+    let io = |path: &Path| io_err(&layer.name, path);
     // one builder per key, across threads and processes; the others wait and reuse
     let _lock = if private {
         None
@@ -610,15 +604,7 @@ fn write_entries(
     resolved: Vec<(&Entry, Content)>,
 ) -> Result<(), LayerError> {
     let mtime = inputs.mtime;
-    let io = |path: &str| {
-        let path = PathBuf::from(path);
-        let layer = layer.name.clone();
-        move |source| LayerError::Io {
-            layer,
-            path,
-            source,
-        }
-    };
+    let io = |path: &str| io_err(&layer.name, Path::new(path));
     let mut w = Emit {
         s,
         headers: tar::Builder::new(Vec::new()),

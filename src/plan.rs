@@ -132,6 +132,14 @@ pub enum LayerKind {
     Secrets,
 }
 
+impl LayerKind {
+    /// Whether layers of this kind are the same for every node that has
+    /// them (base and roles), as opposed to one node's own.
+    pub fn is_shared(self) -> bool {
+        matches!(self, LayerKind::Base | LayerKind::Role)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerPlan {
     /// `NN-<name>`, the layer's file stem.

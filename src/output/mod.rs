@@ -72,11 +72,7 @@ impl SeedLayers {
     /// Whether a layer is fetched from BASE (a shared one, in url mode) or
     /// travels in the node's seed and overlay.
     pub fn remote(&self, l: &BuiltLayer) -> bool {
-        matches!(self, SeedLayers::Url(_))
-            && matches!(
-                l.kind,
-                crate::plan::LayerKind::Base | crate::plan::LayerKind::Role
-            )
+        matches!(self, SeedLayers::Url(_)) && l.kind.is_shared()
     }
 
     pub fn parse(s: &str) -> Result<SeedLayers, OutputError> {

@@ -17,7 +17,7 @@ use flate2::GzBuilder;
 use crate::fsutil::{self, Sha256Writer};
 use crate::layer::{BuiltLayer, Store};
 use crate::newc;
-use crate::plan::{LayerKind, Plan};
+use crate::plan::Plan;
 
 /// Writes `pxe/overlay.cpio.gz` below `out`; returns its sha256.
 ///
@@ -28,32 +28,21 @@ use crate::plan::{LayerKind, Plan};
 pub fn overlay(layers: &[BuiltLayer], store: &Store, out: &Path) -> io::Result<String> {
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
-    let segment = |l: &BuiltLayer| {
-        l.segment.clone().ok_or_else(|| {
-            io::Error::other(format!(
-                "layer {} was built without its PXE segment",
-                l.name
-            ))
-        })
-    };
-    let shared = layers
-        .iter()
-        .take_while(|l| matches!(l.kind, LayerKind::Base | LayerKind::Role))
-        .count();
+    let shared = layers.iter().take_while(|l| l.kind.is_shared()).count();
     let (head, tail) = layers.split_at(shared);
     // the overlay holds the secrets layer's files: private to its owner
     let mut file = fsutil::create_private(&dir.join("overlay.cpio.gz"))?;
     let mut overlay = match store.segments_state(head) {
         Some(state) => {
             for l in head {
-                io::copy(&mut File::open(segment(l)?)?, &mut file)?;
+                io::copy(&mut File::open(l.segment()?)?, &mut file)?;
             }
             Sha256Writer::resume(state, BufWriter::with_capacity(fsutil::BLOCK, file))
         }
         None => {
             let mut w = Sha256Writer::new(BufWriter::with_capacity(fsutil::BLOCK, file));
             for l in head {
-                w.append_file(&segment(l)?)?;
+                w.append_file(l.segment()?)?;
             }
             if !head.is_empty() {
                 store.keep_segments_state(head, w.state())?;
@@ -62,7 +51,7 @@ pub fn overlay(layers: &[BuiltLayer], store: &Store, out: &Path) -> io::Result<S
         }
     };
     for l in tail {
-        overlay.append_file(&segment(l)?)?;
+        overlay.append_file(l.segment()?)?;
     }
     let mut gz = GzBuilder::new()
         .mtime(0)
@@ -95,9 +84,7 @@ pub fn segments(remote: &[&BuiltLayer], store: &Store, out: &Path) -> io::Result
     for l in remote {
         let digest = store.segment_digest(l)?;
         let file = format!("{}.cpio.gz", l.name);
-        if let Some(seg) = &l.segment {
-            super::link_or_copy(seg, &dir.join(&file))?;
-        }
+        super::link_or_copy(l.segment()?, &dir.join(&file))?;
         list.push(Segment { file, digest });
     }
     Ok(list)
