@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         imgbuild::pgzip::write(
             io::sink(),
             None::<io::Sink>,
-            imgbuild::layer::GZIP_LEVEL,
+            imgbuild::GZIP_LEVEL,
             threads,
             |s| s.content(&mut r, len),
             |e| e,

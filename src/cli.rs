@@ -1,8 +1,14 @@
-//! The command line (the DESIGN.md contract), parsed by clap.
+//! The command line, parsed by clap (docs/building.md and README.md describe
+//! it). Every value that has a type of its own is parsed here, by a clap value
+//! parser, so a typo fails before any manifest is read; `settings` then
+//! resolves the global options once.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+
+use crate::manifest::Arch;
+use crate::output::{Format, SeedLayers};
 
 /// Build immutable, reproducible node artifacts for binary-installed, highly
 /// available Kubernetes clusters: pinned binaries and images, the cluster PKI,
@@ -39,11 +45,16 @@ pub struct Global {
     pub state: Option<PathBuf>,
     /// Mirror for downloads: https://HOST/PATH is fetched from URL/HOST/PATH.
     /// Repeatable; tried in order, then upstream unless --offline.
-    #[arg(long = "mirror", global = true, value_name = "URL")]
+    #[arg(long = "mirror", global = true, value_name = "URL", value_parser = mirror)]
     pub mirrors: Vec<String>,
     /// Registry mirror, REGISTRY=URL (e.g. registry.k8s.io=http://127.0.0.1:5000). Repeatable.
-    #[arg(long = "registry-mirror", global = true, value_name = "REGISTRY=URL")]
-    pub registry_mirrors: Vec<String>,
+    #[arg(
+        long = "registry-mirror",
+        global = true,
+        value_name = "REGISTRY=URL",
+        value_parser = registry_mirror
+    )]
+    pub registry_mirrors: Vec<(String, String)>,
     /// Use only the cache; fail at once, naming every missing artifact.
     #[arg(long, global = true)]
     pub offline: bool,
@@ -82,43 +93,6 @@ pub enum Command {
     Verify(VerifyArgs),
 }
 
-impl Command {
-    /// The command's name as typed, for messages.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::Node(_) => "node",
-            Command::Cluster(_) => "cluster",
-            Command::Push(_) => "push",
-            Command::Plan(_) => "plan",
-            Command::Fetch(_) => "fetch",
-            Command::Bundle(BundleCommand::Export(_)) => "bundle export",
-            Command::Bundle(BundleCommand::Import(_)) => "bundle import",
-            Command::Pki(PkiCommand::Init) => "pki init",
-            Command::Pki(PkiCommand::Status(_)) => "pki status",
-            Command::Pki(PkiCommand::Renew(_)) => "pki renew",
-            Command::Verify(_) => "verify",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// layers/NN-<name>.tar.gz, image.json, SHA256SUMS
-    Layers,
-    /// cloud-init/{user-data,meta-data,network-config,seed.iso}
-    CloudInit,
-    /// pxe/overlay.cpio.gz and pxe/boot.ipxe
-    Pxe,
-    /// oci/: the node image as an OCI image layout
-    Oci,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ArchArg {
-    Amd64,
-    Arm64,
-}
-
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// A node name (master01) or a role name (worker) for that role's generic image.
@@ -133,10 +107,10 @@ pub struct NodeArgs {
     /// `embed` puts every layer in seed.iso and the PXE overlay; `url=BASE` leaves the
     /// shared ones out: cloud-init fetches them and boot.ipxe loads their segments from BASE.
     #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
-    pub seed_layers: String,
+    pub seed_layers: SeedLayers,
     /// Arch of a role's generic image when its nodes differ.
     #[arg(long, value_enum)]
-    pub arch: Option<ArchArg>,
+    pub arch: Option<Arch>,
 }
 
 #[derive(Debug, Args)]
@@ -150,7 +124,7 @@ pub struct ClusterArgs {
     /// `embed` puts every layer in seed.iso and the PXE overlay; `url=BASE` leaves the
     /// shared ones out: cloud-init fetches them and boot.ipxe loads their segments from BASE.
     #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
-    pub seed_layers: String,
+    pub seed_layers: SeedLayers,
 }
 
 #[derive(Debug, Args)]
@@ -175,7 +149,7 @@ pub struct PlanArgs {
     pub json: bool,
     /// Arch of a role's generic image when its nodes differ.
     #[arg(long, value_enum)]
-    pub arch: Option<ArchArg>,
+    pub arch: Option<Arch>,
 }
 
 #[derive(Debug, Args)]
@@ -243,4 +217,86 @@ pub struct VerifyArgs {
     /// Rebuild from manifests and state into a temporary directory and compare bytes.
     #[arg(long)]
     pub rebuild: bool,
+    /// The arch the image must be of [default: the one its image.json names].
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
 }
+
+/// `--mirror`: an http(s):// or file:// URL.
+fn mirror(s: &str) -> Result<String, String> {
+    if ["http://", "https://", "file://"]
+        .iter()
+        .any(|p| s.len() > p.len() && s.starts_with(p))
+    {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}` is not an http://, https:// or file:// URL"))
+    }
+}
+
+/// `--registry-mirror`: `REGISTRY=URL` with an http(s) URL.
+fn registry_mirror(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((reg, url))
+            if !reg.is_empty() && (url.starts_with("http://") || url.starts_with("https://")) =>
+        {
+            Ok((reg.to_string(), url.to_string()))
+        }
+        _ => Err(format!(
+            "`{s}` is not REGISTRY=URL with an http(s) URL (e.g. registry.k8s.io=http://127.0.0.1:5000)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("imgbuild").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn typed_values_are_refused_before_anything_is_read() {
+        for bad in [
+            &["--mirror", "ftp://x", "plan", "--role", "a"][..],
+            &["--registry-mirror", "registry.k8s.io", "plan", "--role", "a"],
+            &["node", "--role", "a", "--seed-layers", "url=ftp://x"],
+            &["node", "--role", "a", "--format", "layers,iso"],
+            &["plan", "--role", "a", "--arch", "riscv64"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn typed_values_parse_into_their_types() {
+        let cli = parse(&[
+            "--registry-mirror",
+            "registry.k8s.io=http://127.0.0.1:5000",
+            "node",
+            "--role",
+            "worker",
+            "--format",
+            "oci,layers",
+            "--seed-layers",
+            "url=http://10.0.0.1/l",
+            "--arch",
+            "arm64",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.global.registry_mirrors,
+            vec![("registry.k8s.io".into(), "http://127.0.0.1:5000".into())]
+        );
+        let Command::Node(n) = cli.command else {
+            panic!("not node")
+        };
+        assert_eq!(n.format, vec![Format::Oci, Format::Layers]);
+        assert_eq!(n.seed_layers, SeedLayers::Url("http://10.0.0.1/l".into()));
+        assert_eq!(n.arch, Some(Arch::Arm64));
+    }
+}
+

@@ -715,7 +715,7 @@ fn write_oci_archive(cache: &Cache, img: &PulledImage, out: &Path, mtime: u64) -
             }
         }]
     });
-    let index = crate::canonical_json(&index);
+    let index = crate::json::canonical(&index);
     let layout = "{\"imageLayoutVersion\":\"1.0.0\"}\n";
     let mut blobs: BTreeMap<String, PathBuf> = BTreeMap::new();
     for d in img.blobs() {

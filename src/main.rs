@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = imgbuild::cli::Cli::parse();
-    match imgbuild::run(cli) {
+    match imgbuild::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let err = anyhow::Error::from(err);

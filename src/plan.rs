@@ -148,7 +148,7 @@ pub struct LayerPlan {
     pub entries: Vec<Entry>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     Node,
@@ -174,7 +174,35 @@ pub struct Plan {
 impl Plan {
     /// Canonical JSON: sorted keys, two-space indent, trailing newline.
     pub fn to_json(&self) -> String {
-        crate::canonical_json(self)
+        crate::json::canonical(self)
+    }
+
+    /// Every entry of every layer, in layer order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.layers.iter().flat_map(|l| &l.entries)
+    }
+
+    /// The names of the pinned artifacts the plan installs files from, each
+    /// once, sorted.
+    pub fn artifacts(&self) -> std::collections::BTreeSet<&str> {
+        self.entries()
+            .filter_map(|e| match &e.source {
+                Source::Member { artifact, .. } | Source::Download { artifact, .. } => {
+                    Some(artifact.as_str())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The names of the pinned images the plan bakes in, each once, sorted.
+    pub fn images(&self) -> std::collections::BTreeSet<&str> {
+        self.entries()
+            .filter_map(|e| match &e.source {
+                Source::Image { image, .. } => Some(image.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// A readable table: per layer, one line per file.
@@ -323,6 +351,13 @@ struct LayerBuilder<'a> {
 }
 
 impl LayerBuilder<'_> {
+    fn new(target: &str) -> LayerBuilder<'_> {
+        LayerBuilder {
+            target,
+            entries: BTreeMap::new(),
+        }
+    }
+
     fn add(
         &mut self,
         entry: Entry,
@@ -347,6 +382,8 @@ impl LayerBuilder<'_> {
     }
 }
 
+/// One target's layers in order: one per role, then the node's own (for a
+/// node), then the secrets; empty layers are dropped and the rest numbered.
 fn build(
     m: &Manifests,
     target: &str,
@@ -359,111 +396,169 @@ fn build(
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
     let mut layers: Vec<(String, LayerKind, Vec<Entry>)> = Vec::new();
     let mut services = Vec::new();
-
     for role_name in &roles {
-        let role = &m.roles[role_name];
-        let mut lb = LayerBuilder {
-            target,
-            entries: BTreeMap::new(),
-        };
-        let origin = format!("role `{role_name}`");
-        for a in &role.artifacts {
-            // Validation guarantees a pin for every arch a node has; a generic
-            // image of an arch without one simply lacks the file.
-            let Some(pin) = m.pins.artifact(&a.pin, arch) else {
-                continue;
-            };
-            for i in &a.install {
-                let source = match &i.from {
-                    Some(from) => Source::Member {
-                        artifact: pin.name.clone(),
-                        version: pin.version.clone(),
-                        member: from
-                            .replace("{version}", &pin.version)
-                            .replace("{arch}", arch.as_str()),
-                    },
-                    None => Source::Download {
-                        artifact: pin.name.clone(),
-                        version: pin.version.clone(),
-                    },
-                };
-                let e = Entry {
-                    path: i.to.clone(),
-                    mode: i.mode,
-                    uid: i.uid,
-                    gid: i.gid,
-                    source,
-                };
-                lb.add(e, origin.clone(), &mut owners)?;
-            }
-        }
-        for image in &role.images {
-            if let Some(pin) = m.pins.image(image) {
-                let e = Entry {
-                    path: format!("{IMAGES_DIR}/{}.oci.tar", pin.name),
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    source: Source::Image {
-                        image: pin.name.clone(),
-                        reference: pin.reference(),
-                    },
-                };
-                lb.add(e, origin.clone(), &mut owners)?;
-            }
-        }
-        for dir in &role.role_layers {
-            for e in walk_layer_dir(&m.layers_dir, dir)? {
-                lb.add(e, format!("{origin} (layers/{dir})"), &mut owners)?;
-            }
-        }
-        for svc in &role.services {
-            // A unit some layer ships lives in /etc/systemd/system; one from
-            // the host OS's package (haproxy, keepalived) in /usr/lib.
-            let shipped = format!("{UNIT_DIR}/{svc}");
-            let target = if owners.contains_key(&shipped) || lb.entries.contains_key(&shipped) {
-                shipped
-            } else {
-                format!("{OS_UNIT_DIR}/{svc}")
-            };
-            let e = Entry {
-                path: format!("{WANTS_DIR}/{svc}"),
-                mode: 0o777,
-                uid: 0,
-                gid: 0,
-                source: Source::Symlink { target },
-            };
-            lb.add(e, origin.clone(), &mut owners)?;
-            services.push(svc.clone());
-        }
+        let entries = role_layer(m, target, arch, role_name, &mut owners, &mut services)?;
         let kind = if role_name == BASE_ROLE {
             LayerKind::Base
         } else {
             LayerKind::Role
         };
-        layers.push((role_name.clone(), kind, lb.finish()));
+        layers.push((role_name.clone(), kind, entries));
     }
-
     if node.is_some() {
-        let mut lb = LayerBuilder {
-            target,
-            entries: BTreeMap::new(),
+        let entries = node_layer(m, target, &roles, &mut owners)?;
+        layers.push(("node".to_string(), LayerKind::Node, entries));
+    }
+    let entries = secrets_layer(target, m, &roles, node, &mut owners)?;
+    layers.push(("secrets".to_string(), LayerKind::Secrets, entries));
+    let layers = layers
+        .into_iter()
+        .filter(|(_, _, entries)| !entries.is_empty())
+        .enumerate()
+        .map(|(i, (name, kind, entries))| LayerPlan {
+            name: format!("{i:02}-{name}"),
+            kind,
+            entries,
+        })
+        .collect();
+    Ok(Plan {
+        target: target.to_string(),
+        kind,
+        cluster: m.cluster.name.clone(),
+        kubernetes_version: m.cluster.kubernetes_version.to_string(),
+        arch,
+        roles,
+        services,
+        layers,
+        derived: m.derived.clone(),
+    })
+}
+
+/// A role's layer: its pinned artifacts' files, its images, its layer
+/// directories and the enablement links of its services (added to `services`).
+fn role_layer(
+    m: &Manifests,
+    target: &str,
+    arch: Arch,
+    role_name: &str,
+    owners: &mut BTreeMap<String, String>,
+    services: &mut Vec<String>,
+) -> Result<Vec<Entry>, PlanError> {
+    let role = &m.roles[role_name];
+    let mut lb = LayerBuilder::new(target);
+    let origin = format!("role `{role_name}`");
+    for e in artifact_entries(m, role, arch) {
+        lb.add(e, origin.clone(), owners)?;
+    }
+    for image in &role.images {
+        if let Some(pin) = m.pins.image(image) {
+            lb.add(image_entry(pin), origin.clone(), owners)?;
+        }
+    }
+    for dir in &role.role_layers {
+        for e in walk_layer_dir(&m.layers_dir, dir)? {
+            lb.add(e, format!("{origin} (layers/{dir})"), owners)?;
+        }
+    }
+    for svc in &role.services {
+        // A unit some layer ships lives in /etc/systemd/system; one from
+        // the host OS's package (haproxy, keepalived) in /usr/lib.
+        let shipped = format!("{UNIT_DIR}/{svc}");
+        let target = if owners.contains_key(&shipped) || lb.entries.contains_key(&shipped) {
+            shipped
+        } else {
+            format!("{OS_UNIT_DIR}/{svc}")
         };
-        for role_name in &roles {
-            for dir in &m.roles[role_name].node_layers {
-                for e in walk_layer_dir(&m.layers_dir, dir)? {
-                    lb.add(e, format!("role `{role_name}` (layers/{dir})"), &mut owners)?;
-                }
+        let e = Entry {
+            path: format!("{WANTS_DIR}/{svc}"),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            source: Source::Symlink { target },
+        };
+        lb.add(e, origin.clone(), owners)?;
+        services.push(svc.clone());
+    }
+    Ok(lb.finish())
+}
+
+/// The files a role installs from its pinned artifacts for `arch`.
+fn artifact_entries(m: &Manifests, role: &crate::manifest::Role, arch: Arch) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for a in &role.artifacts {
+        // Validation guarantees a pin for every arch a node has; a generic
+        // image of an arch without one simply lacks the file.
+        let Some(pin) = m.pins.artifact(&a.pin, arch) else {
+            continue;
+        };
+        for i in &a.install {
+            let source = match &i.from {
+                Some(from) => Source::Member {
+                    artifact: pin.name.clone(),
+                    version: pin.version.clone(),
+                    member: from
+                        .replace("{version}", &pin.version)
+                        .replace("{arch}", arch.as_str()),
+                },
+                None => Source::Download {
+                    artifact: pin.name.clone(),
+                    version: pin.version.clone(),
+                },
+            };
+            out.push(Entry {
+                path: i.to.clone(),
+                mode: i.mode,
+                uid: i.uid,
+                gid: i.gid,
+                source,
+            });
+        }
+    }
+    out
+}
+
+/// A pinned image, baked in as an OCI archive.
+fn image_entry(pin: &crate::manifest::ImagePin) -> Entry {
+    Entry {
+        path: format!("{IMAGES_DIR}/{}.oci.tar", pin.name),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        source: Source::Image {
+            image: pin.name.clone(),
+            reference: pin.reference(),
+        },
+    }
+}
+
+/// The node's own layer: every role's node layer directories.
+fn node_layer(
+    m: &Manifests,
+    target: &str,
+    roles: &[String],
+    owners: &mut BTreeMap<String, String>,
+) -> Result<Vec<Entry>, PlanError> {
+    let mut lb = LayerBuilder::new(target);
+    for role_name in roles {
+        for dir in &m.roles[role_name].node_layers {
+            for e in walk_layer_dir(&m.layers_dir, dir)? {
+                lb.add(e, format!("role `{role_name}` (layers/{dir})"), owners)?;
             }
         }
-        layers.push(("node".to_string(), LayerKind::Node, lb.finish()));
     }
+    Ok(lb.finish())
+}
 
-    let mut lb = LayerBuilder {
-        target,
-        entries: BTreeMap::new(),
-    };
-    for role_name in &roles {
+/// The secrets every role needs, each once.
+fn secrets_layer(
+    target: &str,
+    m: &Manifests,
+    roles: &[String],
+    node: Option<&Node>,
+    owners: &mut BTreeMap<String, String>,
+) -> Result<Vec<Entry>, PlanError> {
+    let mut lb = LayerBuilder::new(target);
+    for role_name in roles {
         for spec in &m.roles[role_name].secrets {
             if owners
                 .get(&spec.node_path())
@@ -484,33 +579,10 @@ fn build(
                     },
                 },
             };
-            lb.add(e, "secrets".to_string(), &mut owners)?;
+            lb.add(e, "secrets".to_string(), owners)?;
         }
     }
-    layers.push(("secrets".to_string(), LayerKind::Secrets, lb.finish()));
-
-    let layers = layers
-        .into_iter()
-        .filter(|(_, _, entries)| !entries.is_empty())
-        .enumerate()
-        .map(|(i, (name, kind, entries))| LayerPlan {
-            name: format!("{i:02}-{name}"),
-            kind,
-            entries,
-        })
-        .collect();
-
-    Ok(Plan {
-        target: target.to_string(),
-        kind,
-        cluster: m.cluster.name.clone(),
-        kubernetes_version: m.cluster.kubernetes_version.to_string(),
-        arch,
-        roles,
-        services,
-        layers,
-        derived: m.derived.clone(),
-    })
+    Ok(lb.finish())
 }
 
 /// Every file under `layers/<dir>/`, as entries at the same path on the node.

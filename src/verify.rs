@@ -6,17 +6,18 @@
 //! modes of secret files. [`compare`] names the first file that differs from
 //! a rebuild.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
-use serde::Deserialize;
 
 use crate::manifest::Manifests;
 use crate::manifest::secrets;
+use crate::output::{Format, ImageJson, LayerJson};
+use crate::plan::LayerKind;
+use crate::sums::{self, Sums};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -32,38 +33,6 @@ pub enum VerifyError {
     Differs { dir: PathBuf, file: String },
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ImageJson {
-    pub node: String,
-    pub kind: String,
-    pub roles: Vec<String>,
-    pub layers: Vec<LayerJson>,
-    pub inputs: Vec<InputJson>,
-    pub build: BuildJson,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct LayerJson {
-    pub name: String,
-    pub file: String,
-    pub digest: String,
-    pub size: u64,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct InputJson {
-    pub artifact: String,
-    pub version: String,
-    pub url: String,
-    pub checksum: String,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct BuildJson {
-    pub formats: Vec<String>,
-    pub seed_layers: String,
-}
-
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VerifyError + '_ {
     move |source| VerifyError::Io {
         path: path.to_path_buf(),
@@ -71,6 +40,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VerifyError + '_ {
     }
 }
 
+/// Reads `dir/image.json` as the one type `output` writes.
 pub fn read_image_json(dir: &Path) -> Result<ImageJson, VerifyError> {
     let p = dir.join("image.json");
     let text = fs::read_to_string(&p).map_err(io_err(&p))?;
@@ -96,46 +66,65 @@ fn secret_marker(text: &str) -> Option<&'static str> {
 
 /// Every check but the rebuild; all problems at once.
 pub fn check(m: &Manifests, dir: &Path) -> Result<ImageJson, VerifyError> {
-    let mut problems = Vec::new();
-    // SHA256SUMS
-    let sums_path = dir.join("SHA256SUMS");
-    let sums = fs::read_to_string(&sums_path).map_err(io_err(&sums_path))?;
-    let mut listed = BTreeMap::new();
-    for line in sums.lines() {
-        match line.split_once("  ") {
-            Some((h, f)) => {
-                listed.insert(f.to_string(), h.to_string());
-            }
-            None => problems.push(format!("SHA256SUMS: malformed line `{line}`")),
+    let mut problems = check_sums(dir)?;
+    let image = read_image_json(dir)?;
+    problems.extend(check_layer_files(dir, &image)?);
+    problems.extend(check_inputs(m, &image));
+    for l in &image.layers {
+        if dir.join(&l.file).is_file() {
+            problems.extend(check_secrets(dir, &image, l)?);
         }
     }
+    problems.extend(check_private_modes(dir));
+    if problems.is_empty() {
+        Ok(image)
+    } else {
+        Err(VerifyError::Failed {
+            dir: dir.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Reads `dir/SHA256SUMS`.
+fn read_sums(dir: &Path) -> Result<(Sums, Vec<sums::BadLine>), VerifyError> {
+    let p = dir.join(sums::FILE);
+    let text = fs::read_to_string(&p).map_err(io_err(&p))?;
+    Ok(Sums::parse(&text))
+}
+
+/// Every file against SHA256SUMS, and nothing unlisted or missing.
+fn check_sums(dir: &Path) -> Result<Vec<String>, VerifyError> {
+    let (listed, bad) = read_sums(dir)?;
+    let mut problems: Vec<String> = bad.iter().map(ToString::to_string).collect();
     let present = crate::output::files_below(dir).map_err(io_err(dir))?;
-    for f in &present {
-        if f == "SHA256SUMS" {
-            continue;
-        }
+    for f in present.iter().filter(|f| *f != sums::FILE) {
         match listed.get(f) {
             None => problems.push(format!("{f} is not listed in SHA256SUMS")),
             Some(h) => {
                 let actual =
                     crate::fsutil::sha256_file(&dir.join(f)).map_err(io_err(&dir.join(f)))?;
-                if &actual != h {
+                if actual != h {
                     problems.push(format!("{f}: sha256 is {actual}, SHA256SUMS says {h}"));
                 }
             }
         }
     }
-    for f in listed.keys() {
-        if !present.contains(f) {
+    for f in listed.paths() {
+        if !present.iter().any(|p| p == f) {
             problems.push(format!("{f} is listed in SHA256SUMS but missing"));
         }
     }
-    let image = read_image_json(dir)?;
-    // image.json against the layer files
+    Ok(problems)
+}
+
+/// image.json against the layer files.
+fn check_layer_files(dir: &Path, image: &ImageJson) -> Result<Vec<String>, VerifyError> {
+    let mut problems = Vec::new();
     for l in &image.layers {
         let p = dir.join(&l.file);
         if !p.is_file() {
-            if image.build.formats.iter().any(|f| f == "layers") {
+            if image.build.formats.has(Format::Layers) {
                 problems.push(format!("{}: listed in image.json but missing", l.file));
             }
             continue;
@@ -152,7 +141,12 @@ pub fn check(m: &Manifests, dir: &Path) -> Result<ImageJson, VerifyError> {
             ));
         }
     }
-    // every input against its pin
+    Ok(problems)
+}
+
+/// Every input against its pin.
+fn check_inputs(m: &Manifests, image: &ImageJson) -> Vec<String> {
+    let mut problems = Vec::new();
     for i in &image.inputs {
         let pin = m
             .pins
@@ -175,57 +169,71 @@ pub fn check(m: &Manifests, dir: &Path) -> Result<ImageJson, VerifyError> {
             Some(_) => {}
         }
     }
-    // secrets: where they are and their modes
-    let control_plane = image.roles.iter().any(|r| r == "control-plane");
-    for l in &image.layers {
-        let p = dir.join(&l.file);
-        if !p.is_file() {
-            continue;
-        }
-        let secret_layer = l.name.ends_with("-secrets");
-        if secret_layer {
-            let mode = fs::metadata(&p).map_err(io_err(&p))?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                problems.push(format!(
-                    "{}: mode {mode:04o}, a secrets layer must be 0600",
-                    l.file
-                ));
-            }
-        }
-        let f = File::open(&p).map_err(io_err(&p))?;
-        let mut a = tar::Archive::new(GzDecoder::new(BufReader::new(f)));
-        for e in a.entries().map_err(io_err(&p))? {
-            let mut e = e.map_err(io_err(&p))?;
-            let path = e.path().map_err(io_err(&p))?.to_string_lossy().into_owned();
-            if !e.header().entry_type().is_file() {
-                continue;
-            }
-            let mode = e.header().mode().map_err(io_err(&p))? & 0o7777;
-            if secret_layer {
-                let id = path.trim_start_matches("etc/kubernetes/");
-                if let Some(spec) = secrets::lookup(id) {
-                    if spec.is_private() && mode & 0o037 != 0 {
-                        problems.push(format!("{}: /{path} has mode {mode:04o}; private material must be 0600 (0640 for a service group)", l.file));
-                    }
-                    if spec.ca_key && !control_plane {
-                        problems.push(format!("{}: /{path} is a CA private key on {}, which is not a control-plane node", l.file, image.node));
-                    }
-                }
-                continue;
-            }
-            if e.size() > 1 << 20 {
-                continue; // binaries: a key would be a file of its own
-            }
-            let mut buf = Vec::new();
-            e.read_to_end(&mut buf).map_err(io_err(&p))?;
-            if let Some(what) = secret_marker(&String::from_utf8_lossy(&buf)) {
-                problems.push(format!(
-                    "{}: /{path} holds {what} outside the secrets layer",
-                    l.file
-                ));
-            }
+    problems
+}
+
+/// Secrets in one layer: where they are and their modes.
+fn check_secrets(dir: &Path, image: &ImageJson, l: &LayerJson) -> Result<Vec<String>, VerifyError> {
+    let mut problems = Vec::new();
+    let p = dir.join(&l.file);
+    let secret_layer = l.kind() == LayerKind::Secrets;
+    if secret_layer {
+        let mode = fs::metadata(&p).map_err(io_err(&p))?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            problems.push(format!(
+                "{}: mode {mode:04o}, a secrets layer must be 0600",
+                l.file
+            ));
         }
     }
+    let f = File::open(&p).map_err(io_err(&p))?;
+    let mut a = tar::Archive::new(GzDecoder::new(BufReader::new(f)));
+    for e in a.entries().map_err(io_err(&p))? {
+        let mut e = e.map_err(io_err(&p))?;
+        let path = e.path().map_err(io_err(&p))?.to_string_lossy().into_owned();
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let mode = e.header().mode().map_err(io_err(&p))? & 0o7777;
+        if secret_layer {
+            problems.extend(secret_file_problem(image, l, &path, mode));
+            continue;
+        }
+        if e.size() > 1 << 20 {
+            continue; // binaries: a key would be a file of its own
+        }
+        let mut buf = Vec::new();
+        e.read_to_end(&mut buf).map_err(io_err(&p))?;
+        if let Some(what) = secret_marker(&String::from_utf8_lossy(&buf)) {
+            problems.push(format!(
+                "{}: /{path} holds {what} outside the secrets layer",
+                l.file
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// A file of the secrets layer: private material 0600 (0640 for a service
+/// group), and a CA key only on a control-plane node.
+fn secret_file_problem(image: &ImageJson, l: &LayerJson, path: &str, mode: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    let id = path.trim_start_matches("etc/kubernetes/");
+    if let Some(spec) = secrets::lookup(id) {
+        if spec.is_private() && mode & 0o037 != 0 {
+            problems.push(format!("{}: /{path} has mode {mode:04o}; private material must be 0600 (0640 for a service group)", l.file));
+        }
+        let control_plane = image.roles.iter().any(|r| r == "control-plane");
+        if spec.ca_key && !control_plane {
+            problems.push(format!("{}: /{path} is a CA private key on {}, which is not a control-plane node", l.file, image.node));
+        }
+    }
+    problems
+}
+
+/// The files that carry the secrets layer are private.
+fn check_private_modes(dir: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
     for private in ["cloud-init/seed.iso", "pxe/overlay.cpio.gz"] {
         let p = dir.join(private);
         if let Ok(meta) = fs::metadata(&p)
@@ -237,40 +245,18 @@ pub fn check(m: &Manifests, dir: &Path) -> Result<ImageJson, VerifyError> {
             ));
         }
     }
-    if problems.is_empty() {
-        Ok(image)
-    } else {
-        Err(VerifyError::Failed {
-            dir: dir.to_path_buf(),
-            problems,
-        })
-    }
+    problems
 }
 
 /// Compares two output directories byte for byte through their SHA256SUMS.
 pub fn compare(dir: &Path, rebuilt: &Path) -> Result<(), VerifyError> {
-    let read = |d: &Path| {
-        let p = d.join("SHA256SUMS");
-        fs::read_to_string(&p).map_err(|source| VerifyError::Io { path: p, source })
-    };
-    let (a, b) = (read(dir)?, read(rebuilt)?);
-    let parse = |s: &str| -> BTreeMap<String, String> {
-        s.lines()
-            .filter_map(|l| l.split_once("  "))
-            .map(|(h, f)| (f.to_string(), h.to_string()))
-            .collect()
-    };
-    let (a, b) = (parse(&a), parse(&b));
-    let mut files: Vec<&String> = a.keys().chain(b.keys()).collect();
-    files.sort();
-    files.dedup();
-    for f in files {
-        if a.get(f) != b.get(f) {
-            return Err(VerifyError::Differs {
-                dir: dir.to_path_buf(),
-                file: f.clone(),
-            });
-        }
+    let (a, _) = read_sums(dir)?;
+    let (b, _) = read_sums(rebuilt)?;
+    match a.first_difference(&b) {
+        Some(file) => Err(VerifyError::Differs {
+            dir: dir.to_path_buf(),
+            file: file.to_string(),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }

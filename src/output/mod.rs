@@ -8,44 +8,37 @@
 //! half-written.
 
 pub mod cloudinit;
+pub mod image;
 pub mod iso;
 pub mod oci;
 pub mod push;
 pub mod pxe;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::fsutil;
 use crate::layer::{BuiltLayer, Store};
 use crate::manifest::Manifests;
-use crate::plan::{Plan, TargetKind};
+use crate::plan::{LayerKind, Plan};
+use crate::sums::{self, Sums};
+
+pub use image::{
+    BuildJson, Format, Formats, ImageJson, InputJson, LayerJson, SeedLayers,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("{target}: {path}")]
+    #[error("cannot write the output of {target} at {path}")]
     Io {
         target: String,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("--seed-layers `{0}` is neither `embed` nor `url=BASE` with an http(s) BASE")]
-    SeedLayers(String),
-}
-
-/// Which artifacts to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Formats {
-    pub layers: bool,
-    pub cloud_init: bool,
-    pub pxe: bool,
-    pub oci: bool,
 }
 
 /// How to build: formats, seed mode, and the one timestamp.
@@ -54,80 +47,6 @@ pub struct Options {
     pub formats: Formats,
     pub seed: SeedLayers,
     pub source_date_epoch: i64,
-    /// Threads for compression; the bytes never depend on it.
-    pub jobs: usize,
-}
-
-/// Where cloud-init gets the shared layers from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SeedLayers {
-    /// Every layer is in seed.iso.
-    Embed,
-    /// Base and role layers come from `BASE/sha256/<digest>.tar.gz`; the
-    /// node and secrets layers stay in the seed.
-    Url(String),
-}
-
-impl SeedLayers {
-    /// Whether a layer is fetched from BASE (a shared one, in url mode) or
-    /// travels in the node's seed and overlay.
-    pub fn remote(&self, l: &BuiltLayer) -> bool {
-        matches!(self, SeedLayers::Url(_)) && l.kind.is_shared()
-    }
-
-    pub fn parse(s: &str) -> Result<SeedLayers, OutputError> {
-        if s == "embed" {
-            return Ok(SeedLayers::Embed);
-        }
-        match s.strip_prefix("url=") {
-            Some(base) if base.starts_with("http://") || base.starts_with("https://") => {
-                Ok(SeedLayers::Url(base.trim_end_matches('/').to_string()))
-            }
-            _ => Err(OutputError::SeedLayers(s.to_string())),
-        }
-    }
-}
-
-/// `image.json`: what the node image is and what it was built from.
-#[derive(Debug, Serialize)]
-pub struct ImageJson {
-    pub node: String,
-    pub kind: TargetKind,
-    pub cluster: String,
-    pub roles: Vec<String>,
-    pub arch: String,
-    pub versions: BTreeMap<String, String>,
-    pub source_date_epoch: i64,
-    pub services: Vec<String>,
-    pub layers: Vec<LayerJson>,
-    pub inputs: Vec<InputJson>,
-    /// How it was built, so `verify --rebuild` can do the same.
-    pub build: BuildJson,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BuildJson {
-    pub formats: Vec<String>,
-    pub seed_layers: String,
-    /// The version of imgbuild that wrote it.
-    pub imgbuild: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LayerJson {
-    pub name: String,
-    pub file: String,
-    pub digest: String,
-    pub size: u64,
-    pub diff_id: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct InputJson {
-    pub artifact: String,
-    pub version: String,
-    pub url: String,
-    pub checksum: String,
 }
 
 fn io_err<'a>(target: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> OutputError + 'a {
@@ -138,79 +57,51 @@ fn io_err<'a>(target: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> Outp
     }
 }
 
-pub fn image_json(
-    m: &Manifests,
-    plan: &Plan,
-    layers: &[BuiltLayer],
-    sde: i64,
-    formats: Formats,
-    seed: &SeedLayers,
-) -> ImageJson {
-    let mut versions = BTreeMap::new();
+/// The image.json of a plan built into `layers` with `opts`.
+pub fn image_json(m: &Manifests, plan: &Plan, layers: &[BuiltLayer], opts: &Options) -> ImageJson {
+    let mut versions = std::collections::BTreeMap::new();
     versions.insert(
         "kubernetes".to_string(),
         m.cluster.kubernetes_version.to_string(),
     );
     let mut inputs = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for l in &plan.layers {
-        for e in &l.entries {
-            let name = match &e.source {
-                crate::plan::Source::Member { artifact, .. }
-                | crate::plan::Source::Download { artifact, .. } => artifact,
-                _ => continue,
-            };
-            if let Some(pin) = m.pins.artifact(name, plan.arch)
-                && seen.insert(pin.name.clone())
-            {
-                versions.insert(pin.name.clone(), pin.version.clone());
-                inputs.push(InputJson {
-                    artifact: pin.name.clone(),
-                    version: pin.version.clone(),
-                    url: pin.url.clone(),
-                    checksum: pin.checksum.to_string(),
-                });
-            }
+    for name in plan.artifacts() {
+        if let Some(pin) = m.pins.artifact(name, plan.arch) {
+            versions.insert(pin.name.clone(), pin.version.clone());
+            inputs.push(InputJson {
+                artifact: pin.name.clone(),
+                version: pin.version.clone(),
+                url: pin.url.clone(),
+                checksum: pin.checksum.to_string(),
+            });
         }
     }
-    inputs.sort_by(|a, b| a.artifact.cmp(&b.artifact));
     ImageJson {
         node: plan.target.clone(),
         kind: plan.kind,
         cluster: m.cluster.name.clone(),
         roles: plan.roles.clone(),
-        arch: plan.arch.to_string(),
+        arch: plan.arch,
         versions,
-        source_date_epoch: sde,
+        source_date_epoch: opts.source_date_epoch,
         services: plan.services.clone(),
-        layers: layers
-            .iter()
-            .map(|l| LayerJson {
-                name: l.name.clone(),
-                file: format!("layers/{}.tar.gz", l.name),
-                digest: format!("sha256:{}", l.digest),
-                size: l.size,
-                diff_id: format!("sha256:{}", l.diff_id),
-            })
-            .collect(),
+        layers: layers.iter().map(layer_json).collect(),
         inputs,
         build: BuildJson {
-            formats: [
-                (formats.layers, "layers"),
-                (formats.cloud_init, "cloud-init"),
-                (formats.pxe, "pxe"),
-                (formats.oci, "oci"),
-            ]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| n.to_string())
-            .collect(),
-            seed_layers: match seed {
-                SeedLayers::Embed => "embed".into(),
-                SeedLayers::Url(b) => format!("url={b}"),
-            },
+            formats: opts.formats.clone(),
+            seed_layers: opts.seed.clone(),
             imgbuild: env!("CARGO_PKG_VERSION").to_string(),
         },
+    }
+}
+
+fn layer_json(l: &BuiltLayer) -> LayerJson {
+    LayerJson {
+        name: l.name.clone(),
+        file: format!("layers/{}.tar.gz", l.name),
+        digest: format!("sha256:{}", l.digest),
+        size: l.size,
+        diff_id: format!("sha256:{}", l.diff_id),
     }
 }
 
@@ -247,21 +138,21 @@ pub fn files_below(dir: &Path) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// `sha256sum -c` lines for every file below `dir` but SHA256SUMS; `known`
-/// digests (the layers, hashed while they were written) are not read again.
-pub fn sha256sums(dir: &Path, known: &BTreeMap<String, String>) -> io::Result<String> {
-    let mut s = String::new();
+/// SHA256SUMS of every file below `dir` but SHA256SUMS itself; digests in
+/// `known` (files hashed while they were written) are not read again.
+pub fn sha256sums(dir: &Path, known: &Sums) -> io::Result<Sums> {
+    let mut out = Sums::default();
     for f in files_below(dir)? {
-        if f == "SHA256SUMS" {
+        if f == sums::FILE {
             continue;
         }
         let h = match known.get(&f) {
-            Some(h) => h.clone(),
+            Some(h) => h.to_string(),
             None => crate::fsutil::sha256_file(&dir.join(&f))?,
         };
-        s.push_str(&format!("{h}  {f}\n"));
+        out.insert(f, h);
     }
-    Ok(s)
+    Ok(out)
 }
 
 /// A private scratch directory beside `out_root/<target>`, for one build.
@@ -287,14 +178,11 @@ pub enum Outcome {
 /// lists present. The big files (seed.iso, overlay.cpio.gz, OCI blobs) are
 /// functions of those; `imgbuild verify` checks their bytes.
 fn up_to_date(tmp: &Path, dest: &Path) -> io::Result<bool> {
-    let Ok(sums) = fs::read_to_string(dest.join("SHA256SUMS")) else {
+    let Ok(text) = fs::read_to_string(dest.join(sums::FILE)) else {
         return Ok(false);
     };
-    let listed: Vec<&str> = sums
-        .lines()
-        .filter_map(|l| l.split_once("  ").map(|(_, f)| f))
-        .collect();
-    if !listed.iter().all(|f| dest.join(f).is_file()) {
+    let (listed, bad) = Sums::parse(&text);
+    if !bad.is_empty() || !listed.paths().all(|f| dest.join(f).is_file()) {
         return Ok(false);
     }
     // layers (and the PXE segments made with them) are checked by their
@@ -303,19 +191,31 @@ fn up_to_date(tmp: &Path, dest: &Path) -> io::Result<bool> {
         .iter()
         .filter(|f| !f.starts_with("layers/") && !f.starts_with("pxe/segments/"))
     {
-        if !listed.contains(&f.as_str())
-            || fs::read(dest.join(f)).ok() != Some(fs::read(tmp.join(f))?)
-        {
+        if !listed.contains(f) || fs::read(dest.join(f)).ok() != Some(fs::read(tmp.join(f))?) {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
+/// One target's assembly in `tmp`, on its way to `out_root/<target>/`.
+struct Assembly<'a> {
+    m: &'a Manifests,
+    plan: &'a Plan,
+    layers: &'a [BuiltLayer],
+    store: &'a Store,
+    opts: &'a Options,
+    tmp: &'a Path,
+    /// Digests of files hashed while they were written.
+    known: Sums,
+    /// What image.json says, once written.
+    image: Option<ImageJson>,
+}
+
 /// Assembles `out_root/<target>/` from `tmp` (made by [`scratch`], holding
 /// the secrets layer already) and the built layers (and their PXE segments,
-/// from `store`). When the directory
-/// already holds this very build, it is left as it is.
+/// from `store`). When the directory already holds this very build, it is
+/// left as it is.
 pub fn assemble(
     m: &Manifests,
     plan: &Plan,
@@ -325,106 +225,137 @@ pub fn assemble(
     tmp: &Path,
     out_root: &Path,
 ) -> Result<(PathBuf, Outcome), OutputError> {
-    let (formats, seed, sde) = (opts.formats, &opts.seed, opts.source_date_epoch);
     let target = plan.target.as_str();
-    let mtime = u64::try_from(sde).unwrap_or(0);
     let dest = out_root.join(target);
-    // the small files first: they decide whether anything changed
-    for l in layers {
-        let dest = tmp.join("layers").join(format!("{}.tar.gz", l.name));
-        if l.file != dest {
-            link_or_copy(&l.file, &dest).map_err(io_err(target, &dest))?;
-        }
-    }
-    let mut known = BTreeMap::new();
-    let image = image_json(m, plan, layers, sde, formats, seed);
-    let json = crate::canonical_json(&image);
-    let digest = hex::encode(Sha256::digest(json.as_bytes()));
-    let p = tmp.join("image.json");
-    fsutil::write_atomic(&p, json.as_bytes(), 0o644).map_err(io_err(target, &p))?;
-    let seed_files = if formats.cloud_init {
-        Some(cloudinit::files(m, plan, layers, &digest, seed, tmp).map_err(io_err(target, tmp))?)
-    } else {
-        None
+    let mut a = Assembly {
+        m,
+        plan,
+        layers,
+        store,
+        opts,
+        tmp,
+        known: Sums::default(),
+        image: None,
     };
-    // in url mode, the shared layers' PXE segments are loaded from BASE
-    let (remote, local): (Vec<&BuiltLayer>, Vec<&BuiltLayer>) =
-        layers.iter().partition(|l| seed.remote(l));
-    let local: Vec<BuiltLayer> = local.into_iter().cloned().collect();
-    if formats.pxe {
-        let remote = pxe::segments(&remote, store, tmp).map_err(io_err(target, tmp))?;
-        let base = match seed {
-            SeedLayers::Url(b) => Some(b.as_str()),
-            SeedLayers::Embed => None,
+    // the small files first: they decide whether anything changed
+    let seed_files = a.small_files().map_err(io_err(target, tmp))?;
+    if up_to_date(tmp, &dest).map_err(io_err(target, tmp))? {
+        a.drop_private_segments();
+        fs::remove_dir_all(tmp).map_err(io_err(target, tmp))?;
+        return Ok((dest, Outcome::UpToDate));
+    }
+    a.big_files(seed_files.as_deref())
+        .map_err(io_err(target, tmp))?;
+    let sums = sha256sums(tmp, &a.known).map_err(io_err(target, tmp))?;
+    let p = tmp.join(sums::FILE);
+    fsutil::write_atomic(&p, sums.render().as_bytes(), 0o644).map_err(io_err(target, &p))?;
+    replace_dir(tmp, &dest, &out_root.join(format!(".{target}.old.{}", std::process::id())))
+        .map_err(io_err(target, &dest))?;
+    Ok((dest, Outcome::Built))
+}
+
+impl Assembly<'_> {
+    /// Layer links, image.json, the cloud-init files (returned, for the
+    /// seed ISO) and boot.ipxe with the shared segments it loads.
+    fn small_files(&mut self) -> io::Result<Option<Vec<iso::IsoFile>>> {
+        for l in self.layers {
+            let dest = self.tmp.join("layers").join(format!("{}.tar.gz", l.name));
+            if l.file != dest {
+                link_or_copy(&l.file, &dest)?;
+            }
+        }
+        let image = image_json(self.m, self.plan, self.layers, self.opts);
+        let json = crate::json::canonical(&image);
+        let digest = hex::encode(Sha256::digest(json.as_bytes()));
+        fsutil::write_atomic(&self.tmp.join("image.json"), json.as_bytes(), 0o644)?;
+        let formats = &self.opts.formats;
+        let seed_files = if formats.has(Format::CloudInit) {
+            let seed = &self.opts.seed;
+            Some(cloudinit::files(self.m, self.plan, self.layers, &digest, seed, self.tmp)?)
+        } else {
+            None
         };
-        pxe::boot_script(plan, &remote, base, tmp).map_err(io_err(target, tmp))?;
-        for s in &remote {
-            known.insert(format!("pxe/segments/{}", s.file), s.digest.clone());
+        if formats.has(Format::Pxe) {
+            // in url mode, the shared layers' PXE segments are loaded from BASE
+            let remote: Vec<&BuiltLayer> =
+                self.layers.iter().filter(|l| self.opts.seed.remote(l)).collect();
+            let remote = pxe::segments(&remote, self.store, self.tmp)?;
+            pxe::boot_script(self.plan, &remote, self.opts.seed.base(), self.tmp)?;
+            for s in &remote {
+                self.known
+                    .insert(format!("pxe/segments/{}", s.file), s.digest.clone());
+            }
+        }
+        self.image = Some(image);
+        Ok(seed_files)
+    }
+
+    /// seed.iso and overlay.cpio.gz, each hashed while it is written, side
+    /// by side; then the layers kept or dropped.
+    fn big_files(&mut self, seed_files: Option<&[iso::IsoFile]>) -> io::Result<()> {
+        let mtime = u64::try_from(self.opts.source_date_epoch).unwrap_or(0);
+        let local: Vec<BuiltLayer> = self
+            .layers
+            .iter()
+            .filter(|l| !self.opts.seed.remote(l))
+            .cloned()
+            .collect();
+        let (tmp, store, pxe) = (self.tmp, self.store, self.opts.formats.has(Format::Pxe));
+        let (iso, overlay) = std::thread::scope(|s| {
+            let iso = s.spawn(|| {
+                seed_files
+                    .map(|files| cloudinit::seed_iso(tmp, files, mtime))
+                    .transpose()
+            });
+            let overlay = pxe.then(|| pxe::overlay(&local, store, tmp)).transpose();
+            let iso = iso
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("writing the seed ISO panicked")));
+            (iso, overlay)
+        });
+        self.drop_private_segments();
+        if let Some(image) = self.image.as_ref().filter(|_| self.opts.formats.has(Format::Oci)) {
+            oci::write(self.tmp, image, self.layers, self.opts.source_date_epoch)?;
+            for l in self.layers {
+                self.known
+                    .insert(format!("oci/blobs/sha256/{}", l.digest), l.digest.clone());
+            }
+        }
+        if let Some(h) = iso? {
+            self.known.insert("cloud-init/seed.iso", h);
+        }
+        if let Some(h) = overlay? {
+            self.known.insert("pxe/overlay.cpio.gz", h);
+        }
+        if self.opts.formats.has(Format::Layers) {
+            for l in self.layers {
+                self.known
+                    .insert(format!("layers/{}.tar.gz", l.name), l.digest.clone());
+            }
+            Ok(())
+        } else {
+            // layers were only the means to the other formats
+            fs::remove_dir_all(self.tmp.join("layers"))
         }
     }
-    let private_segments = || {
-        for l in layers
-            .iter()
-            .filter(|l| l.kind == crate::plan::LayerKind::Secrets)
-        {
+
+    /// The secrets layer's PXE segment is never kept once the overlay holds it.
+    fn drop_private_segments(&self) {
+        for l in self.layers.iter().filter(|l| l.kind == LayerKind::Secrets) {
             if let Some(seg) = &l.segment {
                 let _ = fs::remove_file(seg);
             }
         }
-    };
-    if up_to_date(tmp, &dest).map_err(io_err(target, tmp))? {
-        private_segments();
-        fs::remove_dir_all(tmp).map_err(io_err(target, tmp))?;
-        return Ok((dest, Outcome::UpToDate));
     }
-    // the big files, each hashed while it is written, side by side
-    let (iso, overlay) = std::thread::scope(|s| {
-        let iso = s.spawn(|| {
-            seed_files
-                .as_ref()
-                .map(|files| cloudinit::seed_iso(tmp, files, mtime))
-                .transpose()
-        });
-        let overlay = formats
-            .pxe
-            .then(|| pxe::overlay(&local, store, tmp))
-            .transpose();
-        let iso = iso
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("writing the seed ISO panicked")));
-        (iso, overlay)
-    });
-    private_segments();
-    if let Some(h) = iso.map_err(io_err(target, tmp))? {
-        known.insert("cloud-init/seed.iso".to_string(), h);
-    }
-    if let Some(h) = overlay.map_err(io_err(target, tmp))? {
-        known.insert("pxe/overlay.cpio.gz".to_string(), h);
-    }
-    if formats.oci {
-        oci::write(tmp, &image, layers, sde).map_err(io_err(target, tmp))?;
-        for l in layers {
-            known.insert(format!("oci/blobs/sha256/{}", l.digest), l.digest.clone());
-        }
-    }
-    if formats.layers {
-        for l in layers {
-            known.insert(format!("layers/{}.tar.gz", l.name), l.digest.clone());
-        }
-    } else {
-        // layers were only the means to the other formats
-        fs::remove_dir_all(tmp.join("layers")).map_err(io_err(target, tmp))?;
-    }
-    let sums = sha256sums(tmp, &known).map_err(io_err(target, tmp))?;
-    let p = tmp.join("SHA256SUMS");
-    fsutil::write_atomic(&p, sums.as_bytes(), 0o644).map_err(io_err(target, &p))?;
+}
+
+/// Puts `tmp` at `dest`, moving an old `dest` aside to `old` and removing it.
+fn replace_dir(tmp: &Path, dest: &Path, old: &Path) -> io::Result<()> {
     if dest.exists() {
-        let old = out_root.join(format!(".{target}.old.{}", std::process::id()));
-        fs::rename(&dest, &old).map_err(io_err(target, &dest))?;
-        fs::rename(tmp, &dest).map_err(io_err(target, &dest))?;
-        fs::remove_dir_all(&old).map_err(io_err(target, &old))?;
+        fs::rename(dest, old)?;
+        fs::rename(tmp, dest)?;
+        fs::remove_dir_all(old)
     } else {
-        fs::rename(tmp, &dest).map_err(io_err(target, &dest))?;
+        fs::rename(tmp, dest)
     }
-    Ok((dest, Outcome::Built))
 }

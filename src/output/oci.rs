@@ -54,7 +54,7 @@ fn manifest(
         "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| format!("sha256:{}", l.diff_id)).collect::<Vec<_>>()},
         "history": layers.iter().map(|l| json!({"created": created, "created_by": format!("imgbuild layer {}", l.name)})).collect::<Vec<_>>(),
     });
-    let config = crate::canonical_json(&config);
+    let config = crate::json::canonical(&config);
     let (config_digest, config_size) = put(blobs, config.as_bytes())?;
     let mut annotations = BTreeMap::new();
     annotations.insert("org.opencontainers.image.created".to_string(), created);
@@ -80,7 +80,7 @@ fn manifest(
         })).collect::<Vec<_>>(),
         "annotations": annotations,
     });
-    let m = crate::canonical_json(&m);
+    let m = crate::json::canonical(&m);
     let (digest, size) = put(blobs, m.as_bytes())?;
     Ok(json!({
         "mediaType": MANIFEST_TYPE,
@@ -118,7 +118,7 @@ pub fn write(out: &Path, image: &ImageJson, layers: &[BuiltLayer], sde: i64) -> 
             &format!("{node}-with-secrets"),
         )?);
     }
-    let index = crate::canonical_json(
+    let index = crate::json::canonical(
         &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}),
     );
     fs::write(dir.join("index.json"), index)?;

@@ -1,0 +1,212 @@
+//! The build, stages 3 to 7 as one value (apko's build context): [`Build::prepare`]
+//! takes the settings, the manifests and the plans to build, makes every
+//! pinned input present (fetch, images), the PKI current, and opens the
+//! cache and the layer store once; [`Build::target`] then renders, layers and
+//! assembles one plan into `out/<target>/`, and [`Build::all`] does every
+//! plan, `--jobs` at a time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::fetch::oci::{ImageError, PulledImage};
+use crate::fetch::{self, Cache, FetchError, Fetched};
+use crate::fsutil;
+use crate::layer::{self, LayerError};
+use crate::manifest::{Arch, ImagePin, Manifests};
+use crate::output::{self, Outcome, OutputError};
+use crate::pki::{self, PkiError};
+use crate::plan::Plan;
+use crate::render::{self, RenderError};
+use crate::settings::Settings;
+
+/// Every way a build can fail, by the stage that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("cannot open the layer store in {path}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the output directory {path}")]
+    OutDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The pulled images of a build, by (name, arch).
+pub type Images = BTreeMap<(String, Arch), PulledImage>;
+
+/// Stage 3: every pin the plans need present and verified, and every image
+/// they bake in pulled; `cache` is opened once by the caller.
+pub fn fetch_inputs(
+    s: &Settings,
+    cache: &Cache,
+    m: &Manifests,
+    plans: &[Plan],
+) -> Result<(Vec<Fetched>, Images), BuildError> {
+    let fetched = fetch::fetch_all(cache, &fetch::needed_pins(m, plans), &s.fetch_options())?;
+    let downloaded = fetched
+        .iter()
+        .filter(|f| f.origin != fetch::Origin::Cached)
+        .count();
+    s.reporter.debug(&format!(
+        "fetch: {} artifacts, {downloaded} downloaded, {} cached",
+        fetched.len(),
+        fetched.len() - downloaded
+    ));
+    let mut wanted: BTreeMap<(String, Arch), ImagePin> = BTreeMap::new();
+    for p in plans {
+        for image in p.images() {
+            if let Some(pin) = m.pins.image(image) {
+                wanted.insert((image.to_string(), p.arch), pin.clone());
+            }
+        }
+    }
+    let list: Vec<(ImagePin, Arch)> = wanted.into_iter().map(|((_, a), p)| (p, a)).collect();
+    let pulled = fetch::oci::pull_all(cache, &list, &s.registry_mirrors, s.offline)?;
+    let images = pulled
+        .into_iter()
+        .map(|p| ((p.pin.name.clone(), p.arch), p))
+        .collect();
+    Ok((fetched, images))
+}
+
+/// A prepared build: inputs present, PKI current, stores open.
+pub struct Build<'a> {
+    settings: &'a Settings,
+    m: &'a Manifests,
+    cache: Cache,
+    store: layer::Store,
+    state: PathBuf,
+    images: Images,
+    opts: output::Options,
+}
+
+impl<'a> Build<'a> {
+    /// Stages 3 and 4 for `plans`, and the cache and layer store opened once.
+    pub fn prepare(
+        settings: &'a Settings,
+        m: &'a Manifests,
+        plans: &[Plan],
+        opts: output::Options,
+    ) -> Result<Build<'a>, BuildError> {
+        let cache = Cache::open(&settings.cache)?;
+        let (_, images) = fetch_inputs(settings, &cache, m, plans)?;
+        let state = settings.state_dir(m);
+        let changes =
+            pki::State::new(&settings.ctx, m, &state).ensure(pki::Renew::Needed, false)?;
+        for c in changes.iter().filter(|c| c.action != pki::Action::Kept) {
+            settings
+                .reporter
+                .debug(&format!("pki: {} {:?}", c.path, c.action));
+        }
+        let store = layer::Store::open(&cache).map_err(|source| BuildError::Store {
+            path: cache.root.join("layers"),
+            source,
+        })?;
+        Ok(Build {
+            settings,
+            m,
+            cache,
+            store,
+            state,
+            images,
+            opts,
+        })
+    }
+
+    /// Stages 5-7 for one plan: render, layer, assemble `out/<target>/`.
+    pub fn target(&self, plan: &Plan, out: &Path) -> Result<(PathBuf, Outcome), BuildError> {
+        let rendered = render::render(self.m, plan)?;
+        let tmp = output::scratch(out, &plan.target)?;
+        let result = self.layers_and_output(plan, &rendered, &tmp, out);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    fn layers_and_output(
+        &self,
+        plan: &Plan,
+        rendered: &render::Rendered,
+        tmp: &Path,
+        out: &Path,
+    ) -> Result<(PathBuf, Outcome), BuildError> {
+        let inputs = layer::Inputs {
+            m: self.m,
+            cache: &self.cache,
+            state: &self.state,
+            rendered,
+            arch: plan.arch,
+            node: Some(plan.target.as_str()),
+            mtime: self.settings.mtime(),
+            jobs: self.settings.ctx.jobs,
+            cpio: self.opts.formats.has(output::Format::Pxe),
+            images: &self.images,
+        };
+        let mut built = Vec::new();
+        for l in &plan.layers {
+            built.push(layer::build(&self.store, &inputs, l, &tmp.join("layers"))?);
+        }
+        let done = output::assemble(self.m, plan, &built, &self.store, &self.opts, tmp, out)?;
+        Ok(done)
+    }
+
+    /// Every plan into `out/`, `--jobs` at a time; reports each target and
+    /// returns the directories in target order. Output bytes never depend on
+    /// the order the targets finish in.
+    pub fn all(&self, plans: &[Plan], out: &Path) -> Result<Vec<PathBuf>, BuildError> {
+        fsutil::create_dir_all_mode(out, 0o755).map_err(|source| BuildError::OutDir {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        let next = Mutex::new(plans.iter());
+        let results = Mutex::new(Vec::new());
+        let workers = self.settings.ctx.jobs.clamp(1, plans.len().max(1));
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    while let Some(plan) = next.lock().ok().and_then(|mut it| it.next()) {
+                        let r = self.target(plan, out);
+                        if let Ok(mut res) = results.lock() {
+                            res.push((plan.target.clone(), r));
+                        }
+                    }
+                });
+            }
+        });
+        // the layers built here, on disk and recorded in the store
+        let committed = self.store.commit();
+        let mut results = results.into_inner().unwrap_or_default();
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut dirs = Vec::new();
+        for (target, r) in results {
+            let (dir, outcome) = r?;
+            let verb = match outcome {
+                Outcome::Built => "built",
+                Outcome::UpToDate => "up to date",
+            };
+            self.settings.reporter.info(&format!("{verb} {target}"));
+            dirs.push(dir);
+        }
+        committed?;
+        Ok(dirs)
+    }
+}

@@ -1,0 +1,17 @@
+//! `imgbuild push DIR REF`: a node's OCI image to a registry, without its
+//! secrets layer unless `--include-secrets`.
+
+use super::{Error, print};
+use crate::cli::PushArgs;
+use crate::settings::Settings;
+
+pub fn run(s: &Settings, args: &PushArgs) -> Result<(), Error> {
+    if args.include_secrets {
+        s.reporter.warn("warning: pushing WITH the secrets layer (--include-secrets): every private key of the node goes to the registry");
+    } else {
+        s.reporter
+            .info("push: the secrets layer is left out (--include-secrets adds it)");
+    }
+    let digest = crate::output::push::push(&args.dir, &args.reference, args.include_secrets)?;
+    print(&format!("{}@{digest}\n", args.reference))
+}

@@ -1,0 +1,62 @@
+//! `imgbuild verify DIR [--rebuild] [--arch A]`: checksums, pins, secret
+//! placement and modes of an output directory; with `--rebuild`, a rebuild
+//! from the manifests and state into a scratch directory, compared byte for
+//! byte.
+
+use super::Error;
+use crate::build::{Build, BuildError};
+use crate::cli::VerifyArgs;
+use crate::manifest::Manifests;
+use crate::output::{self, ImageJson};
+use crate::settings::Settings;
+use crate::verify;
+
+pub fn run(s: &Settings, m: &Manifests, args: &VerifyArgs) -> Result<(), Error> {
+    let image = verify::check(m, &args.dir)?;
+    if let Some(wanted) = args.arch.filter(|a| *a != image.arch) {
+        return Err(Error::ArchMismatch {
+            dir: args.dir.clone(),
+            found: image.arch,
+            wanted,
+        });
+    }
+    if args.rebuild {
+        rebuild(s, m, args, &image)?;
+        s.reporter
+            .info(&format!("{}: identical to a rebuild", args.dir.display()));
+    }
+    s.reporter
+        .info(&format!("{}: verified", args.dir.display()));
+    Ok(())
+}
+
+/// Rebuilds the image's target, of the image's arch, with the options it
+/// records, beside `args.dir` (same filesystem, for hard links); compares.
+fn rebuild(s: &Settings, m: &Manifests, args: &VerifyArgs, image: &ImageJson) -> Result<(), Error> {
+    let plans = vec![crate::plan::plan(m, &image.node, Some(image.arch))?];
+    let opts = output::Options {
+        formats: image.build.formats.clone(),
+        seed: image.build.seed_layers.clone(),
+        source_date_epoch: s.ctx.source_date_epoch,
+    };
+    let parent = match args.dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix(".verify-rebuild.")
+        .tempdir_in(parent)
+        .map_err(|source| Error::Scratch {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    let dirs = Build::prepare(s, m, &plans, opts)?.all(&plans, scratch.path())?;
+    let rebuilt = dirs.first().ok_or_else(|| {
+        BuildError::Output(output::OutputError::Io {
+            target: image.node.clone(),
+            path: scratch.path().to_path_buf(),
+            source: std::io::Error::other("the rebuild wrote no directory"),
+        })
+    })?;
+    Ok(verify::compare(&args.dir, rebuilt)?)
+}

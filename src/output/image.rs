@@ -1,0 +1,250 @@
+//! `image.json` and the build options it records: the one type that
+//! [`super::assemble`] writes and `verify` reads back, the one [`Format`]
+//! enum (`--format`, image.json, the output layout) and [`SeedLayers`]
+//! (`--seed-layers`). The JSON form is canonical (sorted keys); its bytes are
+//! part of every node's SHA256SUMS, so fields are only ever added with care.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layer::BuiltLayer;
+use crate::manifest::{Arch, BASE_ROLE};
+use crate::plan::{LayerKind, TargetKind};
+
+/// One output format (`--format`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// layers/NN-<name>.tar.gz, image.json, SHA256SUMS
+    Layers,
+    /// cloud-init/{user-data,meta-data,network-config,seed.iso}
+    CloudInit,
+    /// pxe/overlay.cpio.gz and pxe/boot.ipxe
+    Pxe,
+    /// oci/: the node image as an OCI image layout
+    Oci,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Layers => "layers",
+            Format::CloudInit => "cloud-init",
+            Format::Pxe => "pxe",
+            Format::Oci => "oci",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The formats asked for: a set, kept in [`Format`]'s order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Formats(Vec<Format>);
+
+impl Formats {
+    pub fn new(list: &[Format]) -> Formats {
+        let mut v = list.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        Formats(v)
+    }
+
+    pub fn has(&self, f: Format) -> bool {
+        self.0.contains(&f)
+    }
+}
+
+/// Where cloud-init gets the shared layers from (`--seed-layers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedLayers {
+    /// Every layer is in seed.iso.
+    Embed,
+    /// Base and role layers come from `BASE/sha256/<digest>.tar.gz`; the
+    /// node and secrets layers stay in the seed.
+    Url(String),
+}
+
+/// `--seed-layers` that is neither `embed` nor `url=BASE`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is neither `embed` nor `url=BASE` with an http(s) BASE")]
+pub struct BadSeedLayers(pub String);
+
+impl SeedLayers {
+    /// Whether a layer is fetched from BASE (a shared one, in url mode) or
+    /// travels in the node's seed and overlay.
+    pub fn remote(&self, l: &BuiltLayer) -> bool {
+        matches!(self, SeedLayers::Url(_)) && l.kind.is_shared()
+    }
+
+    /// BASE in url mode.
+    pub fn base(&self) -> Option<&str> {
+        match self {
+            SeedLayers::Url(b) => Some(b),
+            SeedLayers::Embed => None,
+        }
+    }
+}
+
+impl FromStr for SeedLayers {
+    type Err = BadSeedLayers;
+
+    fn from_str(s: &str) -> Result<SeedLayers, BadSeedLayers> {
+        if s == "embed" {
+            return Ok(SeedLayers::Embed);
+        }
+        match s.strip_prefix("url=") {
+            Some(base) if base.starts_with("http://") || base.starts_with("https://") => {
+                Ok(SeedLayers::Url(base.trim_end_matches('/').to_string()))
+            }
+            _ => Err(BadSeedLayers(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for SeedLayers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SeedLayers::Embed => f.write_str("embed"),
+            SeedLayers::Url(b) => write!(f, "url={b}"),
+        }
+    }
+}
+
+impl Serialize for SeedLayers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SeedLayers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SeedLayers, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `image.json`: what the node image is and what it was built from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageJson {
+    pub node: String,
+    pub kind: TargetKind,
+    pub cluster: String,
+    pub roles: Vec<String>,
+    pub arch: Arch,
+    pub versions: BTreeMap<String, String>,
+    pub source_date_epoch: i64,
+    pub services: Vec<String>,
+    pub layers: Vec<LayerJson>,
+    pub inputs: Vec<InputJson>,
+    /// How it was built, so `verify --rebuild` can do the same.
+    pub build: BuildJson,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildJson {
+    pub formats: Formats,
+    pub seed_layers: SeedLayers,
+    /// The version of imgbuild that wrote it.
+    pub imgbuild: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerJson {
+    /// `NN-<base|role|node|secrets>`, the file stem.
+    pub name: String,
+    pub file: String,
+    pub digest: String,
+    pub size: u64,
+    pub diff_id: String,
+}
+
+impl LayerJson {
+    /// The layer's kind. It is not a field of its own: the name says it
+    /// (`NN-base`, `NN-node`, `NN-secrets`, else a role), since those names
+    /// are reserved and no role may take them.
+    pub fn kind(&self) -> LayerKind {
+        let stem = self.name.split_once('-').map_or("", |(_, s)| s);
+        match stem {
+            BASE_ROLE => LayerKind::Base,
+            "node" => LayerKind::Node,
+            "secrets" => LayerKind::Secrets,
+            _ => LayerKind::Role,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputJson {
+    pub artifact: String,
+    pub version: String,
+    pub url: String,
+    pub checksum: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_layers_round_trip_through_their_text() {
+        for s in ["embed", "url=http://10.0.0.1/layers"] {
+            assert_eq!(s.parse::<SeedLayers>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "url=https://h/x/".parse::<SeedLayers>().unwrap(),
+            SeedLayers::Url("https://h/x".into())
+        );
+        assert!("url=ftp://h".parse::<SeedLayers>().is_err());
+        assert!("embedded".parse::<SeedLayers>().is_err());
+    }
+
+    #[test]
+    fn formats_keep_one_order_whatever_was_typed() {
+        let f = Formats::new(&[Format::Oci, Format::Layers, Format::Oci]);
+        assert!(f.has(Format::Layers) && f.has(Format::Oci) && !f.has(Format::Pxe));
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"["layers","oci"]"#.to_string()
+        );
+    }
+
+    #[test]
+    fn a_layer_kind_is_read_from_its_name() {
+        let l = |name: &str| LayerJson {
+            name: name.into(),
+            file: String::new(),
+            digest: String::new(),
+            size: 0,
+            diff_id: String::new(),
+        };
+        assert_eq!(l("00-base").kind(), LayerKind::Base);
+        assert_eq!(l("02-control-plane").kind(), LayerKind::Role);
+        assert_eq!(l("04-node").kind(), LayerKind::Node);
+        assert_eq!(l("05-secrets").kind(), LayerKind::Secrets);
+    }
+}
