@@ -8,15 +8,23 @@ default:
 build:
     cargo build --release --locked
 
-# run every test
+# run every test (the full suite; CI's gate through `just check`)
 test:
     cargo test --locked --all-targets
 
-# fmt --check, clippy -D warnings, no dbg!/todo!, then the tests
+# the fast tier: unit tests, plus the integration tests that need no system
+# package (no judge program, no lab mirror): manifests, plans, archives, fetch
+test-fast:
+    cargo test --locked --lib --bins
+    cargo test --locked --test it -- archive:: artifacts:: fetch:: plan:: validate:: --skip lab_mirror
+
+# fmt --check, clippy -D warnings (too_many_lines at 60: clippy.toml), no
+# dbg!/todo!, no stage importing the crate root, then the tests
 check:
     cargo fmt --check
     cargo clippy --locked --all-targets -- -D warnings
     ! grep -rnE '(dbg|todo|unimplemented)!' src tests
+    ! grep -rnE 'crate::canonical_json|use crate::\{' src
     cargo test --locked --all-targets
 
 # the main job, offline: build the lab mirror, build every lab node, verify

@@ -262,7 +262,13 @@ mod tests {
     fn typed_values_are_refused_before_anything_is_read() {
         for bad in [
             &["--mirror", "ftp://x", "plan", "--role", "a"][..],
-            &["--registry-mirror", "registry.k8s.io", "plan", "--role", "a"],
+            &[
+                "--registry-mirror",
+                "registry.k8s.io",
+                "plan",
+                "--role",
+                "a",
+            ],
             &["node", "--role", "a", "--seed-layers", "url=ftp://x"],
             &["node", "--role", "a", "--format", "layers,iso"],
             &["plan", "--role", "a", "--arch", "riscv64"],
@@ -299,4 +305,3 @@ mod tests {
         assert_eq!(n.arch, Some(Arch::Arm64));
     }
 }
-

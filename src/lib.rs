@@ -7,8 +7,8 @@
 //! resolve the command line once into [`settings::Settings`], load the
 //! manifests, hand both to the command.
 
-pub mod cli;
 mod build;
+pub mod cli;
 mod commands;
 mod context;
 pub mod fetch;

@@ -38,9 +38,7 @@ impl Sums {
         let mut bad = Vec::new();
         for (i, line) in text.lines().enumerate() {
             match line.split_once("  ") {
-                Some((h, f))
-                    if is_sha256_hex(h) && !f.is_empty() && !sums.0.contains_key(f) =>
-                {
+                Some((h, f)) if is_sha256_hex(h) && !f.is_empty() && !sums.0.contains_key(f) => {
                     sums.0.insert(f.to_string(), h.to_string());
                 }
                 _ => bad.push(BadLine {
@@ -118,7 +116,11 @@ mod tests {
         assert_eq!(s.get("ok"), Some(A));
         let lines: Vec<usize> = bad.iter().map(|b| b.line).collect();
         assert_eq!(lines, vec![2, 3, 4, 5]);
-        assert!(bad[0].to_string().starts_with("SHA256SUMS:2: malformed line"));
+        assert!(
+            bad[0]
+                .to_string()
+                .starts_with("SHA256SUMS:2: malformed line")
+        );
     }
 
     #[test]

@@ -225,7 +225,10 @@ fn secret_file_problem(image: &ImageJson, l: &LayerJson, path: &str, mode: u32) 
         }
         let control_plane = image.roles.iter().any(|r| r == "control-plane");
         if spec.ca_key && !control_plane {
-            problems.push(format!("{}: /{path} is a CA private key on {}, which is not a control-plane node", l.file, image.node));
+            problems.push(format!(
+                "{}: /{path} is a CA private key on {}, which is not a control-plane node",
+                l.file, image.node
+            ));
         }
     }
     problems

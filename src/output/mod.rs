@@ -26,9 +26,7 @@ use crate::manifest::Manifests;
 use crate::plan::{LayerKind, Plan};
 use crate::sums::{self, Sums};
 
-pub use image::{
-    BuildJson, Format, Formats, ImageJson, InputJson, LayerJson, SeedLayers,
-};
+pub use image::{BuildJson, Format, Formats, ImageJson, InputJson, LayerJson, SeedLayers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -249,8 +247,12 @@ pub fn assemble(
     let sums = sha256sums(tmp, &a.known).map_err(io_err(target, tmp))?;
     let p = tmp.join(sums::FILE);
     fsutil::write_atomic(&p, sums.render().as_bytes(), 0o644).map_err(io_err(target, &p))?;
-    replace_dir(tmp, &dest, &out_root.join(format!(".{target}.old.{}", std::process::id())))
-        .map_err(io_err(target, &dest))?;
+    replace_dir(
+        tmp,
+        &dest,
+        &out_root.join(format!(".{target}.old.{}", std::process::id())),
+    )
+    .map_err(io_err(target, &dest))?;
     Ok((dest, Outcome::Built))
 }
 
@@ -271,14 +273,24 @@ impl Assembly<'_> {
         let formats = &self.opts.formats;
         let seed_files = if formats.has(Format::CloudInit) {
             let seed = &self.opts.seed;
-            Some(cloudinit::files(self.m, self.plan, self.layers, &digest, seed, self.tmp)?)
+            Some(cloudinit::files(
+                self.m,
+                self.plan,
+                self.layers,
+                &digest,
+                seed,
+                self.tmp,
+            )?)
         } else {
             None
         };
         if formats.has(Format::Pxe) {
             // in url mode, the shared layers' PXE segments are loaded from BASE
-            let remote: Vec<&BuiltLayer> =
-                self.layers.iter().filter(|l| self.opts.seed.remote(l)).collect();
+            let remote: Vec<&BuiltLayer> = self
+                .layers
+                .iter()
+                .filter(|l| self.opts.seed.remote(l))
+                .collect();
             let remote = pxe::segments(&remote, self.store, self.tmp)?;
             pxe::boot_script(self.plan, &remote, self.opts.seed.base(), self.tmp)?;
             for s in &remote {
@@ -314,7 +326,11 @@ impl Assembly<'_> {
             (iso, overlay)
         });
         self.drop_private_segments();
-        if let Some(image) = self.image.as_ref().filter(|_| self.opts.formats.has(Format::Oci)) {
+        if let Some(image) = self
+            .image
+            .as_ref()
+            .filter(|_| self.opts.formats.has(Format::Oci))
+        {
             oci::write(self.tmp, image, self.layers, self.opts.source_date_epoch)?;
             for l in self.layers {
                 self.known

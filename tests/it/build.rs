@@ -920,3 +920,32 @@ fn issue7_an_up_to_date_directory_missing_a_file_is_rebuilt() {
     .assert_stderr_has("built node01");
     lab.imgbuild(&["verify", "out/node01"]).assert_ok();
 }
+
+#[test]
+fn verify_rebuild_of_an_arm64_role_image_rebuilds_it_for_arm64() {
+    let (lab, server) = synthetic();
+    build(
+        &lab,
+        &server,
+        &[
+            "node", "--role", "worker", "--arch", "arm64", "--out", "out",
+        ],
+        &[],
+    )
+    .assert_ok();
+    let image: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.path("out/worker/image.json")).unwrap())
+            .unwrap();
+    assert_eq!(image["arch"], "arm64");
+    build(&lab, &server, &["verify", "out/worker", "--rebuild"], &[])
+        .assert_ok()
+        .assert_stderr_has("identical to a rebuild");
+    build(
+        &lab,
+        &server,
+        &["verify", "out/worker", "--arch", "amd64"],
+        &[],
+    )
+    .assert_failed()
+    .assert_stderr_has("out/worker is an arm64 image; --arch asked for amd64");
+}

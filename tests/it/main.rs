@@ -7,6 +7,7 @@ mod etcd;
 mod fetch;
 mod http;
 mod images;
+mod judge;
 mod lab;
 mod pki;
 mod plan;
