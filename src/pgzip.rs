@@ -227,6 +227,62 @@ impl Streams {
     }
 }
 
+/// What the writer thread made: the tar.gz as written and its writer, the
+/// cpio.gz's size and writer.
+type Finished<W1, W2> = (Written, W1, Option<(u64, W2)>);
+
+/// The deflate threads: each takes a job, deflates it, sends the piece back.
+fn spawn_workers<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    threads: usize,
+    jobs: Receiver<Job>,
+    level: u32,
+) {
+    let jobs = Arc::new(Mutex::new(jobs));
+    for _ in 0..threads {
+        let rx = Arc::clone(&jobs);
+        s.spawn(move || {
+            loop {
+                let job = match rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok((data, reply)) = job else { return };
+                // the writer may have stopped; then nobody waits for it
+                let _ = reply.send(deflate(&data, level));
+            }
+        });
+    }
+}
+
+/// The writer thread's work: the pieces, in order, into the gzip files.
+fn write_pieces<W1: Write, W2: Write>(
+    tar: W1,
+    cpio: Option<W2>,
+    order: Receiver<(Receiver<io::Result<Piece>>, To)>,
+) -> io::Result<Finished<W1, W2>> {
+    let mut t = Gz::new(tar, true)?;
+    let mut c = cpio.map(|w| Gz::new(w, false)).transpose()?;
+    for (rx, to) in order {
+        let piece = rx
+            .recv()
+            .map_err(|_| io::Error::other("a gzip thread stopped"))??;
+        if matches!(to, To::Tar | To::Both) {
+            t.put(&piece)?;
+        }
+        if let (To::Cpio | To::Both, Some(c)) = (to, c.as_mut()) {
+            c.put(&piece)?;
+        }
+    }
+    let (digest, size, tar) = t.finish()?;
+    let tw = Written {
+        digest: digest.unwrap_or_default(),
+        size,
+    };
+    let cw = c.map(Gz::finish).transpose()?.map(|(_, size, w)| (size, w));
+    Ok((tw, tar, cw))
+}
+
 /// Writes the gzip of the tar stream to `tar` and, when given, of the cpio
 /// stream to `cpio`, with `threads` compressors; `body` produces the
 /// streams' bytes. Errors of the writers are turned into `E` by `io_err`.
@@ -245,45 +301,10 @@ where
     let threads = threads.max(1);
     let (job_tx, job_rx) = sync_channel::<Job>(2 * threads);
     let (order_tx, order_rx) = sync_channel::<(Receiver<io::Result<Piece>>, To)>(4 * threads);
-    let job_rx = Arc::new(Mutex::new(job_rx));
     let with_cpio = cpio.is_some();
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            let rx = Arc::clone(&job_rx);
-            s.spawn(move || {
-                loop {
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok((data, reply)) = job else { return };
-                    // the writer may have stopped; then nobody waits for it
-                    let _ = reply.send(deflate(&data, level));
-                }
-            });
-        }
-        let writer = s.spawn(move || -> io::Result<_> {
-            let mut t = Gz::new(tar, true)?;
-            let mut c = cpio.map(|w| Gz::new(w, false)).transpose()?;
-            for (rx, to) in order_rx {
-                let piece = rx
-                    .recv()
-                    .map_err(|_| io::Error::other("a gzip thread stopped"))??;
-                if matches!(to, To::Tar | To::Both) {
-                    t.put(&piece)?;
-                }
-                if let (To::Cpio | To::Both, Some(c)) = (to, c.as_mut()) {
-                    c.put(&piece)?;
-                }
-            }
-            let (digest, size, tar) = t.finish()?;
-            let tw = Written {
-                digest: digest.unwrap_or_default(),
-                size,
-            };
-            let cw = c.map(Gz::finish).transpose()?.map(|(_, size, w)| (size, w));
-            Ok((tw, tar, cw))
-        });
+        spawn_workers(s, threads, job_rx, level);
+        let writer = s.spawn(move || write_pieces(tar, cpio, order_rx));
         let mut streams = Streams {
             jobs: job_tx,
             order: order_tx,
@@ -305,10 +326,7 @@ where
         // a writer error explains a producer's "writer stopped": report it first
         let (tw, tar_writer, cw) = written.map_err(&io_err)?;
         produced?;
-        let (cpio, cpio_writer) = match cw {
-            Some((w, c)) => (Some(w), Some(c)),
-            None => (None, None),
-        };
+        let (cpio, cpio_writer) = cw.unzip();
         Ok(Output {
             tar: tw,
             diff_id: hex::encode(diff.finalize()),

@@ -64,7 +64,7 @@ pub enum LayerError {
         image: String,
         reference: String,
     },
-    #[error("layer {layer}: cannot read a cached archive")]
+    #[error("layer {layer}: cannot copy the members of a cached archive")]
     Archive {
         layer: String,
         #[source]
