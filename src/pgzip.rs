@@ -23,9 +23,9 @@ use flate2::{Compress, Compression, FlushCompress};
 use sha2::{Digest, Sha256};
 
 /// Size of a piece of input deflated on its own.
-pub const PIECE: usize = 1 << 20;
+pub(crate) const PIECE: usize = 1 << 20;
 /// File contents at least this large are compressed once for both streams.
-pub const SHARED_MIN: u64 = 64 << 10;
+pub(crate) const SHARED_MIN: u64 = 64 << 10;
 
 /// gzip header: deflate, no flags, mtime 0, no extra flags, OS unknown.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
@@ -150,7 +150,7 @@ pub struct Streams {
 
 impl Streams {
     /// Whether there is a cpio stream.
-    pub fn has_cpio(&self) -> bool {
+    pub(crate) fn has_cpio(&self) -> bool {
         self.cpio
     }
 
@@ -185,7 +185,7 @@ impl Streams {
 
     /// Archive metadata (headers, padding, small contents): `tar` for the
     /// tar stream, `cpio` for the cpio stream (ignored without one).
-    pub fn meta(&mut self, tar: &[u8], cpio: &[u8]) -> io::Result<()> {
+    pub(crate) fn meta(&mut self, tar: &[u8], cpio: &[u8]) -> io::Result<()> {
         self.push(0, tar)?;
         self.push(1, cpio)
     }

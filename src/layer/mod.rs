@@ -92,25 +92,25 @@ fn io_err(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuiltLayer {
     /// `NN-<name>`
-    pub name: String,
-    pub kind: LayerKind,
-    pub key: String,
+    pub(crate) name: String,
+    pub(crate) kind: LayerKind,
+    pub(crate) key: String,
     /// sha256 of the `.tar.gz`
-    pub digest: String,
-    pub size: u64,
+    pub(crate) digest: String,
+    pub(crate) size: u64,
     /// sha256 of the uncompressed tar (the OCI diff_id)
-    pub diff_id: String,
+    pub(crate) diff_id: String,
     #[serde(skip)]
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// The PXE segment (gzip'd newc cpio), when it was asked for.
     #[serde(skip)]
-    pub segment: Option<PathBuf>,
+    pub(crate) segment: Option<PathBuf>,
 }
 
 impl BuiltLayer {
     /// The layer's PXE segment, or an error naming the layer when it was
     /// built without one.
-    pub fn segment(&self) -> io::Result<&Path> {
+    pub(crate) fn segment(&self) -> io::Result<&Path> {
         self.segment.as_deref().ok_or_else(|| {
             io::Error::other(format!(
                 "layer {} was built without its PXE segment",
@@ -125,7 +125,7 @@ impl BuiltLayer {
 /// without a trailer), both from one pass over the sources. The secrets
 /// layer never enters the shared store: it is written to `private_dir` with
 /// mode 0600, its segment as a hidden file beside it.
-pub fn build(
+pub(crate) fn build(
     store: &Store,
     inputs: &Inputs<'_>,
     layer: &LayerPlan,

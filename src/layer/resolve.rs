@@ -17,7 +17,8 @@ use crate::pki::state_path;
 use crate::plan::{Entry, LayerPlan, Source};
 use crate::render::Rendered;
 
-/// Everything a layer's bytes come from.
+/// Everything a layer's bytes come from. (Public, with every field, while
+/// the recipe still sets `node`, which nothing reads.)
 pub struct Inputs<'a> {
     pub m: &'a Manifests,
     pub cache: &'a Cache,

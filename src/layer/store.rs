@@ -23,7 +23,7 @@ use crate::fetch::Cache;
 /// Where built layers live, by key.
 #[derive(Debug)]
 pub struct Store {
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     fresh: Mutex<BTreeMap<String, BuiltLayer>>,
     syncing: Mutex<Vec<JoinHandle<Result<(), LayerError>>>>,
 }
@@ -46,7 +46,7 @@ impl Files {
 }
 
 impl Store {
-    pub fn open(cache: &Cache) -> io::Result<Store> {
+    pub(crate) fn open(cache: &Cache) -> io::Result<Store> {
         let dir = cache.root.join("layers");
         fs::create_dir_all(&dir)?;
         Ok(Store {
@@ -148,7 +148,7 @@ impl Store {
     /// The sha256 state after the PXE segments of `layers`, one after the
     /// other, when a build kept it ([`Store::keep_segments_state`]). A
     /// layer's bytes are a function of its key, so the state stays true.
-    pub fn segments_state(&self, layers: &[BuiltLayer]) -> Option<Sha256> {
+    pub(crate) fn segments_state(&self, layers: &[BuiltLayer]) -> Option<Sha256> {
         use sha2::digest::common::hazmat::{SerializableState, SerializedState};
         let bytes = fs::read(self.segments_state_path(layers)).ok()?;
         let state = SerializedState::<Sha256>::try_from(bytes.as_slice()).ok()?;
@@ -156,7 +156,11 @@ impl Store {
     }
 
     /// Keeps `state`, the sha256 state after the PXE segments of `layers`.
-    pub fn keep_segments_state(&self, layers: &[BuiltLayer], state: &Sha256) -> io::Result<()> {
+    pub(crate) fn keep_segments_state(
+        &self,
+        layers: &[BuiltLayer],
+        state: &Sha256,
+    ) -> io::Result<()> {
         use sha2::digest::common::hazmat::SerializableState;
         crate::fsutil::write_atomic(
             &self.segments_state_path(layers),
@@ -167,7 +171,7 @@ impl Store {
 
     /// The sha256 of a stored layer's PXE segment, kept beside it
     /// (`<key>.cpio.sha256`) once computed.
-    pub fn segment_digest(&self, l: &BuiltLayer) -> io::Result<String> {
+    pub(crate) fn segment_digest(&self, l: &BuiltLayer) -> io::Result<String> {
         let seg = l.segment()?;
         let kept = self.dir.join(format!("{}.cpio.sha256", l.key));
         if let Ok(d) = fs::read_to_string(&kept)
@@ -183,7 +187,7 @@ impl Store {
 
     /// Waits until every layer built by this process is on disk and
     /// recorded; the first failure, if any.
-    pub fn commit(&self) -> Result<(), LayerError> {
+    pub(crate) fn commit(&self) -> Result<(), LayerError> {
         let handles = match self.syncing.lock() {
             Ok(mut s) => std::mem::take(&mut *s),
             Err(_) => Vec::new(),

@@ -10,26 +10,26 @@ use std::path::{Path, PathBuf};
 
 const SECTOR: usize = 2048;
 
-pub enum Data {
+pub(crate) enum Data {
     Bytes(Vec<u8>),
     Path(PathBuf),
 }
 
 /// A file at `name` (`a` or `dir/a`).
 pub struct IsoFile {
-    pub name: String,
-    pub data: Data,
+    pub(crate) name: String,
+    pub(crate) data: Data,
 }
 
 impl IsoFile {
-    pub fn bytes(name: &str, b: Vec<u8>) -> IsoFile {
+    pub(crate) fn bytes(name: &str, b: Vec<u8>) -> IsoFile {
         IsoFile {
             name: name.to_string(),
             data: Data::Bytes(b),
         }
     }
 
-    pub fn path(name: &str, p: &Path) -> IsoFile {
+    pub(crate) fn path(name: &str, p: &Path) -> IsoFile {
         IsoFile {
             name: name.to_string(),
             data: Data::Path(p.to_path_buf()),
@@ -488,7 +488,7 @@ impl<'a> Image<'a> {
 }
 
 /// Writes `files` into an ISO at `out`; returns its sha256 (hex).
-pub fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Result<String> {
+pub(crate) fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Result<String> {
     let when = time::OffsetDateTime::from_unix_timestamp(i64::try_from(mtime).unwrap_or(0))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let sizes: Vec<u64> = files.iter().map(IsoFile::size).collect::<io::Result<_>>()?;

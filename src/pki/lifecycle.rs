@@ -19,7 +19,11 @@ type CaCert = (String, CertInfo);
 
 impl State<'_> {
     /// `pki init` (`Renew::Needed`, `replace_cas` false) and `pki renew`.
-    pub fn ensure(mut self, renew: Renew, replace_cas: bool) -> Result<Vec<Change>, PkiError> {
+    pub(crate) fn ensure(
+        mut self,
+        renew: Renew,
+        replace_cas: bool,
+    ) -> Result<Vec<Change>, PkiError> {
         fsutil::create_dir_all_mode(&self.dir, DIR_MODE).map_err(|source| PkiError::Write {
             path: self.dir.clone(),
             source,

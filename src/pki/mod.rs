@@ -23,8 +23,8 @@ use serde::Serialize;
 use time::Duration;
 
 pub use issue::IssueError;
-pub use spec::state_path;
-pub use status::{StatusRow, status_table};
+pub(crate) use spec::state_path;
+pub(crate) use status::status_table;
 
 use crate::context::Context;
 use crate::fsutil;
@@ -75,22 +75,22 @@ fn renewal_window(leaf_days: u32) -> Duration {
 /// What `init`/`renew` did to one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", content = "reason", rename_all = "lowercase")]
-pub enum Action {
+pub(crate) enum Action {
     Created,
     Kept,
     Reissued(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Change {
-    pub path: String,
+pub(crate) struct Change {
+    pub(crate) path: String,
     #[serde(flatten)]
-    pub action: Action,
+    pub(crate) action: Action,
 }
 
 /// How `renew` chooses leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Renew {
+pub(crate) enum Renew {
     /// `init` and `renew --expiring`: only what is missing, mismatched or
     /// inside the renewal window ([`renewal_window`]).
     Needed,
@@ -99,7 +99,7 @@ pub enum Renew {
 }
 
 /// The state dir of one cluster.
-pub struct State<'a> {
+pub(crate) struct State<'a> {
     ctx: &'a Context,
     m: &'a Manifests,
     dir: PathBuf,
@@ -108,7 +108,7 @@ pub struct State<'a> {
 }
 
 impl<'a> State<'a> {
-    pub fn new(ctx: &'a Context, m: &'a Manifests, dir: &Path) -> State<'a> {
+    pub(crate) fn new(ctx: &'a Context, m: &'a Manifests, dir: &Path) -> State<'a> {
         State {
             ctx,
             m,

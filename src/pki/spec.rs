@@ -91,7 +91,7 @@ pub(super) const TOKEN_SECRET: &str = "addons/bootstrap-token.yaml";
 pub(super) const KEEPALIVED_AUTH: &str = "keepalived-auth.conf";
 
 /// Where the state dir keeps a secret: per-node ones under `nodes/<node>/`.
-pub fn state_path(id: &str, node: Option<&str>) -> String {
+pub(crate) fn state_path(id: &str, node: Option<&str>) -> String {
     match node {
         Some(n) => format!("nodes/{n}/{id}"),
         None => id.to_string(),

@@ -119,7 +119,7 @@ impl State<'_> {
     }
 
     /// `pki status`: every CA, leaf and kubeconfig with its verdict.
-    pub fn status(&self) -> Result<Vec<StatusRow>, PkiError> {
+    pub(crate) fn status(&self) -> Result<Vec<StatusRow>, PkiError> {
         let mut rows = Vec::new();
         let cas = self.ca_rows(&mut rows)?;
         self.leaf_rows(&cas, &mut rows)?;
@@ -203,17 +203,17 @@ impl State<'_> {
 
 /// One line of `pki status`.
 #[derive(Debug, Clone, Serialize)]
-pub struct StatusRow {
-    pub file: String,
-    pub subject: String,
-    pub sans: Vec<String>,
-    pub issuer: String,
-    pub not_after: String,
-    pub days_left: i64,
+pub(crate) struct StatusRow {
+    pub(crate) file: String,
+    pub(crate) subject: String,
+    pub(crate) sans: Vec<String>,
+    pub(crate) issuer: String,
+    pub(crate) not_after: String,
+    pub(crate) days_left: i64,
     /// OK, EXPIRING, MISMATCH or MISSING
-    pub status: String,
+    pub(crate) status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 impl StatusRow {
@@ -246,7 +246,7 @@ impl StatusRow {
 }
 
 /// The `pki status` table.
-pub fn status_table(rows: &[StatusRow]) -> String {
+pub(crate) fn status_table(rows: &[StatusRow]) -> String {
     let w = rows.iter().map(|r| r.file.len()).max().unwrap_or(4).max(4);
     let sw = rows
         .iter()
