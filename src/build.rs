@@ -155,7 +155,6 @@ impl<'a> Build<'a> {
             state: &self.state,
             rendered,
             arch: plan.arch,
-            node: Some(plan.target.as_str()),
             mtime: self.settings.mtime(),
             jobs: self.settings.ctx.jobs,
             cpio: self.opts.formats.has(output::Format::Pxe),

@@ -199,7 +199,8 @@ pub struct PkiStatusArgs {
 
 #[derive(Debug, Args)]
 pub struct PkiRenewArgs {
-    /// Only leaves inside the renewal window (the default).
+    /// Re-issue only what is missing, mismatched or inside the renewal window (a
+    /// third of a leaf's validity, at most 30 days): the default, said explicitly.
     #[arg(long, conflicts_with = "all")]
     pub expiring: bool,
     /// Every leaf.

@@ -4,27 +4,27 @@
 //! tar and cpio can share their contents' compressed bytes (see `pgzip`).
 //! (The `cpio` crate writes a header only together with its content.)
 
-pub const S_IFDIR: u32 = 0o040000;
-pub const S_IFREG: u32 = 0o100000;
-pub const S_IFLNK: u32 = 0o120000;
+pub(crate) const S_IFDIR: u32 = 0o040000;
+pub(crate) const S_IFREG: u32 = 0o100000;
+pub(crate) const S_IFLNK: u32 = 0o120000;
 
 /// One entry's metadata.
 #[derive(Debug, Clone, Copy)]
-pub struct Header<'a> {
-    pub name: &'a str,
-    pub ino: u32,
+pub(crate) struct Header<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) ino: u32,
     /// file type and permission bits
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub nlink: u32,
-    pub mtime: u32,
-    pub size: u32,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) nlink: u32,
+    pub(crate) mtime: u32,
+    pub(crate) size: u32,
 }
 
 impl Header<'_> {
     /// The header and the name, padded to 4 bytes: what precedes the content.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(self) -> Vec<u8> {
         let namesize = self.name.len() + 1;
         let fields = [
             self.ino,
@@ -54,12 +54,12 @@ impl Header<'_> {
 }
 
 /// Zero bytes that pad `len` to a multiple of 4.
-pub fn padding(len: u64) -> usize {
+pub(crate) fn padding(len: u64) -> usize {
     ((4 - len % 4) % 4) as usize
 }
 
 /// The entry that ends an archive.
-pub fn trailer() -> Vec<u8> {
+pub(crate) fn trailer() -> Vec<u8> {
     Header {
         name: "TRAILER!!!",
         ino: 0,

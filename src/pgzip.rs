@@ -23,9 +23,9 @@ use flate2::{Compress, Compression, FlushCompress};
 use sha2::{Digest, Sha256};
 
 /// Size of a piece of input deflated on its own.
-pub const PIECE: usize = 1 << 20;
+pub(crate) const PIECE: usize = 1 << 20;
 /// File contents at least this large are compressed once for both streams.
-pub const SHARED_MIN: u64 = 64 << 10;
+pub(crate) const SHARED_MIN: u64 = 64 << 10;
 
 /// gzip header: deflate, no flags, mtime 0, no extra flags, OS unknown.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
@@ -150,7 +150,7 @@ pub struct Streams {
 
 impl Streams {
     /// Whether there is a cpio stream.
-    pub fn has_cpio(&self) -> bool {
+    pub(crate) fn has_cpio(&self) -> bool {
         self.cpio
     }
 
@@ -185,7 +185,7 @@ impl Streams {
 
     /// Archive metadata (headers, padding, small contents): `tar` for the
     /// tar stream, `cpio` for the cpio stream (ignored without one).
-    pub fn meta(&mut self, tar: &[u8], cpio: &[u8]) -> io::Result<()> {
+    pub(crate) fn meta(&mut self, tar: &[u8], cpio: &[u8]) -> io::Result<()> {
         self.push(0, tar)?;
         self.push(1, cpio)
     }
@@ -227,6 +227,62 @@ impl Streams {
     }
 }
 
+/// What the writer thread made: the tar.gz as written and its writer, the
+/// cpio.gz's size and writer.
+type Finished<W1, W2> = (Written, W1, Option<(u64, W2)>);
+
+/// The deflate threads: each takes a job, deflates it, sends the piece back.
+fn spawn_workers<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    threads: usize,
+    jobs: Receiver<Job>,
+    level: u32,
+) {
+    let jobs = Arc::new(Mutex::new(jobs));
+    for _ in 0..threads {
+        let rx = Arc::clone(&jobs);
+        s.spawn(move || {
+            loop {
+                let job = match rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok((data, reply)) = job else { return };
+                // the writer may have stopped; then nobody waits for it
+                let _ = reply.send(deflate(&data, level));
+            }
+        });
+    }
+}
+
+/// The writer thread's work: the pieces, in order, into the gzip files.
+fn write_pieces<W1: Write, W2: Write>(
+    tar: W1,
+    cpio: Option<W2>,
+    order: Receiver<(Receiver<io::Result<Piece>>, To)>,
+) -> io::Result<Finished<W1, W2>> {
+    let mut t = Gz::new(tar, true)?;
+    let mut c = cpio.map(|w| Gz::new(w, false)).transpose()?;
+    for (rx, to) in order {
+        let piece = rx
+            .recv()
+            .map_err(|_| io::Error::other("a gzip thread stopped"))??;
+        if matches!(to, To::Tar | To::Both) {
+            t.put(&piece)?;
+        }
+        if let (To::Cpio | To::Both, Some(c)) = (to, c.as_mut()) {
+            c.put(&piece)?;
+        }
+    }
+    let (digest, size, tar) = t.finish()?;
+    let tw = Written {
+        digest: digest.unwrap_or_default(),
+        size,
+    };
+    let cw = c.map(Gz::finish).transpose()?.map(|(_, size, w)| (size, w));
+    Ok((tw, tar, cw))
+}
+
 /// Writes the gzip of the tar stream to `tar` and, when given, of the cpio
 /// stream to `cpio`, with `threads` compressors; `body` produces the
 /// streams' bytes. Errors of the writers are turned into `E` by `io_err`.
@@ -245,45 +301,10 @@ where
     let threads = threads.max(1);
     let (job_tx, job_rx) = sync_channel::<Job>(2 * threads);
     let (order_tx, order_rx) = sync_channel::<(Receiver<io::Result<Piece>>, To)>(4 * threads);
-    let job_rx = Arc::new(Mutex::new(job_rx));
     let with_cpio = cpio.is_some();
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            let rx = Arc::clone(&job_rx);
-            s.spawn(move || {
-                loop {
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok((data, reply)) = job else { return };
-                    // the writer may have stopped; then nobody waits for it
-                    let _ = reply.send(deflate(&data, level));
-                }
-            });
-        }
-        let writer = s.spawn(move || -> io::Result<_> {
-            let mut t = Gz::new(tar, true)?;
-            let mut c = cpio.map(|w| Gz::new(w, false)).transpose()?;
-            for (rx, to) in order_rx {
-                let piece = rx
-                    .recv()
-                    .map_err(|_| io::Error::other("a gzip thread stopped"))??;
-                if matches!(to, To::Tar | To::Both) {
-                    t.put(&piece)?;
-                }
-                if let (To::Cpio | To::Both, Some(c)) = (to, c.as_mut()) {
-                    c.put(&piece)?;
-                }
-            }
-            let (digest, size, tar) = t.finish()?;
-            let tw = Written {
-                digest: digest.unwrap_or_default(),
-                size,
-            };
-            let cw = c.map(Gz::finish).transpose()?.map(|(_, size, w)| (size, w));
-            Ok((tw, tar, cw))
-        });
+        spawn_workers(s, threads, job_rx, level);
+        let writer = s.spawn(move || write_pieces(tar, cpio, order_rx));
         let mut streams = Streams {
             jobs: job_tx,
             order: order_tx,
@@ -305,10 +326,7 @@ where
         // a writer error explains a producer's "writer stopped": report it first
         let (tw, tar_writer, cw) = written.map_err(&io_err)?;
         produced?;
-        let (cpio, cpio_writer) = match cw {
-            Some((w, c)) => (Some(w), Some(c)),
-            None => (None, None),
-        };
+        let (cpio, cpio_writer) = cw.unzip();
         Ok(Output {
             tar: tw,
             diff_id: hex::encode(diff.finalize()),

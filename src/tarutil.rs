@@ -5,7 +5,7 @@
 use std::io::{self, Read, Write};
 
 /// A regular file, owned by root.
-pub fn append_file<W: Write, R: Read>(
+pub(crate) fn append_file<W: Write, R: Read>(
     b: &mut tar::Builder<W>,
     path: &str,
     mode: u32,
@@ -19,7 +19,7 @@ pub fn append_file<W: Write, R: Read>(
 /// A regular file owned by numeric `(uid, gid)`. With `io::empty()` as
 /// `data`, only the header block(s) are written, for a caller that writes
 /// the content and the padding to 512 bytes itself.
-pub fn append_file_as<W: Write, R: Read>(
+pub(crate) fn append_file_as<W: Write, R: Read>(
     b: &mut tar::Builder<W>,
     path: &str,
     mode: u32,
@@ -39,12 +39,12 @@ pub fn append_file_as<W: Write, R: Read>(
 }
 
 /// Zero bytes that pad a content of `len` bytes to a 512-byte block.
-pub fn padding(len: u64) -> usize {
+pub(crate) fn padding(len: u64) -> usize {
     ((512 - len % 512) % 512) as usize
 }
 
 /// A directory (`path` without trailing slash).
-pub fn append_dir<W: Write>(
+pub(crate) fn append_dir<W: Write>(
     b: &mut tar::Builder<W>,
     path: &str,
     mode: u32,
@@ -61,7 +61,7 @@ pub fn append_dir<W: Write>(
 }
 
 /// A symbolic link.
-pub fn append_symlink<W: Write>(
+pub(crate) fn append_symlink<W: Write>(
     b: &mut tar::Builder<W>,
     path: &str,
     target: &str,

@@ -10,26 +10,26 @@ use std::path::{Path, PathBuf};
 
 const SECTOR: usize = 2048;
 
-pub enum Data {
+pub(crate) enum Data {
     Bytes(Vec<u8>),
     Path(PathBuf),
 }
 
 /// A file at `name` (`a` or `dir/a`).
 pub struct IsoFile {
-    pub name: String,
-    pub data: Data,
+    pub(crate) name: String,
+    pub(crate) data: Data,
 }
 
 impl IsoFile {
-    pub fn bytes(name: &str, b: Vec<u8>) -> IsoFile {
+    pub(crate) fn bytes(name: &str, b: Vec<u8>) -> IsoFile {
         IsoFile {
             name: name.to_string(),
             data: Data::Bytes(b),
         }
     }
 
-    pub fn path(name: &str, p: &Path) -> IsoFile {
+    pub(crate) fn path(name: &str, p: &Path) -> IsoFile {
         IsoFile {
             name: name.to_string(),
             data: Data::Path(p.to_path_buf()),
@@ -160,110 +160,161 @@ struct Dir {
     files: BTreeMap<String, usize>,
 }
 
+impl Dir {
+    fn new(name: &str) -> Dir {
+        Dir {
+            name: name.to_string(),
+            files: BTreeMap::new(),
+        }
+    }
+}
+
+/// The directories of `files`: the root first, then one level of
+/// subdirectories by name.
+fn dirs(files: &[IsoFile]) -> Vec<Dir> {
+    let mut root = Dir::new("");
+    let mut subs: BTreeMap<String, Dir> = BTreeMap::new();
+    for (i, f) in files.iter().enumerate() {
+        match f.name.split_once('/') {
+            None => {
+                root.files.insert(f.name.clone(), i);
+            }
+            Some((d, n)) => {
+                subs.entry(d.to_string())
+                    .or_insert_with(|| Dir::new(d))
+                    .files
+                    .insert(n.to_string(), i);
+            }
+        }
+    }
+    let mut dirs = vec![root];
+    dirs.extend(subs.into_values());
+    dirs
+}
+
+/// What both trees are made of: the directories, where the files lie, and
+/// the one directory-record time.
+struct Layout<'a> {
+    dirs: &'a [Dir],
+    file_lba: &'a [u32],
+    file_size: &'a [u64],
+    t: [u8; 7],
+}
+
 /// One tree (primary or Joliet): directory extents and their bytes.
 struct Tree {
     dir_lba: Vec<u32>,
+    dir_sizes: Vec<u32>,
     dir_data: Vec<Vec<u8>>,
     path_table_l: Vec<u8>,
     path_table_m: Vec<u8>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The tree of `layout` named by `id`, its directories consecutive from
+/// `first_lba` with the sizes `dir_sizes`; without path tables when
+/// `sizes_only`.
 fn build_tree(
-    dirs: &[Dir],
+    layout: &Layout<'_>,
     id: fn(&str, bool) -> Vec<u8>,
     first_lba: u32,
-    file_lba: &[u32],
-    file_size: &[u64],
-    t: &[u8; 7],
-    sizes_only: bool,
     dir_sizes: &[u32],
+    sizes_only: bool,
 ) -> Tree {
-    // directory LBAs are consecutive from first_lba
     let mut dir_lba = Vec::new();
     let mut lba = first_lba;
     for s in dir_sizes {
         dir_lba.push(lba);
         lba += s / SECTOR as u32;
     }
-    let mut dir_data = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        let me = (
+    let extent = |i: usize| {
+        (
             dir_lba.get(i).copied().unwrap_or(0),
             dir_sizes.get(i).copied().unwrap_or(0),
-        );
-        let root = (
-            dir_lba.first().copied().unwrap_or(0),
-            dir_sizes.first().copied().unwrap_or(0),
-        );
-        let parent = if i == 0 { me } else { root };
-        let mut recs = vec![
-            dir_record(&[0], me.0, me.1, true, t),
-            dir_record(&[1], parent.0, parent.1, true, t),
-        ];
-        let mut children: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        if i == 0 {
-            for (j, sub) in dirs.iter().enumerate().skip(1) {
-                let sid = id(&sub.name, true);
-                let r = dir_record(
-                    &sid,
-                    dir_lba.get(j).copied().unwrap_or(0),
-                    dir_sizes.get(j).copied().unwrap_or(0),
-                    true,
-                    t,
-                );
-                children.push((sid, r));
-            }
-        }
-        for (name, &fi) in &d.files {
-            let fid = id(name, false);
-            let r = dir_record(
-                &fid,
-                file_lba.get(fi).copied().unwrap_or(0),
-                file_size[fi] as u32,
-                false,
-                t,
-            );
-            children.push((fid, r));
-        }
-        children.sort_by(|a, b| a.0.cmp(&b.0));
-        recs.extend(children.into_iter().map(|(_, r)| r));
-        dir_data.push(dir_bytes(&recs));
-    }
-    let mut l = Vec::new();
-    let mut m = Vec::new();
-    if !sizes_only {
-        for (i, d) in dirs.iter().enumerate() {
-            let did = if i == 0 { vec![0u8] } else { id(&d.name, true) };
-            for big in [false, true] {
-                let t = if big { &mut m } else { &mut l };
-                t.push(did.len() as u8);
-                t.push(0);
-                let lba = dir_lba[i];
-                t.extend_from_slice(&if big {
-                    lba.to_be_bytes()
-                } else {
-                    lba.to_le_bytes()
-                });
-                let parent: u16 = 1;
-                t.extend_from_slice(&if big {
-                    parent.to_be_bytes()
-                } else {
-                    parent.to_le_bytes()
-                });
-                t.extend_from_slice(&did);
-                if did.len() % 2 == 1 {
-                    t.push(0);
-                }
-            }
-        }
-    }
+        )
+    };
+    let dir_data = (0..layout.dirs.len())
+        .map(|i| dir_extent(layout, id, i, &extent))
+        .collect();
+    let (path_table_l, path_table_m) = if sizes_only {
+        (Vec::new(), Vec::new())
+    } else {
+        path_tables(layout.dirs, id, &dir_lba)
+    };
     Tree {
         dir_lba,
+        dir_sizes: dir_sizes.to_vec(),
         dir_data,
-        path_table_l: l,
-        path_table_m: m,
+        path_table_l,
+        path_table_m,
     }
+}
+
+/// The bytes of directory `i`: `.`, `..`, then its subdirectories (the
+/// root's) and files sorted by identifier. `extent` gives a directory's
+/// LBA and size.
+fn dir_extent(
+    layout: &Layout<'_>,
+    id: fn(&str, bool) -> Vec<u8>,
+    i: usize,
+    extent: &dyn Fn(usize) -> (u32, u32),
+) -> Vec<u8> {
+    let t = &layout.t;
+    let me = extent(i);
+    let parent = if i == 0 { me } else { extent(0) };
+    let mut recs = vec![
+        dir_record(&[0], me.0, me.1, true, t),
+        dir_record(&[1], parent.0, parent.1, true, t),
+    ];
+    let mut children: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    if i == 0 {
+        for (j, sub) in layout.dirs.iter().enumerate().skip(1) {
+            let sid = id(&sub.name, true);
+            let (lba, size) = extent(j);
+            let r = dir_record(&sid, lba, size, true, t);
+            children.push((sid, r));
+        }
+    }
+    for (name, &fi) in &layout.dirs[i].files {
+        let fid = id(name, false);
+        let lba = layout.file_lba.get(fi).copied().unwrap_or(0);
+        let r = dir_record(&fid, lba, layout.file_size[fi] as u32, false, t);
+        children.push((fid, r));
+    }
+    children.sort_by(|a, b| a.0.cmp(&b.0));
+    recs.extend(children.into_iter().map(|(_, r)| r));
+    dir_bytes(&recs)
+}
+
+/// The little- and big-endian path tables of a tree (every directory's
+/// parent is the root).
+fn path_tables(dirs: &[Dir], id: fn(&str, bool) -> Vec<u8>, dir_lba: &[u32]) -> (Vec<u8>, Vec<u8>) {
+    let mut l = Vec::new();
+    let mut m = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let did = if i == 0 { vec![0u8] } else { id(&d.name, true) };
+        for big in [false, true] {
+            let t = if big { &mut m } else { &mut l };
+            t.push(did.len() as u8);
+            t.push(0);
+            let lba = dir_lba[i];
+            t.extend_from_slice(&if big {
+                lba.to_be_bytes()
+            } else {
+                lba.to_le_bytes()
+            });
+            let parent: u16 = 1;
+            t.extend_from_slice(&if big {
+                parent.to_be_bytes()
+            } else {
+                parent.to_le_bytes()
+            });
+            t.extend_from_slice(&did);
+            if did.len() % 2 == 1 {
+                t.push(0);
+            }
+        }
+    }
+    (l, m)
 }
 
 fn text_field(b: &mut [u8], s: &str, joliet: bool) {
@@ -280,24 +331,24 @@ fn text_field(b: &mut [u8], s: &str, joliet: bool) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn volume_descriptor(
-    joliet: bool,
-    label: &str,
+/// What both volume descriptors share.
+struct Volume<'a> {
+    label: &'a str,
+    /// size of the image in sectors
     total: u32,
-    tree: &Tree,
-    pt_l: u32,
-    pt_m: u32,
-    root_size: u32,
-    when: &time::OffsetDateTime,
-) -> Vec<u8> {
+    when: time::OffsetDateTime,
+}
+
+/// The primary (`joliet` false) or Joliet supplementary volume descriptor
+/// of `tree`, whose path tables are at the LBAs `pt` (little, big endian).
+fn volume_descriptor(vol: &Volume<'_>, tree: &Tree, joliet: bool, pt: (u32, u32)) -> Vec<u8> {
     let mut d = vec![0u8; SECTOR];
     d[0] = if joliet { 2 } else { 1 };
     d[1..6].copy_from_slice(b"CD001");
     d[6] = 1;
     text_field(&mut d[8..40], "LINUX", joliet);
-    text_field(&mut d[40..72], label, joliet);
-    d[80..88].copy_from_slice(&both32(total));
+    text_field(&mut d[40..72], vol.label, joliet);
+    d[80..88].copy_from_slice(&both32(vol.total));
     if joliet {
         d[88..91].copy_from_slice(b"%/E");
     }
@@ -305,9 +356,15 @@ fn volume_descriptor(
     d[124..128].copy_from_slice(&both16(1));
     d[128..132].copy_from_slice(&both16(SECTOR as u16));
     d[132..140].copy_from_slice(&both32(tree.path_table_l.len() as u32));
-    d[140..144].copy_from_slice(&pt_l.to_le_bytes());
-    d[148..152].copy_from_slice(&pt_m.to_be_bytes());
-    let root = dir_record(&[0], tree.dir_lba[0], root_size, true, &dr_time(when));
+    d[140..144].copy_from_slice(&pt.0.to_le_bytes());
+    d[148..152].copy_from_slice(&pt.1.to_be_bytes());
+    let root = dir_record(
+        &[0],
+        tree.dir_lba[0],
+        tree.dir_sizes[0],
+        true,
+        &dr_time(&vol.when),
+    );
     d[156..190].copy_from_slice(&root);
     for (a, b) in [
         (190, 318),
@@ -320,7 +377,7 @@ fn volume_descriptor(
         text_field(&mut d[a..b], "", joliet);
     }
     text_field(&mut d[574..702], "IMGBUILD", joliet);
-    let t = vd_time(when);
+    let t = vd_time(&vol.when);
     d[813..830].copy_from_slice(&t);
     d[830..847].copy_from_slice(&t);
     d[847..863].copy_from_slice(b"0000000000000000");
@@ -329,105 +386,120 @@ fn volume_descriptor(
     d
 }
 
-/// Writes `files` into an ISO at `out`; returns its sha256 (hex).
-pub fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Result<String> {
-    let when = time::OffsetDateTime::from_unix_timestamp(i64::try_from(mtime).unwrap_or(0))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let t = dr_time(&when);
-    // the tree: root files and one level of subdirectories
-    let mut root = Dir {
-        name: String::new(),
-        files: BTreeMap::new(),
-    };
-    let mut subs: BTreeMap<String, Dir> = BTreeMap::new();
-    for (i, f) in files.iter().enumerate() {
-        match f.name.split_once('/') {
-            None => {
-                root.files.insert(f.name.clone(), i);
-            }
-            Some((d, n)) => {
-                subs.entry(d.to_string())
-                    .or_insert_with(|| Dir {
-                        name: d.to_string(),
-                        files: BTreeMap::new(),
-                    })
-                    .files
-                    .insert(n.to_string(), i);
-            }
+/// Where everything of the image lies, and its metadata.
+struct Image<'a> {
+    vol: Volume<'a>,
+    primary: Tree,
+    joliet: Tree,
+}
+
+/// Path-table LBAs: primary (little, big endian), Joliet (little, big).
+const PT_PRIMARY: (u32, u32) = (19, 20);
+const PT_JOLIET: (u32, u32) = (21, 22);
+/// The first directory extent's LBA.
+const FIRST_DIR: u32 = 23;
+
+impl<'a> Image<'a> {
+    /// Lays out `files` (of `sizes`): 16 system sectors, PVD, SVD,
+    /// terminator, 4 path tables, the directories of both trees, the files.
+    fn lay_out(
+        files: &[IsoFile],
+        sizes: &[u64],
+        label: &'a str,
+        when: time::OffsetDateTime,
+    ) -> Image<'a> {
+        let dirs = dirs(files);
+        let t = dr_time(&when);
+        // directory sizes do not depend on LBAs
+        let dummy = Layout {
+            dirs: &dirs,
+            file_lba: &vec![0u32; files.len()],
+            file_size: sizes,
+            t,
+        };
+        let measure = |id: fn(&str, bool) -> Vec<u8>| -> Vec<u32> {
+            let tr = build_tree(&dummy, id, 0, &vec![SECTOR as u32; dirs.len()], true);
+            tr.dir_data.iter().map(|d| d.len() as u32).collect()
+        };
+        let p_sizes = measure(primary_id);
+        let j_sizes = measure(joliet_id);
+        let extents = |sizes: &[u32]| sizes.iter().map(|s| s / SECTOR as u32).sum::<u32>();
+        let j_first = FIRST_DIR + extents(&p_sizes);
+        let mut lba = j_first + extents(&j_sizes);
+        let mut file_lba = Vec::new();
+        for s in sizes {
+            file_lba.push(lba);
+            lba += sectors(*s);
+        }
+        let layout = Layout {
+            file_lba: &file_lba,
+            ..dummy
+        };
+        Image {
+            vol: Volume {
+                label,
+                total: lba,
+                when,
+            },
+            primary: build_tree(&layout, primary_id, FIRST_DIR, &p_sizes, false),
+            joliet: build_tree(&layout, joliet_id, j_first, &j_sizes, false),
         }
     }
-    let mut dirs = vec![root];
-    dirs.extend(subs.into_values());
-    let sizes: Vec<u64> = files.iter().map(IsoFile::size).collect::<io::Result<_>>()?;
-    let dummy = vec![0u32; files.len()];
-    // directory sizes do not depend on LBAs
-    let measure = |id: fn(&str, bool) -> Vec<u8>| -> Vec<u32> {
-        let tr = build_tree(
-            &dirs,
-            id,
-            0,
-            &dummy,
-            &sizes,
-            &t,
-            true,
-            &vec![SECTOR as u32; dirs.len()],
-        );
-        tr.dir_data.iter().map(|d| d.len() as u32).collect()
-    };
-    let p_sizes = measure(primary_id);
-    let j_sizes = measure(joliet_id);
-    // layout: 16 system sectors, PVD, SVD, terminator, 4 path tables, dirs, files
-    let (pt_pl, pt_pm, pt_jl, pt_jm) = (19u32, 20u32, 21u32, 22u32);
-    let p_first = 23u32;
-    let j_first = p_first + p_sizes.iter().map(|s| s / SECTOR as u32).sum::<u32>();
-    let mut lba = j_first + j_sizes.iter().map(|s| s / SECTOR as u32).sum::<u32>();
-    let mut file_lba = Vec::new();
-    for s in &sizes {
-        file_lba.push(lba);
-        lba += sectors(*s);
-    }
-    let total = lba;
-    let primary = build_tree(
-        &dirs, primary_id, p_first, &file_lba, &sizes, &t, false, &p_sizes,
-    );
-    let joliet = build_tree(
-        &dirs, joliet_id, j_first, &file_lba, &sizes, &t, false, &j_sizes,
-    );
 
+    /// Everything before the files: system area, volume descriptors, path
+    /// tables, directories.
+    fn write_head(&self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(&vec![0u8; 16 * SECTOR])?;
+        w.write_all(&volume_descriptor(
+            &self.vol,
+            &self.primary,
+            false,
+            PT_PRIMARY,
+        ))?;
+        w.write_all(&volume_descriptor(&self.vol, &self.joliet, true, PT_JOLIET))?;
+        let mut term = vec![0u8; SECTOR];
+        term[0] = 255;
+        term[1..6].copy_from_slice(b"CD001");
+        term[6] = 1;
+        w.write_all(&term)?;
+        for pt in [
+            &self.primary.path_table_l,
+            &self.primary.path_table_m,
+            &self.joliet.path_table_l,
+            &self.joliet.path_table_m,
+        ] {
+            if pt.len() > SECTOR {
+                return Err(io::Error::other("too many directories for the seed ISO"));
+            }
+            let mut s = pt.clone();
+            s.resize(SECTOR, 0);
+            w.write_all(&s)?;
+        }
+        for d in self
+            .primary
+            .dir_data
+            .iter()
+            .chain(self.joliet.dir_data.iter())
+        {
+            w.write_all(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `files` into an ISO at `out`; returns its sha256 (hex).
+pub(crate) fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> io::Result<String> {
+    let when = time::OffsetDateTime::from_unix_timestamp(i64::try_from(mtime).unwrap_or(0))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let sizes: Vec<u64> = files.iter().map(IsoFile::size).collect::<io::Result<_>>()?;
+    let image = Image::lay_out(files, &sizes, label, when);
     let tmp = out.with_extension("iso.tmp");
     // the seed carries the secrets layer: private to its owner
     let mut w = crate::fsutil::Sha256Writer::new(BufWriter::with_capacity(
         crate::fsutil::BLOCK,
         crate::fsutil::create_private(&tmp)?,
     ));
-    w.write_all(&vec![0u8; 16 * SECTOR])?;
-    w.write_all(&volume_descriptor(
-        false, label, total, &primary, pt_pl, pt_pm, p_sizes[0], &when,
-    ))?;
-    w.write_all(&volume_descriptor(
-        true, label, total, &joliet, pt_jl, pt_jm, j_sizes[0], &when,
-    ))?;
-    let mut term = vec![0u8; SECTOR];
-    term[0] = 255;
-    term[1..6].copy_from_slice(b"CD001");
-    term[6] = 1;
-    w.write_all(&term)?;
-    for pt in [
-        &primary.path_table_l,
-        &primary.path_table_m,
-        &joliet.path_table_l,
-        &joliet.path_table_m,
-    ] {
-        if pt.len() > SECTOR {
-            return Err(io::Error::other("too many directories for the seed ISO"));
-        }
-        let mut s = pt.clone();
-        s.resize(SECTOR, 0);
-        w.write_all(&s)?;
-    }
-    for d in primary.dir_data.iter().chain(joliet.dir_data.iter()) {
-        w.write_all(d)?;
-    }
+    image.write_head(&mut w)?;
     for (f, size) in files.iter().zip(&sizes) {
         match &f.data {
             Data::Bytes(b) => w.write_all(b)?,

@@ -9,7 +9,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize, SanType,
     SerialNumber,
 };
-use x509_parser::prelude::{GeneralName, ParsedExtension, X509Name};
+use x509_parser::prelude::{GeneralName, ParsedExtension, X509Certificate, X509Name};
 
 use super::spec::{Ca, LeafSpec, Usage};
 use crate::context::Context;
@@ -47,7 +47,7 @@ pub enum IssueError {
 /// behind the build machine's accepts them.
 const BACKDATE: Duration = Duration::minutes(5);
 
-pub fn generate_key(alg: KeyAlgorithm) -> Result<KeyPair, IssueError> {
+pub(super) fn generate_key(alg: KeyAlgorithm) -> Result<KeyPair, IssueError> {
     let r = match alg {
         KeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256),
         KeyAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048),
@@ -59,7 +59,7 @@ pub fn generate_key(alg: KeyAlgorithm) -> Result<KeyPair, IssueError> {
     })
 }
 
-pub fn load_key(pem: &str) -> Result<KeyPair, IssueError> {
+pub(super) fn load_key(pem: &str) -> Result<KeyPair, IssueError> {
     KeyPair::from_pem(pem).map_err(IssueError::Key)
 }
 
@@ -88,7 +88,12 @@ fn name(cn: &str, orgs: &[String]) -> DistinguishedName {
 
 /// A self-signed CA: critical basicConstraints CA:TRUE, keyCertSign, cRLSign,
 /// digitalSignature; subject key id.
-pub fn issue_ca(ctx: &Context, ca: Ca, key: &KeyPair, days: u32) -> Result<String, IssueError> {
+pub(super) fn issue_ca(
+    ctx: &Context,
+    ca: Ca,
+    key: &KeyPair,
+    days: u32,
+) -> Result<String, IssueError> {
     let mut p = CertificateParams::default();
     p.distinguished_name = name(ca.common_name(), &[]);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -107,12 +112,12 @@ pub fn issue_ca(ctx: &Context, ca: Ca, key: &KeyPair, days: u32) -> Result<Strin
 }
 
 /// The signing half of a CA, loaded from its PEM files.
-pub struct Signer {
+pub(super) struct Signer {
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl Signer {
-    pub fn new(cert_pem: &str, key: KeyPair) -> Result<Signer, IssueError> {
+    pub(super) fn new(cert_pem: &str, key: KeyPair) -> Result<Signer, IssueError> {
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(IssueError::CaCert)?;
         Ok(Signer { issuer })
     }
@@ -120,7 +125,7 @@ impl Signer {
 
 /// A leaf signed by `signer`: key usages and extended key usages of its
 /// usage, SANs, subject and authority key ids, a random serial.
-pub fn issue_leaf(
+pub(super) fn issue_leaf(
     ctx: &Context,
     s: &LeafSpec,
     key: &KeyPair,
@@ -168,22 +173,21 @@ pub fn issue_leaf(
 }
 
 /// What matters of an existing certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
-    pub common_name: String,
-    pub organizations: Vec<String>,
-    pub issuer_cn: String,
-    pub dns: Vec<String>,
-    pub ips: Vec<IpAddr>,
-    pub not_after: OffsetDateTime,
-    pub is_ca: bool,
-    pub key_algorithm: Option<KeyAlgorithm>,
-    pub subject_key_id: Option<Vec<u8>>,
-    pub authority_key_id: Option<Vec<u8>>,
+#[derive(Debug, Clone)]
+pub(super) struct CertInfo {
+    pub(super) common_name: String,
+    pub(super) organizations: Vec<String>,
+    pub(super) issuer_cn: String,
+    pub(super) dns: Vec<String>,
+    pub(super) ips: Vec<IpAddr>,
+    pub(super) not_after: OffsetDateTime,
+    pub(super) key_algorithm: Option<KeyAlgorithm>,
+    pub(super) subject_key_id: Option<Vec<u8>>,
+    pub(super) authority_key_id: Option<Vec<u8>>,
 }
 
 impl CertInfo {
-    pub fn subject(&self) -> String {
+    pub(super) fn subject(&self) -> String {
         let mut s = format!("CN={}", self.common_name);
         for o in &self.organizations {
             s.push_str(&format!(", O={o}"));
@@ -191,7 +195,7 @@ impl CertInfo {
         s
     }
 
-    pub fn sans(&self) -> Vec<String> {
+    pub(super) fn sans(&self) -> Vec<String> {
         self.dns
             .iter()
             .cloned()
@@ -201,7 +205,7 @@ impl CertInfo {
 }
 
 /// Reads the first certificate of a PEM file. `None` if it is not one.
-pub fn inspect(pem_text: &str) -> Option<CertInfo> {
+pub(super) fn inspect(pem_text: &str) -> Option<CertInfo> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).ok()?;
     let cert = pem.parse_x509().ok()?;
     let cn = |n: &X509Name| {
@@ -216,6 +220,24 @@ pub fn inspect(pem_text: &str) -> Option<CertInfo> {
         .iter_organization()
         .filter_map(|a| a.as_str().ok().map(str::to_string))
         .collect();
+    let (dns, ips) = sans(&cert)?;
+    let (subject_key_id, authority_key_id) = key_ids(&cert);
+    Some(CertInfo {
+        common_name: cn(cert.subject()),
+        organizations,
+        issuer_cn: cn(cert.issuer()),
+        dns,
+        ips,
+        not_after: cert.validity().not_after.to_datetime(),
+        key_algorithm: key_algorithm(&cert),
+        subject_key_id,
+        authority_key_id,
+    })
+}
+
+/// The DNS names and IP addresses of a certificate's SANs; `None` when an
+/// address cannot be read.
+fn sans(cert: &X509Certificate<'_>) -> Option<(Vec<String>, Vec<IpAddr>)> {
     let mut dns = Vec::new();
     let mut ips = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -231,7 +253,12 @@ pub fn inspect(pem_text: &str) -> Option<CertInfo> {
             }
         }
     }
-    let key_algorithm = match cert.public_key().parsed() {
+    Some((dns, ips))
+}
+
+/// The algorithm of a certificate's key, when it is one imgbuild makes.
+fn key_algorithm(cert: &X509Certificate<'_>) -> Option<KeyAlgorithm> {
+    match cert.public_key().parsed() {
         Ok(x509_parser::public_key::PublicKey::EC(p)) if p.key_size() == 256 => {
             Some(KeyAlgorithm::EcdsaP256)
         }
@@ -241,7 +268,11 @@ pub fn inspect(pem_text: &str) -> Option<CertInfo> {
             _ => None,
         },
         _ => None,
-    };
+    }
+}
+
+/// A certificate's subject and authority key identifiers.
+fn key_ids(cert: &X509Certificate<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     let mut subject_key_id = None;
     let mut authority_key_id = None;
     for ext in cert.extensions() {
@@ -253,16 +284,5 @@ pub fn inspect(pem_text: &str) -> Option<CertInfo> {
             _ => {}
         }
     }
-    Some(CertInfo {
-        common_name: cn(cert.subject()),
-        organizations,
-        issuer_cn: cn(cert.issuer()),
-        dns,
-        ips,
-        not_after: cert.validity().not_after.to_datetime(),
-        is_ca: cert.is_ca(),
-        key_algorithm,
-        subject_key_id,
-        authority_key_id,
-    })
+    (subject_key_id, authority_key_id)
 }

@@ -6,68 +6,68 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct Kubeconfig {
+pub(super) struct Kubeconfig {
     #[serde(rename = "apiVersion")]
-    pub api_version: String,
-    pub kind: String,
-    pub clusters: Vec<NamedCluster>,
-    pub contexts: Vec<NamedContext>,
-    pub current_context: String,
-    pub users: Vec<NamedUser>,
+    pub(super) api_version: String,
+    pub(super) kind: String,
+    pub(super) clusters: Vec<NamedCluster>,
+    pub(super) contexts: Vec<NamedContext>,
+    pub(super) current_context: String,
+    pub(super) users: Vec<NamedUser>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct NamedCluster {
-    pub name: String,
-    pub cluster: ClusterEntry,
+pub(super) struct NamedCluster {
+    pub(super) name: String,
+    pub(super) cluster: ClusterEntry,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct ClusterEntry {
-    pub certificate_authority_data: String,
-    pub server: String,
+pub(super) struct ClusterEntry {
+    pub(super) certificate_authority_data: String,
+    pub(super) server: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct NamedContext {
-    pub name: String,
-    pub context: ContextEntry,
+pub(super) struct NamedContext {
+    pub(super) name: String,
+    pub(super) context: ContextEntry,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ContextEntry {
-    pub cluster: String,
-    pub user: String,
+pub(super) struct ContextEntry {
+    pub(super) cluster: String,
+    pub(super) user: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct NamedUser {
-    pub name: String,
-    pub user: UserEntry,
+pub(super) struct NamedUser {
+    pub(super) name: String,
+    pub(super) user: UserEntry,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct UserEntry {
+pub(super) struct UserEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_certificate_data: Option<String>,
+    pub(super) client_certificate_data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_key_data: Option<String>,
+    pub(super) client_key_data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    pub(super) token: Option<String>,
 }
 
-pub fn b64(pem: &str) -> String {
+pub(super) fn b64(pem: &str) -> String {
     STANDARD.encode(pem.as_bytes())
 }
 
-pub fn unb64(s: &str) -> Option<String> {
+pub(super) fn unb64(s: &str) -> Option<String> {
     String::from_utf8(STANDARD.decode(s.trim()).ok()?).ok()
 }
 
 impl Kubeconfig {
-    pub fn new(
+    pub(super) fn new(
         cluster: &str,
         server: &str,
         ca_pem: &str,
@@ -100,26 +100,26 @@ impl Kubeconfig {
         }
     }
 
-    pub fn parse(text: &str) -> Option<Kubeconfig> {
+    pub(super) fn parse(text: &str) -> Option<Kubeconfig> {
         serde_saphyr::from_str(text).ok()
     }
 
     /// Plain scalars throughout (no folded base64), as kubectl writes them.
-    pub fn to_yaml(&self) -> String {
+    pub(super) fn to_yaml(&self) -> String {
         let mut options = serde_saphyr::SerializerOptions::default();
         options.prefer_block_scalars = false;
         serde_saphyr::to_string_with_options(self, options).unwrap_or_default()
     }
 
-    pub fn server(&self) -> Option<&str> {
+    pub(super) fn server(&self) -> Option<&str> {
         self.clusters.first().map(|c| c.cluster.server.as_str())
     }
 
-    pub fn ca_pem(&self) -> Option<String> {
+    pub(super) fn ca_pem(&self) -> Option<String> {
         unb64(&self.clusters.first()?.cluster.certificate_authority_data)
     }
 
-    pub fn user(&self) -> Option<&UserEntry> {
+    pub(super) fn user(&self) -> Option<&UserEntry> {
         self.users.first().map(|u| &u.user)
     }
 }

@@ -9,17 +9,17 @@ use crate::manifest::{Manifests, Node};
 
 /// Which CA signs a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Ca {
+pub(super) enum Ca {
     Kubernetes,
     Etcd,
     FrontProxy,
 }
 
 impl Ca {
-    pub const ALL: [Ca; 3] = [Ca::Kubernetes, Ca::Etcd, Ca::FrontProxy];
+    pub(super) const ALL: [Ca; 3] = [Ca::Kubernetes, Ca::Etcd, Ca::FrontProxy];
 
     /// State-dir path without extension.
-    pub fn stem(self) -> &'static str {
+    pub(super) fn stem(self) -> &'static str {
         match self {
             Ca::Kubernetes => "pki/ca",
             Ca::Etcd => "pki/etcd/ca",
@@ -27,7 +27,7 @@ impl Ca {
         }
     }
 
-    pub fn common_name(self) -> &'static str {
+    pub(super) fn common_name(self) -> &'static str {
         match self {
             Ca::Kubernetes => "kubernetes-ca",
             Ca::Etcd => "etcd-ca",
@@ -37,7 +37,7 @@ impl Ca {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Usage {
+pub(super) enum Usage {
     Server,
     Client,
     ServerAndClient,
@@ -45,19 +45,19 @@ pub enum Usage {
 
 /// A leaf certificate with its key, as `<stem>.crt` and `<stem>.key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeafSpec {
-    pub stem: String,
-    pub common_name: String,
-    pub organizations: Vec<String>,
-    pub usage: Usage,
-    pub dns: Vec<String>,
-    pub ips: Vec<IpAddr>,
-    pub ca: Ca,
+pub(super) struct LeafSpec {
+    pub(super) stem: String,
+    pub(super) common_name: String,
+    pub(super) organizations: Vec<String>,
+    pub(super) usage: Usage,
+    pub(super) dns: Vec<String>,
+    pub(super) ips: Vec<IpAddr>,
+    pub(super) ca: Ca,
 }
 
 /// How a kubeconfig's user authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KubeconfigUser {
+pub(super) enum KubeconfigUser {
     /// A client certificate signed by the Kubernetes CA, embedded.
     Certificate {
         common_name: String,
@@ -68,30 +68,30 @@ pub enum KubeconfigUser {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KubeconfigSpec {
+pub(super) struct KubeconfigSpec {
     /// State-dir path of the file.
-    pub path: String,
-    pub user_name: String,
-    pub user: KubeconfigUser,
-    pub server: String,
+    pub(super) path: String,
+    pub(super) user_name: String,
+    pub(super) user: KubeconfigUser,
+    pub(super) server: String,
 }
 
 /// The whole set for a cluster.
 #[derive(Debug, Clone)]
-pub struct PkiSpec {
-    pub cluster: String,
-    pub leaves: Vec<LeafSpec>,
-    pub kubeconfigs: Vec<KubeconfigSpec>,
+pub(super) struct PkiSpec {
+    pub(super) cluster: String,
+    pub(super) leaves: Vec<LeafSpec>,
+    pub(super) kubeconfigs: Vec<KubeconfigSpec>,
 }
 
-pub const SA_KEY: &str = "pki/sa.key";
-pub const SA_PUB: &str = "pki/sa.pub";
-pub const TOKEN_CSV: &str = "token.csv";
-pub const TOKEN_SECRET: &str = "addons/bootstrap-token.yaml";
-pub const KEEPALIVED_AUTH: &str = "keepalived-auth.conf";
+pub(super) const SA_KEY: &str = "pki/sa.key";
+pub(super) const SA_PUB: &str = "pki/sa.pub";
+pub(super) const TOKEN_CSV: &str = "token.csv";
+pub(super) const TOKEN_SECRET: &str = "addons/bootstrap-token.yaml";
+pub(super) const KEEPALIVED_AUTH: &str = "keepalived-auth.conf";
 
 /// Where the state dir keeps a secret: per-node ones under `nodes/<node>/`.
-pub fn state_path(id: &str, node: Option<&str>) -> String {
+pub(crate) fn state_path(id: &str, node: Option<&str>) -> String {
     match node {
         Some(n) => format!("nodes/{n}/{id}"),
         None => id.to_string(),
@@ -130,10 +130,23 @@ fn etcd_sans(n: &Node) -> (Vec<String>, Vec<IpAddr>) {
     )
 }
 
-pub fn spec(m: &Manifests) -> PkiSpec {
+/// The whole set for the cluster of `m`.
+pub(super) fn spec(m: &Manifests) -> PkiSpec {
+    let mut leaves = cluster_leaves();
+    for n in &m.cluster.nodes {
+        leaves.extend(node_leaves(m, n));
+    }
+    PkiSpec {
+        cluster: m.cluster.name.clone(),
+        leaves,
+        kubeconfigs: kubeconfigs(m),
+    }
+}
+
+/// The leaves every cluster has once.
+fn cluster_leaves() -> Vec<LeafSpec> {
     use Usage::*;
-    let c = &m.cluster;
-    let mut leaves = vec![
+    vec![
         leaf(
             "pki/apiserver-kubelet-client".into(),
             "kube-apiserver-kubelet-client",
@@ -170,103 +183,84 @@ pub fn spec(m: &Manifests) -> PkiSpec {
             vec![],
             vec![],
         ),
-    ];
-    let lb_url = m.derived.api_server_url.clone();
-    let local = format!("https://127.0.0.1:{}", c.api.apiserver_port);
-    let kubeconfigs = vec![
-        KubeconfigSpec {
-            path: "admin.conf".into(),
-            user_name: "kubernetes-admin".into(),
-            user: KubeconfigUser::Certificate {
-                common_name: "kubernetes-admin".into(),
-                organizations: vec!["system:masters".into()],
-            },
-            server: lb_url.clone(),
+    ]
+}
+
+/// A kubeconfig whose user has a client certificate.
+fn cert_kubeconfig(path: &str, user: &str, orgs: &[&str], server: &str) -> KubeconfigSpec {
+    KubeconfigSpec {
+        path: path.into(),
+        user_name: user.into(),
+        user: KubeconfigUser::Certificate {
+            common_name: user.into(),
+            organizations: orgs.iter().map(|s| s.to_string()).collect(),
         },
-        KubeconfigSpec {
-            path: "kube-proxy.conf".into(),
-            user_name: "system:kube-proxy".into(),
-            user: KubeconfigUser::Certificate {
-                common_name: "system:kube-proxy".into(),
-                organizations: vec![],
-            },
-            server: lb_url.clone(),
-        },
-        // The node's own kube-apiserver, over loopback (in every apiserver's SANs).
-        KubeconfigSpec {
-            path: "controller-manager.conf".into(),
-            user_name: "system:kube-controller-manager".into(),
-            user: KubeconfigUser::Certificate {
-                common_name: "system:kube-controller-manager".into(),
-                organizations: vec![],
-            },
-            server: local.clone(),
-        },
-        KubeconfigSpec {
-            path: "scheduler.conf".into(),
-            user_name: "system:kube-scheduler".into(),
-            user: KubeconfigUser::Certificate {
-                common_name: "system:kube-scheduler".into(),
-                organizations: vec![],
-            },
-            server: local,
-        },
+        server: server.into(),
+    }
+}
+
+/// The kubeconfigs: through the load balancer, or the node's own
+/// kube-apiserver over loopback (in every apiserver's SANs).
+fn kubeconfigs(m: &Manifests) -> Vec<KubeconfigSpec> {
+    let lb_url = m.derived.api_server_url.as_str();
+    let local = format!("https://127.0.0.1:{}", m.cluster.api.apiserver_port);
+    vec![
+        cert_kubeconfig(
+            "admin.conf",
+            "kubernetes-admin",
+            &["system:masters"],
+            lb_url,
+        ),
+        cert_kubeconfig("kube-proxy.conf", "system:kube-proxy", &[], lb_url),
+        cert_kubeconfig(
+            "controller-manager.conf",
+            "system:kube-controller-manager",
+            &[],
+            &local,
+        ),
+        cert_kubeconfig("scheduler.conf", "system:kube-scheduler", &[], &local),
         KubeconfigSpec {
             path: "bootstrap-kubelet.conf".into(),
             user_name: "kubelet-bootstrap".into(),
             user: KubeconfigUser::BootstrapToken,
-            server: lb_url,
+            server: lb_url.into(),
         },
-    ];
-    for n in &c.nodes {
-        let needs = |id: &str| {
-            n.roles
-                .iter()
-                .filter_map(|r| m.role(r))
-                .any(|r| r.secrets.iter().any(|s| s.id == id))
-        };
-        let node = Some(n.name.as_str());
-        if needs("pki/apiserver.crt")
-            && let Some(sans) = m.derived.apiserver_sans.get(&n.name)
-        {
-            leaves.push(leaf(
-                state_path("pki/apiserver", node),
-                "kube-apiserver",
-                &[],
-                Server,
-                Ca::Kubernetes,
-                sans.dns.clone(),
-                sans.ips.iter().copied().map(ip).collect(),
-            ));
-        }
-        if needs("pki/etcd/server.crt") {
+    ]
+}
+
+/// The per-node leaves of `n`: those its roles' secrets name.
+fn node_leaves(m: &Manifests, n: &Node) -> Vec<LeafSpec> {
+    use Usage::*;
+    let needs = |id: &str| {
+        n.roles
+            .iter()
+            .filter_map(|r| m.role(r))
+            .any(|r| r.secrets.iter().any(|s| s.id == id))
+    };
+    let node = Some(n.name.as_str());
+    let mut leaves = Vec::new();
+    if needs("pki/apiserver.crt")
+        && let Some(sans) = m.derived.apiserver_sans.get(&n.name)
+    {
+        leaves.push(leaf(
+            state_path("pki/apiserver", node),
+            "kube-apiserver",
+            &[],
+            Server,
+            Ca::Kubernetes,
+            sans.dns.clone(),
+            sans.ips.iter().copied().map(ip).collect(),
+        ));
+    }
+    for (id, stem, cn) in [
+        ("pki/etcd/server.crt", "pki/etcd/server", "kube-etcd"),
+        ("pki/etcd/peer.crt", "pki/etcd/peer", "kube-etcd-peer"),
+    ] {
+        if needs(id) {
             let (dns, ips) = etcd_sans(n);
-            leaves.push(leaf(
-                state_path("pki/etcd/server", node),
-                "kube-etcd",
-                &[],
-                ServerAndClient,
-                Ca::Etcd,
-                dns,
-                ips,
-            ));
-        }
-        if needs("pki/etcd/peer.crt") {
-            let (dns, ips) = etcd_sans(n);
-            leaves.push(leaf(
-                state_path("pki/etcd/peer", node),
-                "kube-etcd-peer",
-                &[],
-                ServerAndClient,
-                Ca::Etcd,
-                dns,
-                ips,
-            ));
+            let stem = state_path(stem, node);
+            leaves.push(leaf(stem, cn, &[], ServerAndClient, Ca::Etcd, dns, ips));
         }
     }
-    PkiSpec {
-        cluster: c.name.clone(),
-        leaves,
-        kubeconfigs,
-    }
+    leaves
 }

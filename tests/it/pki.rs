@@ -661,3 +661,59 @@ fn issue4_a_ca_without_its_key_is_never_replaced_silently() {
         Vec::<String>::new()
     );
 }
+
+/// Whether openssl finds that the certificate at `pem` is still valid
+/// `days` days from now (`x509 -checkend`).
+fn valid_in_days(pem: &Path, days: i64) -> bool {
+    let out = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-checkend",
+            &(days * 86400).to_string(),
+            "-in",
+        ])
+        .arg(pem)
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+#[test]
+fn issue12_renew_expiring_reissues_only_the_leaves_inside_the_renewal_window() {
+    let lab = Lab::new();
+    pki_init(&lab);
+    // one leaf made 200 days later: 220 days left when the others have 20
+    let young = "pki/front-proxy-client.crt";
+    for f in [young, "pki/front-proxy-client.key"] {
+        std::fs::remove_file(state(&lab).join(f)).unwrap();
+    }
+    lab.imgbuild_env(&["pki", "init"], &[("IMGBUILD_NOW", &in_days(200))])
+        .assert_ok();
+    let leaves = leaves(&state(&lab));
+    let before = hashes(&state(&lab));
+    // 345 days on, inside the 30-day window of the first leaves (365 days)
+    lab.imgbuild_env(
+        &["pki", "renew", "--expiring"],
+        &[("IMGBUILD_NOW", &in_days(345))],
+    )
+    .assert_ok();
+    let diff = changed(&before, &hashes(&state(&lab)));
+    for f in &leaves {
+        let pem = state(&lab).join(f);
+        if f == young {
+            assert!(!diff.contains(f), "{f} re-issued outside its window");
+            // valid until day 565, as before
+            assert!(valid_in_days(&pem, 560) && !valid_in_days(&pem, 570), "{f}");
+        } else {
+            assert!(diff.contains(f), "{f} inside its window not re-issued");
+            // re-issued as of day 345: valid until day 710
+            assert!(valid_in_days(&pem, 705) && !valid_in_days(&pem, 715), "{f}");
+        }
+    }
+    assert!(diff.contains(&"admin.conf".to_string()), "{diff:?}");
+    assert!(
+        !diff.iter().any(|f| f.contains("ca.") || f == "token.csv"),
+        "{diff:?}"
+    );
+}

@@ -1,0 +1,164 @@
+//! Stage 6, `layer`: takes a [`LayerPlan`] with its sources (the cache, the
+//! state dir, the rendered templates) and writes a deterministic
+//! `.tar.gz`: numeric owners and explicit modes from the plan, one mtime
+//! (SOURCE_DATE_EPOCH), every parent directory first, then the archive
+//! members streamed straight out of the cached tarballs (by artifact name,
+//! in archive order), then every other file by path. For PXE it writes, in
+//! the same pass, the layer's newc cpio segment: the same files, and the
+//! same compressed bytes for every large content (see [`crate::pgzip`]).
+//! gzip is pinned (pure-Rust deflate, pieces cut where the bytes say, header
+//! mtime 0, no name), so the bytes do not depend on `--jobs`. A layer is
+//! keyed by the hash of its inputs: the layer store (`<cache>/layers/`)
+//! builds each distinct layer once and every node that has it reuses it.
+//! Memory does not grow with artifact size.
+//!
+//! The recipe is [`build`]; [`resolve`] finds where every entry's bytes come
+//! from, [`write`] writes them, [`store`] keeps what was built.
+
+mod resolve;
+mod store;
+mod write;
+
+pub use resolve::Inputs;
+pub use store::Store;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::fetch::archive::ArchiveError;
+use crate::plan::{LayerKind, LayerPlan};
+use store::Files;
+use write::Resolved;
+
+/// Bump when the layer format changes: every key changes with it.
+const FORMAT: &str = "imgbuild-layer-v2";
+/// gzip level of every layer (public for the `deflate_limit` example).
+pub const GZIP_LEVEL: u32 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("layer {layer}: cannot {op} {path}")]
+    Io {
+        layer: String,
+        /// What failed: `read`, `write`, `lock`, ...
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("layer {layer}: {artifact} is not in the cache; run `imgbuild fetch`")]
+    NotFetched { layer: String, artifact: String },
+    #[error(
+        "layer {layer}: secret {id} is missing from the state dir ({path}); run `imgbuild pki init`"
+    )]
+    MissingSecret {
+        layer: String,
+        id: String,
+        path: PathBuf,
+    },
+    #[error("layer {layer}: image {image} ({reference}) is not in the cache; pull it first")]
+    ImageMissing {
+        layer: String,
+        image: String,
+        reference: String,
+    },
+    #[error("layer {layer}: cannot copy the members of a cached archive")]
+    Archive {
+        layer: String,
+        #[source]
+        source: ArchiveError,
+    },
+}
+
+/// Maps an I/O error of `op` (a verb: `read`, `write`, ...) on `path` while
+/// making `layer`.
+fn io_err(
+    layer: &str,
+    op: &'static str,
+    path: &Path,
+) -> impl FnOnce(io::Error) -> LayerError + use<> {
+    let (layer, path) = (layer.to_string(), path.to_path_buf());
+    move |source| LayerError::Io {
+        layer,
+        op,
+        path,
+        source,
+    }
+}
+
+/// A built layer in the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuiltLayer {
+    /// `NN-<name>`
+    pub(crate) name: String,
+    pub(crate) kind: LayerKind,
+    pub(crate) key: String,
+    /// sha256 of the `.tar.gz`
+    pub(crate) digest: String,
+    pub(crate) size: u64,
+    /// sha256 of the uncompressed tar (the OCI diff_id)
+    pub(crate) diff_id: String,
+    #[serde(skip)]
+    pub(crate) file: PathBuf,
+    /// The PXE segment (gzip'd newc cpio), when it was asked for.
+    #[serde(skip)]
+    pub(crate) segment: Option<PathBuf>,
+}
+
+impl BuiltLayer {
+    /// The layer's PXE segment, or an error naming the layer when it was
+    /// built without one.
+    pub(crate) fn segment(&self) -> io::Result<&Path> {
+        self.segment.as_deref().ok_or_else(|| {
+            io::Error::other(format!(
+                "layer {} was built without its PXE segment",
+                self.name
+            ))
+        })
+    }
+}
+
+/// Builds (or finds in the store) one layer: its `.tar.gz` and, when
+/// `inputs.cpio`, its PXE segment (the same files as a gzip'd newc cpio
+/// without a trailer), both from one pass over the sources. The secrets
+/// layer never enters the shared store: it is written to `private_dir` with
+/// mode 0600, its segment as a hidden file beside it.
+pub(crate) fn build(
+    store: &Store,
+    inputs: &Inputs<'_>,
+    layer: &LayerPlan,
+    private_dir: &Path,
+) -> Result<BuiltLayer, LayerError> {
+    let (key, resolved) = resolve_all(inputs, layer)?;
+    if layer.kind == LayerKind::Secrets {
+        let files = Files::private(private_dir, &layer.name);
+        return write::write_layer(inputs, layer, resolved, &key, &files, true);
+    }
+    // one builder per key, across threads and processes; the others wait and reuse
+    let _lock = store.lock(&key, &layer.name)?;
+    if let Some(built) = store.find(&key, &layer.name, inputs.cpio) {
+        return Ok(built);
+    }
+    let built = write::write_layer(inputs, layer, resolved, &key, &store.files(&key), false)?;
+    store.record(&built);
+    Ok(built)
+}
+
+/// Every entry of `layer` resolved, and the layer's key: the hash of the
+/// format, the mtime, the gzip level and every entry with its source's id.
+fn resolve_all<'p>(
+    inputs: &Inputs<'_>,
+    layer: &'p LayerPlan,
+) -> Result<(String, Vec<Resolved<'p>>), LayerError> {
+    let mut resolved = Vec::new();
+    let mut key = Sha256::new();
+    key.update(format!("{FORMAT}\nmtime {}\ngzip {GZIP_LEVEL}\n", inputs.mtime).as_bytes());
+    for e in &layer.entries {
+        let (content, id) = inputs.resolve(layer, e)?;
+        key.update(format!("{} {:o} {} {} {id}\n", e.path, e.mode, e.uid, e.gid).as_bytes());
+        resolved.push((e, content));
+    }
+    Ok((hex::encode(key.finalize()), resolved))
+}

@@ -1,0 +1,400 @@
+//! Writing a layer: takes its resolved entries and writes the deterministic
+//! `.tar.gz` (and, when asked, the PXE segment: the same files as a gzip'd
+//! newc cpio without a trailer) through [`crate::pgzip`]: numeric owners and
+//! explicit modes from the plan, one mtime, every parent directory first,
+//! then the archive members streamed straight out of the cached tarballs (by
+//! artifact name, in archive order), then every other file by path. An image
+//! entry is an OCI image-layout archive of the pulled image, made on the fly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::resolve::{Content, Inputs};
+use super::store::Files;
+use super::{BuiltLayer, GZIP_LEVEL, LayerError, io_err};
+use crate::fetch::Cache;
+use crate::fetch::archive;
+use crate::fetch::oci::{self, PulledImage};
+use crate::plan::{Entry, LayerPlan};
+use crate::newc;
+use crate::pgzip;
+use crate::tarutil;
+
+/// One entry with its content, resolved.
+pub(super) type Resolved<'p> = (&'p Entry, Content);
+
+/// Writes the layer `key` to `files` (file mode 0600 when `private`, else
+/// 0644) by way of temporary files renamed into place.
+pub(super) fn write_layer(
+    inputs: &Inputs<'_>,
+    layer: &LayerPlan,
+    resolved: Vec<Resolved<'_>>,
+    key: &str,
+    files: &Files,
+    private: bool,
+) -> Result<BuiltLayer, LayerError> {
+    let dir = files.tar.parent().unwrap_or(Path::new("."));
+    let tmp = Files {
+        tar: dir.join(format!(".{key}.{}.tar.tmp", std::process::id())),
+        segment: dir.join(format!(".{key}.{}.cpio.tmp", std::process::id())),
+    };
+    let mode = if private { 0o600 } else { 0o644 };
+    let written = compress(inputs, layer, resolved, &tmp, mode);
+    let (tar, diff_id, cpio) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp.tar);
+            let _ = fs::remove_file(&tmp.segment);
+            return Err(e);
+        }
+    };
+    let io = |op, path: &Path| io_err(&layer.name, op, path);
+    if cpio.is_some() {
+        fs::rename(&tmp.segment, &files.segment).map_err(io("write", &files.segment))?;
+    }
+    fs::rename(&tmp.tar, &files.tar).map_err(io("write", &files.tar))?;
+    Ok(BuiltLayer {
+        name: layer.name.clone(),
+        kind: layer.kind,
+        key: key.to_string(),
+        digest: tar.digest,
+        size: tar.size,
+        diff_id,
+        file: files.tar.clone(),
+        segment: cpio.is_some().then(|| files.segment.clone()),
+    })
+}
+
+/// The gzip'd tar written to `tmp.tar` (and the segment to `tmp.segment`
+/// when `inputs.cpio`): the tar's digest and size, its diff_id, the
+/// segment's size.
+fn compress(
+    inputs: &Inputs<'_>,
+    layer: &LayerPlan,
+    resolved: Vec<Resolved<'_>>,
+    tmp: &Files,
+    mode: u32,
+) -> Result<(pgzip::Written, String, Option<u64>), LayerError> {
+    let tar = create(&tmp.tar, mode).map_err(io_err(&layer.name, "create", &tmp.tar))?;
+    let cpio = inputs
+        .cpio
+        .then(|| create(&tmp.segment, mode))
+        .transpose()
+        .map_err(io_err(&layer.name, "create", &tmp.segment))?;
+    let out = pgzip::write(
+        tar,
+        cpio,
+        GZIP_LEVEL,
+        inputs.jobs,
+        |s| write_entries(s, inputs, layer, resolved),
+        |e| io_err(&layer.name, "write", &tmp.tar)(e),
+    )?;
+    Ok((out.tar, out.diff_id, out.cpio))
+}
+
+/// A new file at `path` with exactly `mode`, buffered.
+fn create(path: &Path, mode: u32) -> io::Result<BufWriter<File>> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(BufWriter::with_capacity(1 << 20, f))
+}
+
+/// Writes each entry of a layer to the tar stream and to the cpio stream
+/// (inode numbers in order; directories with two links, files with one, so
+/// the kernel never takes two files for hard links).
+struct Emit<'s> {
+    s: &'s mut pgzip::Streams,
+    headers: tar::Builder<Vec<u8>>,
+    ino: u32,
+    mtime: u64,
+}
+
+impl Emit<'_> {
+    /// The tar header block(s) just appended to `headers`.
+    fn tar_header(&mut self) -> Vec<u8> {
+        std::mem::take(self.headers.get_mut())
+    }
+
+    fn cpio_header(
+        &mut self,
+        path: &str,
+        mode: u32,
+        owner: (u32, u32),
+        size: u64,
+    ) -> io::Result<Vec<u8>> {
+        self.ino += 1;
+        let size = if self.s.has_cpio() {
+            u32::try_from(size).map_err(|_| {
+                io::Error::other(format!("{path} is larger than a newc cpio allows (4 GiB)"))
+            })?
+        } else {
+            0
+        };
+        Ok(newc::Header {
+            name: path,
+            ino: self.ino,
+            mode,
+            uid: owner.0,
+            gid: owner.1,
+            nlink: if mode & newc::S_IFDIR != 0 { 2 } else { 1 },
+            mtime: u32::try_from(self.mtime).unwrap_or(0),
+            size,
+        }
+        .to_bytes())
+    }
+
+    fn dir(&mut self, path: &str) -> io::Result<()> {
+        tarutil::append_dir(&mut self.headers, path, 0o755, self.mtime)?;
+        let t = self.tar_header();
+        let c = self.cpio_header(path, newc::S_IFDIR | 0o755, (0, 0), 0)?;
+        self.s.meta(&t, &c)
+    }
+
+    fn file(&mut self, e: &Entry, size: u64, data: &mut dyn Read) -> io::Result<()> {
+        let path = e.path.trim_start_matches('/');
+        let owner = (e.uid, e.gid);
+        tarutil::append_file_as(
+            &mut self.headers,
+            path,
+            e.mode,
+            owner,
+            self.mtime,
+            size,
+            io::empty(),
+        )?;
+        let t = self.tar_header();
+        let c = self.cpio_header(path, newc::S_IFREG | (e.mode & 0o7777), owner, size)?;
+        self.s.meta(&t, &c)?;
+        self.s.content(data, size)?;
+        let zeros = [0u8; 512];
+        self.s.meta(
+            &zeros[..tarutil::padding(size)],
+            &zeros[..newc::padding(size)],
+        )
+    }
+
+    /// A file with the bytes of the file at `p`.
+    fn file_from(&mut self, e: &Entry, p: &Path) -> io::Result<()> {
+        let f = File::open(p)?;
+        let size = f.metadata()?.len();
+        self.file(e, size, &mut io::BufReader::new(f))
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+        tarutil::append_symlink(&mut self.headers, path, target, self.mtime)?;
+        let t = self.tar_header();
+        let len = target.len() as u64;
+        let mut c = self.cpio_header(path, newc::S_IFLNK | 0o777, (0, 0), len)?;
+        c.extend_from_slice(target.as_bytes());
+        c.resize(c.len() + newc::padding(len), 0);
+        self.s.meta(&t, &c)
+    }
+
+    /// The tar's end: two zero blocks. (A cpio segment has no trailer.)
+    fn finish(self) -> io::Result<()> {
+        self.s.meta(&[0u8; 1024], b"")
+    }
+}
+
+/// Every ancestor directory of `path` (`/a/b/c` -> `a`, `a/b`).
+fn ancestors(path: &str, out: &mut BTreeSet<String>) {
+    let rel = path.trim_start_matches('/');
+    let mut acc = String::new();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for p in &parts[..parts.len().saturating_sub(1)] {
+        if !acc.is_empty() {
+            acc.push('/');
+        }
+        acc.push_str(p);
+        out.insert(acc.clone());
+    }
+}
+
+/// Archive members by (label, blob) of their archive, then by member name.
+type ByArchive<'p> = BTreeMap<(String, PathBuf), BTreeMap<String, Vec<&'p Entry>>>;
+
+/// Splits the entries into archive members, by archive, and the rest.
+fn by_archive(resolved: Vec<Resolved<'_>>) -> (ByArchive<'_>, Vec<Resolved<'_>>) {
+    let mut by_archive = ByArchive::new();
+    let mut rest = Vec::new();
+    for (e, c) in resolved {
+        match c {
+            Content::Member {
+                blob,
+                label,
+                member,
+            } => by_archive
+                .entry((label, blob))
+                .or_default()
+                .entry(member)
+                .or_default()
+                .push(e),
+            other => rest.push((e, other)),
+        }
+    }
+    (by_archive, rest)
+}
+
+/// The body of a layer: directories, archive members, the other entries by
+/// path, the tar's end.
+fn write_entries(
+    s: &mut pgzip::Streams,
+    inputs: &Inputs<'_>,
+    layer: &LayerPlan,
+    resolved: Vec<Resolved<'_>>,
+) -> Result<(), LayerError> {
+    let mut w = Emit {
+        s,
+        headers: tar::Builder::new(Vec::new()),
+        ino: 0,
+        mtime: inputs.mtime,
+    };
+    let mut dirs = BTreeSet::new();
+    for (e, _) in &resolved {
+        ancestors(&e.path, &mut dirs);
+    }
+    for d in &dirs {
+        w.dir(d)
+            .map_err(io_err(&layer.name, "write the entry", Path::new(d)))?;
+    }
+    let (by_archive, mut rest) = by_archive(resolved);
+    for ((label, blob), members) in &by_archive {
+        write_members(&mut w, blob, label, members).map_err(|source| LayerError::Archive {
+            layer: layer.name.clone(),
+            source,
+        })?;
+    }
+    rest.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    for (e, c) in rest {
+        let path = e.path.trim_start_matches('/');
+        write_other(&mut w, inputs, e, c).map_err(io_err(
+            &layer.name,
+            "write the entry",
+            Path::new(path),
+        ))?;
+    }
+    w.finish().map_err(io_err(
+        &layer.name,
+        "end the archive",
+        Path::new(&layer.name),
+    ))
+}
+
+/// The wanted members of one cached archive, in archive order.
+fn write_members(
+    w: &mut Emit<'_>,
+    blob: &Path,
+    label: &str,
+    members: &BTreeMap<String, Vec<&Entry>>,
+) -> Result<(), archive::ArchiveError> {
+    let wanted: BTreeSet<String> = members.keys().cloned().collect();
+    archive::read_members(blob, label, &wanted, |member, _mode, size, reader| {
+        let targets = &members[member];
+        if let [e] = targets.as_slice() {
+            w.file(e, size, reader)?;
+        } else {
+            // the same member at several paths: small, so buffer it once
+            let mut buf = Vec::new();
+            reader.read_to_end(&mut buf)?;
+            for e in targets {
+                w.file(e, size, &mut buf.as_slice())?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// An entry that is not an archive member.
+fn write_other(w: &mut Emit<'_>, inputs: &Inputs<'_>, e: &Entry, c: Content) -> io::Result<()> {
+    match c {
+        Content::Bytes(bytes) => w.file(e, bytes.len() as u64, &mut bytes.as_slice()),
+        Content::Blob(p) => w.file_from(e, &p),
+        Content::Symlink(target) => w.symlink(e.path.trim_start_matches('/'), &target),
+        Content::Image(img) => {
+            let spool = inputs
+                .cache
+                .temp(&format!("oci-{}", oci_hex(&img.pin.digest)));
+            let result = write_oci_archive(inputs.cache, &img, &spool, inputs.mtime)
+                .and_then(|()| w.file_from(e, &spool));
+            let _ = fs::remove_file(&spool);
+            result
+        }
+        Content::Member { .. } => Ok(()),
+    }
+}
+
+fn oci_hex(d: &str) -> &str {
+    d.strip_prefix("sha256:").unwrap_or(d)
+}
+
+/// The `index.json` of an image's OCI archive: the pinned index, named.
+fn oci_index(img: &PulledImage) -> String {
+    let (_, _, tag) = oci::split_reference(&img.pin.image);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": img.index.media_type,
+            "digest": img.index.digest,
+            "size": img.index.size,
+            "annotations": {
+                "io.containerd.image.name": img.pin.image,
+                "org.opencontainers.image.ref.name": tag,
+            }
+        }]
+    });
+    crate::json::canonical(&index)
+}
+
+/// An OCI image-layout archive of one image for one arch: `oci-layout`,
+/// `index.json` pointing at the pinned index (so `name@sha256:<index>` still
+/// resolves after `ctr images import`), and the blobs of that arch. Sorted,
+/// root-owned, one mtime.
+fn write_oci_archive(cache: &Cache, img: &PulledImage, out: &Path, mtime: u64) -> io::Result<()> {
+    let index = oci_index(img);
+    let layout = "{\"imageLayoutVersion\":\"1.0.0\"}\n";
+    let mut blobs: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for d in img.blobs() {
+        blobs.insert(
+            format!("blobs/sha256/{}", oci_hex(&d.digest)),
+            oci::blob_file(cache, &d.digest),
+        );
+    }
+    let mut b = tar::Builder::new(BufWriter::new(fs::File::create(out)?));
+    tarutil::append_dir(&mut b, "blobs", 0o755, mtime)?;
+    tarutil::append_dir(&mut b, "blobs/sha256", 0o755, mtime)?;
+    for (name, file) in &blobs {
+        let f = File::open(file)?;
+        let size = f.metadata()?.len();
+        tarutil::append_file(&mut b, name, 0o644, mtime, size, io::BufReader::new(f))?;
+    }
+    for (name, text) in [("index.json", index.as_str()), ("oci-layout", layout)] {
+        let size = text.len() as u64;
+        tarutil::append_file(&mut b, name, 0o644, mtime, size, text.as_bytes())?;
+    }
+    b.into_inner()?.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ancestors_of_a_path() {
+        let mut s = BTreeSet::new();
+        ancestors("/etc/kubernetes/pki/ca.crt", &mut s);
+        ancestors("/etc/hosts", &mut s);
+        assert_eq!(
+            s.into_iter().collect::<Vec<_>>(),
+            ["etc", "etc/kubernetes", "etc/kubernetes/pki"]
+        );
+    }
+}
