@@ -32,7 +32,7 @@ pub enum ArchiveError {
     },
     #[error("archive {archive}: member `{member}` is not a regular file")]
     NotAFile { archive: String, member: String },
-    #[error("archive {archive}: member `{member}`")]
+    #[error("archive {archive}: cannot use member `{member}`")]
     Consumer {
         archive: String,
         member: String,

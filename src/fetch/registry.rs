@@ -388,4 +388,127 @@ mod tests {
         assert_eq!(p["service"], "reg");
         assert_eq!(p["scope"], "repository:a/b:pull");
     }
+
+    /// The requests a test server saw: path, `Authorization` header.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+    /// A registry on 127.0.0.1 that wants a bearer token from its realm
+    /// (`/token`) for `/v2/bearer/…` and basic auth for `/v2/basic/…`; it
+    /// logs each request line with its `Authorization` header.
+    fn auth_server() -> (String, Seen) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (realm, seen) = (format!("{base}/token"), log.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let (mut line, mut auth) = (String::new(), String::new());
+                reader.read_line(&mut line).unwrap();
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("authorization")
+                    {
+                        auth = v.trim().to_string();
+                    }
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                seen.lock().unwrap().push((path.clone(), auth.clone()));
+                let (status, extra, body) = if path.starts_with("/token") {
+                    ("200 OK", String::new(), r#"{"token":"t0k"}"#)
+                } else if auth == "Bearer t0k" || auth == "Basic dXNlcjpwdw==" {
+                    ("200 OK", String::new(), "ok")
+                } else if path.starts_with("/v2/bearer/") {
+                    let c = format!(
+                        "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"svc\",scope=\"repository:bearer:pull\"\r\n"
+                    );
+                    ("401 Unauthorized", c, "")
+                } else {
+                    let c = "WWW-Authenticate: Basic realm=\"reg\"\r\n".to_string();
+                    ("401 Unauthorized", c, "")
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(body.as_bytes());
+            }
+        });
+        (base, log)
+    }
+
+    fn get(reg: &mut Registry, digest: &str) -> u16 {
+        let url = &reg.blob_url(digest);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(reg.send(&|c| c.get(url), url))
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[test]
+    fn a_bearer_challenge_is_answered_with_a_token_then_the_request_again() {
+        let (base, log) = auth_server();
+        let mirrors = BTreeMap::from([("r.example".to_string(), base.clone())]);
+        let http = crate::fetch::http_client(std::time::Duration::from_secs(5)).unwrap();
+        // anonymous, the challenge's scope
+        let mut reg = Registry::new(http.clone(), "r.example", "bearer", &mirrors);
+        assert_eq!(get(&mut reg, "sha256:1"), 200);
+        assert_eq!(get(&mut reg, "sha256:2"), 200);
+        let seen: Vec<_> = log.lock().unwrap().drain(..).collect();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(seen[0], ("/v2/bearer/blobs/sha256:1".into(), String::new()));
+        assert_eq!(
+            seen[1],
+            (
+                "/token?service=svc&scope=repository%3Abearer%3Apull".into(),
+                String::new()
+            )
+        );
+        assert_eq!(seen[2].1, "Bearer t0k");
+        // one token for the repository
+        assert_eq!(
+            seen[3],
+            ("/v2/bearer/blobs/sha256:2".into(), "Bearer t0k".into())
+        );
+        // signed in: the credentials go to the realm, with the push scope
+        let mut reg = Registry::new(http, "r.example", "bearer", &mirrors)
+            .signed_in(Some("user:pw".into()), "repository:bearer:pull,push".into());
+        assert_eq!(get(&mut reg, "sha256:1"), 200);
+        let seen: Vec<_> = log.lock().unwrap().drain(..).collect();
+        assert_eq!(
+            seen[1],
+            (
+                "/token?service=svc&scope=repository%3Abearer%3Apull%2Cpush".into(),
+                "Basic dXNlcjpwdw==".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_basic_challenge_takes_credentials_and_anonymous_gets_the_401() {
+        let (base, log) = auth_server();
+        let mirrors = BTreeMap::from([("r.example".to_string(), base)]);
+        let http = crate::fetch::http_client(std::time::Duration::from_secs(5)).unwrap();
+        let mut anonymous = Registry::new(http.clone(), "r.example", "basic", &mirrors);
+        assert_eq!(get(&mut anonymous, "sha256:1"), 401);
+        assert_eq!(log.lock().unwrap().drain(..).count(), 1);
+        let mut reg = Registry::new(http, "r.example", "basic", &mirrors)
+            .signed_in(Some("user:pw".into()), "repository:basic:pull,push".into());
+        assert_eq!(get(&mut reg, "sha256:1"), 200);
+        let seen: Vec<_> = log.lock().unwrap().drain(..).collect();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[1].1, "Basic dXNlcjpwdw==");
+    }
 }
