@@ -3,7 +3,7 @@
 //! path, a `..` component, a link that points outside the archive or a device
 //! node is refused whole.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -32,7 +32,7 @@ pub enum ArchiveError {
     },
     #[error("archive {archive}: member `{member}` is not a regular file")]
     NotAFile { archive: String, member: String },
-    #[error("archive {archive}: member `{member}`")]
+    #[error("archive {archive}: cannot use member `{member}`")]
     Consumer {
         archive: String,
         member: String,
@@ -66,6 +66,50 @@ fn link_stays_inside(member: &Path, target: &Path) -> bool {
     true
 }
 
+/// Refuses a member with an absolute path, a `..` component, a link that
+/// points outside the archive, or that is a device node or fifo.
+fn check_member<R: Read>(
+    entry: &tar::Entry<R>,
+    raw: &Path,
+    label: &str,
+    io: impl FnOnce(std::io::Error) -> ArchiveError,
+) -> Result<(), ArchiveError> {
+    let unsafe_ = |why| ArchiveError::Unsafe {
+        archive: label.to_string(),
+        member: raw.to_string_lossy().into_owned(),
+        why,
+    };
+    if raw.is_absolute() {
+        return Err(unsafe_("has an absolute path"));
+    }
+    if raw.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(unsafe_("has a `..` component"));
+    }
+    let kind = entry.header().entry_type();
+    if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+        return Err(unsafe_("is a device node or fifo"));
+    }
+    if kind.is_symlink() || kind.is_hard_link() {
+        let target = entry
+            .link_name()
+            .map_err(io)?
+            .map(|t| t.into_owned())
+            .unwrap_or_default();
+        let inside = if kind.is_hard_link() {
+            !target.is_absolute()
+                && !target
+                    .components()
+                    .any(|c| matches!(c, Component::ParentDir))
+        } else {
+            link_stays_inside(raw, &target)
+        };
+        if !inside {
+            return Err(unsafe_("is a link that points outside the archive"));
+        }
+    }
+    Ok(())
+}
+
 /// Streams every member of `wanted` to `consume(member, mode, size, reader)`,
 /// in archive order. `label` names the archive in errors (`etcd v3.6.14`).
 pub fn read_members<F>(
@@ -84,49 +128,16 @@ where
     };
     let file = File::open(path).map_err(io)?;
     let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(1 << 20, file)));
-    let mut found: BTreeMap<String, bool> = BTreeMap::new();
+    let mut found: BTreeSet<String> = BTreeSet::new();
     for entry in archive.entries().map_err(io)? {
         let mut entry = entry.map_err(io)?;
         let raw = entry.path().map_err(io)?.into_owned();
-        let name = raw.to_string_lossy().into_owned();
-        let unsafe_ = |why| ArchiveError::Unsafe {
-            archive: label.to_string(),
-            member: name.clone(),
-            why,
-        };
-        if raw.is_absolute() {
-            return Err(unsafe_("has an absolute path"));
-        }
-        if raw.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(unsafe_("has a `..` component"));
-        }
-        let kind = entry.header().entry_type();
-        if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
-            return Err(unsafe_("is a device node or fifo"));
-        }
-        if kind.is_symlink() || kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(io)?
-                .map(|t| t.into_owned())
-                .unwrap_or_default();
-            let inside = if kind.is_hard_link() {
-                !target.is_absolute()
-                    && !target
-                        .components()
-                        .any(|c| matches!(c, Component::ParentDir))
-            } else {
-                link_stays_inside(&raw, &target)
-            };
-            if !inside {
-                return Err(unsafe_("is a link that points outside the archive"));
-            }
-        }
-        let norm = normalize(&name);
+        check_member(&entry, &raw, label, io)?;
+        let norm = normalize(&raw.to_string_lossy());
         if !wanted.contains(&norm) {
             continue;
         }
-        if !kind.is_file() {
+        if !entry.header().entry_type().is_file() {
             return Err(ArchiveError::NotAFile {
                 archive: label.to_string(),
                 member: norm,
@@ -139,13 +150,9 @@ where
             member: norm.clone(),
             source,
         })?;
-        found.insert(norm, true);
+        found.insert(norm);
     }
-    let missing: Vec<String> = wanted
-        .iter()
-        .filter(|w| !found.contains_key(*w))
-        .cloned()
-        .collect();
+    let missing: Vec<String> = wanted.difference(&found).cloned().collect();
     if !missing.is_empty() {
         return Err(ArchiveError::Missing {
             archive: label.to_string(),

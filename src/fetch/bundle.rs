@@ -1,26 +1,31 @@
-//! Air-gap bundles. `export` writes one tar: `SHA256SUMS` first, then the
-//! manifests, the layer trees, and every pinned artifact at `HOST/PATH` (the
-//! mirror layout), so the unpacked bundle, served by any static HTTP server or
-//! read through `file://`, is a `--mirror`. `import` verifies every artifact
-//! against the local pins (and SHA256SUMS) before it enters the cache.
+//! Air-gap bundles. `export` takes the manifests, the layer trees and the
+//! cached artifacts and image blobs, and writes one tar: `SHA256SUMS` first,
+//! then the manifests, the layer trees, and every pinned artifact at
+//! `HOST/PATH` (the mirror layout), so the unpacked bundle, served by any
+//! static HTTP server or read through `file://`, is a `--mirror`. `import`
+//! takes such a tar and adds its artifacts and image blobs to the cache, each
+//! verified against the local pins (and SHA256SUMS) by the cache's verified
+//! writer before it enters the cache.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::digest::{self, Hasher};
-use super::{Cache, FetchError, io_err};
-use crate::manifest::{ArtifactPin, Manifests};
+use super::Cache;
+use super::cache::{BlobWriter, CacheError};
+use super::http::mirror_path;
+use crate::manifest::{ArtifactPin, Checksum, Manifests};
 use crate::tarutil;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}")]
+    #[error("cannot {action} {path}")]
     Io {
+        action: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -42,38 +47,31 @@ pub enum BundleError {
     #[error("bundle {bundle}: artifact {artifact} is not in the cache; run `imgbuild fetch` first")]
     NotCached { bundle: PathBuf, artifact: String },
     #[error(transparent)]
-    Fetch(Box<FetchError>),
+    Cache(#[from] CacheError),
 }
 
-impl From<FetchError> for BundleError {
-    fn from(e: FetchError) -> Self {
-        BundleError::Fetch(Box::new(e))
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BundleError + 'a {
+    move |source| BundleError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
     }
 }
 
 /// Where a bundle keeps image blobs.
 const IMAGE_BLOBS: &str = "images/blobs/sha256/";
 
-/// `https://HOST/PATH` -> `HOST/PATH`
-pub fn mirror_path(url: &str) -> Option<&str> {
-    url.strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-}
-
 fn files_under(
     root: &Path,
     prefix: &str,
     out: &mut BTreeMap<String, PathBuf>,
 ) -> Result<(), BundleError> {
-    let rd = fs::read_dir(root).map_err(|source| BundleError::Io {
-        path: root.to_path_buf(),
-        source,
-    })?;
+    let rd = fs::read_dir(root).map_err(io_err("read", root))?;
     for e in rd {
-        let e = e.map_err(|source| BundleError::Io {
-            path: root.to_path_buf(),
-            source,
-        })?;
+        let e = e.map_err(io_err("read", root))?;
         let p = e.path();
         let name = format!("{prefix}/{}", e.file_name().to_string_lossy());
         if p.is_dir() {
@@ -88,7 +86,7 @@ fn files_under(
 /// Writes the bundle for `pins` and the image blobs `images` (sha256
 /// digests, all already in the cache) to `out`, atomically. Image blobs go
 /// to `images/blobs/sha256/<hex>`.
-pub fn export(
+pub(crate) fn export(
     m: &Manifests,
     cache: &Cache,
     pins: &[ArtifactPin],
@@ -96,6 +94,20 @@ pub fn export(
     out: &Path,
     mtime: u64,
 ) -> Result<usize, BundleError> {
+    let files = bundle_files(m, cache, pins, images, out)?;
+    let sums = sha256sums(&files)?;
+    write_tar(&files, &sums, out, mtime)?;
+    Ok(files.len())
+}
+
+/// Every file of the bundle by its name in the tar.
+fn bundle_files(
+    m: &Manifests,
+    cache: &Cache,
+    pins: &[ArtifactPin],
+    images: &[String],
+    out: &Path,
+) -> Result<BTreeMap<String, PathBuf>, BundleError> {
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
     files_under(&m.dir, "manifests", &mut files)?;
     files_under(&m.layers_dir, "layers", &mut files)?;
@@ -118,21 +130,48 @@ pub fn export(
             super::oci::blob_file(cache, digest),
         );
     }
+    Ok(files)
+}
+
+/// The SHA256SUMS text of `files`.
+fn sha256sums(files: &BTreeMap<String, PathBuf>) -> Result<String, BundleError> {
     let mut sums = String::new();
-    for (name, path) in &files {
+    for (name, path) in files {
         let h = crate::fsutil::sha256_file(path).map_err(|source| BundleError::Io {
+            action: "read",
             path: path.clone(),
             source,
         })?;
         sums.push_str(&format!("{h}  {name}\n"));
     }
-    let tmp = out.with_extension("tmp-bundle");
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BundleError::Io { path, source }
+    Ok(sums)
+}
+
+/// Writes the tar to a temp file next to `out`, fsyncs it, renames it.
+fn write_tar(
+    files: &BTreeMap<String, PathBuf>,
+    sums: &str,
+    out: &Path,
+    mtime: u64,
+) -> Result<(), BundleError> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     };
-    let f = File::create(&tmp).map_err(io(&tmp))?;
-    let mut b = tar::Builder::new(BufWriter::new(f));
+    let tmp = tempfile::Builder::new()
+        .prefix(".bundle-")
+        .suffix(".tmp")
+        // what File::create gives: 0666 less the umask
+        .permissions(fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(io_err("create a temporary file in", dir))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let write = |source| BundleError::Io {
+        action: "write",
+        path: tmp_path.clone(),
+        source,
+    };
+    let mut b = tar::Builder::new(BufWriter::new(tmp));
     tarutil::append_file(
         &mut b,
         "SHA256SUMS",
@@ -141,26 +180,39 @@ pub fn export(
         sums.len() as u64,
         sums.as_bytes(),
     )
-    .map_err(io(&tmp))?;
-    for (name, path) in &files {
-        let f = File::open(path).map_err(io(path))?;
-        let meta = f.metadata().map_err(io(path))?;
-        let mode = if meta.permissions().mode() & 0o111 != 0 {
-            0o755
-        } else {
-            0o644
-        };
-        tarutil::append_file(&mut b, name, mode, mtime, meta.len(), BufReader::new(f))
-            .map_err(io(&tmp))?;
+    .map_err(write)?;
+    for (name, path) in files {
+        append(&mut b, name, path, mtime, &tmp_path)?;
     }
-    let w = b.into_inner().map_err(io(&tmp))?;
-    let f = w.into_inner().map_err(|e| BundleError::Io {
-        path: tmp.clone(),
-        source: e.into_error(),
-    })?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, out).map_err(io(out))?;
-    Ok(files.len())
+    let tmp = b
+        .into_inner()
+        .map_err(write)?
+        .into_inner()
+        .map_err(|e| write(e.into_error()))?;
+    tmp.as_file().sync_all().map_err(write)?;
+    tmp.persist(out)
+        .map_err(|e| io_err("write", out)(e.error))?;
+    Ok(())
+}
+
+/// Appends the file at `path` as `name`, 0755 if executable, else 0644,
+/// to the tar being written to `tmp`.
+fn append<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    name: &str,
+    path: &Path,
+    mtime: u64,
+    tmp: &Path,
+) -> Result<(), BundleError> {
+    let f = File::open(path).map_err(io_err("read", path))?;
+    let meta = f.metadata().map_err(io_err("read", path))?;
+    let mode = if meta.permissions().mode() & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    };
+    tarutil::append_file(b, name, mode, mtime, meta.len(), BufReader::new(f))
+        .map_err(io_err("write", tmp))
 }
 
 /// What an import did.
@@ -172,10 +224,31 @@ pub struct Imported {
     pub unpinned: Vec<String>,
 }
 
+/// One file of the bundle being imported.
+struct Member<'a> {
+    bundle: &'a Path,
+    name: String,
+    /// Its SHA256SUMS line's hash.
+    listed: &'a str,
+}
+
+impl Member<'_> {
+    fn mismatch(&self, what: String, expected: String, actual: String) -> BundleError {
+        BundleError::Mismatch {
+            bundle: self.bundle.to_path_buf(),
+            file: self.name.clone(),
+            what,
+            expected,
+            actual,
+        }
+    }
+}
+
 /// Adds every pinned artifact of the bundle to the cache, each verified against
 /// the bundle's SHA256SUMS and the local pin before it is renamed into place.
-pub fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Imported, BundleError> {
-    let io = |source| BundleError::Io {
+pub(crate) fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Imported, BundleError> {
+    let read = |source| BundleError::Io {
+        action: "read",
         path: bundle.to_path_buf(),
         source,
     };
@@ -185,29 +258,20 @@ pub fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Imported, B
         .iter()
         .filter_map(|p| mirror_path(&p.url).map(|mp| (mp, p)))
         .collect();
-    let f = File::open(bundle).map_err(io)?;
+    let f = File::open(bundle).map_err(io_err("open", bundle))?;
     let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, f));
-    let mut sums: Option<BTreeMap<String, String>> = None;
+    let mut entries = archive.entries().map_err(read)?;
+    let sums = match entries.next() {
+        Some(first) => read_sums(bundle, &mut first.map_err(read)?)?,
+        None => None,
+    }
+    .ok_or_else(|| BundleError::NotABundle {
+        path: bundle.to_path_buf(),
+    })?;
     let mut done = Imported::default();
-    for entry in archive.entries().map_err(io)? {
-        let mut entry = entry.map_err(io)?;
-        let name = entry.path().map_err(io)?.to_string_lossy().into_owned();
-        let Some(sums) = sums.as_ref() else {
-            if name != "SHA256SUMS" {
-                return Err(BundleError::NotABundle {
-                    path: bundle.to_path_buf(),
-                });
-            }
-            let mut text = String::new();
-            entry.read_to_string(&mut text).map_err(io)?;
-            sums = Some(
-                text.lines()
-                    .filter_map(|l| l.split_once("  "))
-                    .map(|(h, p)| (p.to_string(), h.to_string()))
-                    .collect(),
-            );
-            continue;
-        };
+    for entry in entries {
+        let mut entry = entry.map_err(read)?;
+        let name = entry.path().map_err(read)?.to_string_lossy().into_owned();
         if !entry.header().entry_type().is_file() {
             continue;
         }
@@ -215,104 +279,138 @@ pub fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Imported, B
             bundle: bundle.to_path_buf(),
             file: name.clone(),
         })?;
-        if let Some(hex) = name.strip_prefix(IMAGE_BLOBS) {
-            // an image blob: its name is its digest
-            let digest = format!("sha256:{hex}");
-            let dest = super::oci::blob_file(cache, &digest);
-            if dest.is_file() {
-                done.already.push(format!("image blob {digest}"));
-                continue;
-            }
-            let tmp = cache.temp(hex);
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(io)?;
-            let actual = hex::encode(Sha256::digest(&bytes));
-            if actual != hex || &actual != listed {
-                return Err(BundleError::Mismatch {
-                    bundle: bundle.to_path_buf(),
-                    file: name,
-                    what: "its digest".into(),
-                    expected: digest,
-                    actual: format!("sha256:{actual}"),
-                });
-            }
-            fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
-            fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-            done.added.push(format!("image blob {digest}"));
-            continue;
-        }
-        let Some(pin) = by_path.get(name.as_str()) else {
-            if !(name.starts_with("manifests/") || name.starts_with("layers/")) {
-                done.unpinned.push(name);
-            }
-            continue;
+        let member = Member {
+            bundle,
+            name,
+            listed,
         };
-        let label = format!("{} {} ({})", pin.name, pin.version, pin.arch);
-        if cache.has(&pin.checksum) {
-            done.already.push(label);
-            continue;
+        if let Some(hex) = member.name.strip_prefix(IMAGE_BLOBS) {
+            import_image_blob(cache, &member, hex, &mut entry, &mut done)?;
+        } else if let Some(pin) = by_path.get(member.name.as_str()) {
+            import_artifact(cache, &member, pin, &mut entry, &mut done)?;
+        } else if !(member.name.starts_with("manifests/") || member.name.starts_with("layers/")) {
+            done.unpinned.push(member.name);
         }
-        let tmp = cache.temp(&format!(
-            "{}-{}",
-            digest::algo(&pin.checksum),
-            digest::hex_of(&pin.checksum)
-        ));
-        let result = (|| {
-            let mut out = BufWriter::new(File::create(&tmp).map_err(io_err(&tmp))?);
-            let mut sha = Sha256::new();
-            let mut pinned = Hasher::for_checksum(&pin.checksum);
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = entry.read(&mut buf).map_err(io_err(bundle))?;
-                if n == 0 {
-                    break;
-                }
-                sha.update(&buf[..n]);
-                pinned.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(io_err(&tmp))?;
-            }
-            out.flush().map_err(io_err(&tmp))?;
-            Ok::<_, FetchError>((hex::encode(sha.finalize()), pinned.hex()))
-        })();
-        let (sha, pinned) = match result {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e.into());
-            }
-        };
-        let mismatch = if &sha != listed {
-            Some(("its SHA256SUMS line".to_string(), listed.clone(), sha))
-        } else if pinned != digest::hex_of(&pin.checksum) {
-            Some((
-                format!("the pin of {label}"),
-                format!(
-                    "{}:{}",
-                    digest::algo(&pin.checksum),
-                    digest::hex_of(&pin.checksum)
-                ),
-                format!("{}:{pinned}", digest::algo(&pin.checksum)),
-            ))
-        } else {
-            None
-        };
-        if let Some((what, expected, actual)) = mismatch {
-            let _ = fs::remove_file(&tmp);
-            return Err(BundleError::Mismatch {
-                bundle: bundle.to_path_buf(),
-                file: name,
-                what,
-                expected,
-                actual,
-            });
-        }
-        cache.commit(&tmp, &pin.checksum)?;
-        done.added.push(label);
-    }
-    if sums.is_none() {
-        return Err(BundleError::NotABundle {
-            path: bundle.to_path_buf(),
-        });
     }
     Ok(done)
+}
+
+/// The SHA256SUMS of a bundle, its first entry: `None` if it is not.
+fn read_sums(
+    bundle: &Path,
+    entry: &mut tar::Entry<impl Read>,
+) -> Result<Option<BTreeMap<String, String>>, BundleError> {
+    let io = io_err("read", bundle);
+    let name = match entry.path() {
+        Ok(p) => p.to_string_lossy().into_owned(),
+        Err(e) => return Err(io(e)),
+    };
+    if name != "SHA256SUMS" {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    entry.read_to_string(&mut text).map_err(io)?;
+    Ok(Some(
+        text.lines()
+            .filter_map(|l| l.split_once("  "))
+            .map(|(h, p)| (p.to_string(), h.to_string()))
+            .collect(),
+    ))
+}
+
+/// Hashes with sha256 what is read through it, for the SHA256SUMS check.
+struct Sha256Reader<R> {
+    inner: R,
+    sha: Sha256,
+}
+
+impl<R: Read> Read for Sha256Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Writes a member into the cache's verified writer for `expected`; the
+/// writer, not yet committed, and the member's sha256.
+fn stage(
+    cache: &Cache,
+    bundle: &Path,
+    expected: &Checksum,
+    entry: &mut dyn Read,
+) -> Result<(BlobWriter, String), BundleError> {
+    let mut writer = cache.writer(expected)?;
+    let mut reader = Sha256Reader {
+        inner: entry,
+        sha: Sha256::new(),
+    };
+    writer.fill_from(&mut reader, bundle)?;
+    Ok((writer, hex::encode(reader.sha.finalize())))
+}
+
+/// An image blob: its name is its digest.
+fn import_image_blob(
+    cache: &Cache,
+    member: &Member,
+    hex: &str,
+    entry: &mut dyn Read,
+    done: &mut Imported,
+) -> Result<(), BundleError> {
+    let digest = format!("sha256:{hex}");
+    let expected = Checksum::Sha256(hex.to_string());
+    if cache.has(&expected) {
+        done.already.push(format!("image blob {digest}"));
+        return Ok(());
+    }
+    let (writer, actual) = stage(cache, member.bundle, &expected, entry)?;
+    if actual != hex || actual != member.listed {
+        return Err(member.mismatch("its digest".into(), digest, format!("sha256:{actual}")));
+    }
+    match writer.commit() {
+        Ok(_) => {}
+        Err(CacheError::Mismatch { actual, .. }) => {
+            return Err(member.mismatch("its digest".into(), digest, format!("sha256:{actual}")));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    done.added.push(format!("image blob {digest}"));
+    Ok(())
+}
+
+/// A pinned artifact: checked against its SHA256SUMS line, then its pin.
+fn import_artifact(
+    cache: &Cache,
+    member: &Member,
+    pin: &ArtifactPin,
+    entry: &mut dyn Read,
+    done: &mut Imported,
+) -> Result<(), BundleError> {
+    let label = format!("{} {} ({})", pin.name, pin.version, pin.arch);
+    if cache.has(&pin.checksum) {
+        done.already.push(label);
+        return Ok(());
+    }
+    let (writer, sha) = stage(cache, member.bundle, &pin.checksum, entry)?;
+    if sha != member.listed {
+        return Err(member.mismatch("its SHA256SUMS line".into(), member.listed.to_string(), sha));
+    }
+    match writer.commit() {
+        Ok(_) => {}
+        Err(CacheError::Mismatch {
+            algo,
+            expected,
+            actual,
+            ..
+        }) => {
+            return Err(member.mismatch(
+                format!("the pin of {label}"),
+                format!("{algo}:{expected}"),
+                format!("{algo}:{actual}"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    done.added.push(label);
+    Ok(())
 }

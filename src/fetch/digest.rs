@@ -44,8 +44,3 @@ pub fn hex_of(c: &Checksum) -> &str {
         Checksum::Sha256(h) | Checksum::Sha512(h) => h,
     }
 }
-
-/// sha256 of a byte slice, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}

@@ -104,7 +104,8 @@ impl Server {
     }
 }
 
-fn serve(conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
+/// The path and `Range` header of a request.
+fn read_request(conn: &TcpStream) -> std::io::Result<(String, Option<String>)> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -127,30 +128,42 @@ fn serve(conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
             range = Some(v.trim().to_string());
         }
     }
-    // decide, consuming one use of counted faults
-    let (body, faults) = {
-        let mut s = st.lock().unwrap();
-        s.log.push(Req {
-            path: path.clone(),
-            range: range.clone(),
-        });
-        let body = s.files.get(&path).cloned();
-        let mut active = Vec::new();
-        if let Some(fs) = s.faults.get_mut(&path) {
-            for f in fs.iter_mut() {
-                match f {
-                    Fault::Truncate(n) | Fault::Reset(n) | Fault::Fail(n) => {
-                        if *n > 0 {
-                            *n -= 1;
-                            active.push(f.clone());
-                        }
+    Ok((path, range))
+}
+
+/// Logs the request and decides, consuming one use of counted faults: the
+/// file and the faults active for this answer.
+fn decide(st: &Arc<Mutex<State>>, req: Req) -> (Option<Vec<u8>>, Vec<Fault>) {
+    let mut s = st.lock().unwrap();
+    let path = req.path.clone();
+    s.log.push(req);
+    let body = s.files.get(&path).cloned();
+    let mut active = Vec::new();
+    if let Some(fs) = s.faults.get_mut(&path) {
+        for f in fs.iter_mut() {
+            match f {
+                Fault::Truncate(n) | Fault::Reset(n) | Fault::Fail(n) => {
+                    if *n > 0 {
+                        *n -= 1;
+                        active.push(f.clone());
                     }
-                    other => active.push(other.clone()),
                 }
+                other => active.push(other.clone()),
             }
         }
-        (body, active)
-    };
+    }
+    (body, active)
+}
+
+fn serve(conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
+    let (path, range) = read_request(&conn)?;
+    let (body, faults) = decide(
+        st,
+        Req {
+            path,
+            range: range.clone(),
+        },
+    );
     let mut out = conn;
     let Some(mut body) = body else {
         return out.write_all(
@@ -167,7 +180,6 @@ fn serve(conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
         body[mid] ^= 0xff;
     }
     let no_range = faults.iter().any(|f| matches!(f, Fault::NoRange));
-    let total = body.len();
     let start = match (&range, no_range) {
         (Some(r), false) => r
             .strip_prefix("bytes=")
@@ -175,6 +187,17 @@ fn serve(conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
             .and_then(|n| n.parse::<usize>().ok()),
         _ => None,
     };
+    answer(out, &body, start, &faults)
+}
+
+/// The answer to a request for `body` from `start` (a `Range`), with faults.
+fn answer(
+    mut out: TcpStream,
+    body: &[u8],
+    start: Option<usize>,
+    faults: &[Fault],
+) -> std::io::Result<()> {
+    let total = body.len();
     let (status, slice, extra) = match start {
         Some(s) if s < total => (
             "206 Partial Content",
@@ -186,7 +209,7 @@ fn serve(conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
             &body[0..0],
             format!("Content-Range: bytes */{total}\r\n"),
         ),
-        None => ("200 OK", &body[..], String::new()),
+        None => ("200 OK", body, String::new()),
     };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\n{extra}Connection: close\r\n\r\n",

@@ -38,6 +38,49 @@ fn run(lab: &Lab, server: &Server, reg: &Registry, args: &[&str]) -> crate::lab:
     lab.imgbuild_env(&refs, &[("SOURCE_DATE_EPOCH", "1700000000")])
 }
 
+/// An image archive baked into a layer holds the pinned index byte for
+/// byte, and resolves to `arch` with its layer.
+fn judge_image_archive(
+    archive: &std::path::Path,
+    what: &str,
+    arch: &str,
+    p: &crate::registry::Pushed,
+) {
+    let o = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    use sha2::Digest;
+    // the archive's image is the pinned index, byte for byte
+    assert_eq!(
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&o.stdout))),
+        p.index,
+        "{what}"
+    );
+    let o = Command::new("skopeo")
+        .args(["inspect", "--override-arch", arch])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        info.contains(&format!("\"Architecture\": \"{arch}\"")),
+        "{what}: {info}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let layer = &p.layers.iter().find(|(a, _)| a == arch).unwrap().1;
+    assert!(
+        info.contains(layer.as_str()),
+        "{what} lacks its {arch} layer: {info}"
+    );
+}
+
 #[test]
 fn issue6_images_pulled_by_digest_per_arch_and_baked_in() {
     let (lab, server, reg, pushed) = lab_with_images();
@@ -56,39 +99,7 @@ fn issue6_images_pulled_by_digest_per_arch_and_baked_in() {
         assert!(ok.success());
         for (name, p) in &pushed {
             let archive = root.join(format!("var/lib/imgbuild/images/{name}.oci.tar"));
-            let o = Command::new("skopeo")
-                .args(["inspect", "--raw"])
-                .arg(format!("oci-archive:{}", archive.display()))
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "{node} {name}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            use sha2::Digest;
-            // the archive's image is the pinned index, byte for byte
-            assert_eq!(
-                format!("sha256:{}", hex::encode(sha2::Sha256::digest(&o.stdout))),
-                p.index,
-                "{node} {name}"
-            );
-            let o = Command::new("skopeo")
-                .args(["inspect", "--override-arch", arch])
-                .arg(format!("oci-archive:{}", archive.display()))
-                .output()
-                .unwrap();
-            let info = String::from_utf8_lossy(&o.stdout);
-            assert!(
-                info.contains(&format!("\"Architecture\": \"{arch}\"")),
-                "{node} {name}: {info}{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            let layer = &p.layers.iter().find(|(a, _)| a == arch).unwrap().1;
-            assert!(
-                info.contains(layer.as_str()),
-                "{node} {name} lacks its {arch} layer: {info}"
-            );
+            judge_image_archive(&archive, &format!("{node} {name}"), arch, p);
         }
     }
     // the import unit runs before kubelet
@@ -164,6 +175,55 @@ fn issue6_bundle_with_images_then_offline_build_in_an_empty_cache() {
     assert!(lab.path("out/node01/layers/01-worker.tar.gz").is_file());
 }
 
+/// The manifest of `tag` in the OCI layout, as skopeo reads it.
+fn raw_manifest(layout: &std::path::Path, tag: &str) -> serde_json::Value {
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&raw.stdout).unwrap()
+}
+
+/// The tags of an OCI layout's index.
+fn tags(index: &serde_json::Value) -> Vec<&str> {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// What `skopeo inspect` says of the image `tag` of the layout.
+fn inspect(layout: &std::path::Path, tag: &str) -> String {
+    let o = Command::new("skopeo")
+        .args(["inspect"])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// umoci accepts the image `tag` of the layout.
+fn umoci_stat(layout: &std::path::Path, tag: &str) {
+    let o = Command::new("umoci")
+        .args(["stat", "--image"])
+        .arg(format!("{}:{tag}", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "umoci stat {tag}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 fn oci_index(lab: &Lab, out: &str) -> serde_json::Value {
     serde_json::from_str(
         &std::fs::read_to_string(lab.path(&format!("{out}/oci/index.json"))).unwrap(),
@@ -200,44 +260,23 @@ fn issue6_node_image_as_reproducible_oci_layout_judged_by_skopeo_and_umoci() {
     .assert_ok();
     let (a, b) = (oci_index(&lab, "a/node01"), oci_index(&lab, "b/node01"));
     assert_eq!(a, b, "two builds gave different OCI manifests");
-    let tags: Vec<&str> = a["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            m["annotations"]["org.opencontainers.image.ref.name"]
-                .as_str()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(tags, ["node01", "node01-with-secrets"]);
+    assert_eq!(tags(&a), ["node01", "node01-with-secrets"]);
     let layout = lab.path("a/node01/oci");
-    let o = Command::new("skopeo")
-        .args(["inspect"])
-        .arg(format!("oci:{}:node01", layout.display()))
-        .output()
-        .unwrap();
-    let info = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info = inspect(&layout, "node01");
     assert!(info.contains("\"io.imgbuild.node\": \"node01\""), "{info}");
     assert!(
         info.contains("\"Created\": \"2023-11-14T22:13:20Z\""),
         "{info}"
     );
     // three public layers; the secrets layer only in the -with-secrets image
-    let raw = Command::new("skopeo")
-        .args(["inspect", "--raw"])
-        .arg(format!("oci:{}:node01", layout.display()))
-        .output()
-        .unwrap();
-    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
-    assert_eq!(m["layers"].as_array().unwrap().len(), 3);
-    let raw = Command::new("skopeo")
-        .args(["inspect", "--raw"])
-        .arg(format!("oci:{}:node01-with-secrets", layout.display()))
-        .output()
-        .unwrap();
-    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        raw_manifest(&layout, "node01")["layers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let m = raw_manifest(&layout, "node01-with-secrets");
     assert_eq!(m["layers"].as_array().unwrap().len(), 4);
     // the layer blobs are the layer files
     let image: serde_json::Value =
@@ -245,16 +284,7 @@ fn issue6_node_image_as_reproducible_oci_layout_judged_by_skopeo_and_umoci() {
             .unwrap();
     assert_eq!(m["layers"][0]["digest"], image["layers"][0]["digest"]);
     for tag in ["node01", "node01-with-secrets"] {
-        let o = Command::new("umoci")
-            .args(["stat", "--image"])
-            .arg(format!("{}:{tag}", layout.display()))
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "umoci stat {tag}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        umoci_stat(&layout, tag);
     }
     let o = Command::new("umoci")
         .args(["ls", "--layout"])

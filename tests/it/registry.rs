@@ -93,43 +93,42 @@ pub struct Pushed {
     pub layers: Vec<(String, String)>,
 }
 
-/// Builds a two-arch OCI image `repo:tag` and pushes it with skopeo.
-pub fn push_image(reg: &Registry, repo: &str, tag: &str) -> Pushed {
-    let dir = tempfile::tempdir().unwrap();
-    let blobs = dir.path().join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |b: &[u8]| -> String {
+/// An OCI layout being written: blobs stored by their digest.
+struct Layout {
+    dir: tempfile::TempDir,
+}
+
+impl Layout {
+    fn new() -> Layout {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        Layout { dir }
+    }
+
+    /// Stores a blob; its digest.
+    fn put(&self, b: &[u8]) -> String {
         let d = sha(b);
-        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), b).unwrap();
+        let path = self.dir.path().join("blobs/sha256");
+        std::fs::write(path.join(d.trim_start_matches("sha256:")), b).unwrap();
         d
-    };
-    let mut manifests = Vec::new();
-    let mut layers = Vec::new();
-    for arch in ["amd64", "arm64"] {
-        let mut tar = tar::Builder::new(Vec::new());
+    }
+
+    /// One arch's layer, config and manifest; the manifest's descriptor in
+    /// the index and the layer digest.
+    fn arch_image(&self, repo: &str, tag: &str, arch: &str) -> (serde_json::Value, String) {
         let body = format!("{repo}:{tag} for {arch}\n");
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        tar.append_data(
-            &mut h,
-            format!("{}-{arch}", repo.replace('/', "-")),
-            body.as_bytes(),
-        )
-        .unwrap();
-        let raw = tar.into_inner().unwrap();
+        let raw = one_file_tar(&format!("{}-{arch}", repo.replace('/', "-")), &body);
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         std::io::Write::write_all(&mut gz, &raw).unwrap();
         let layer = gz.finish().unwrap();
-        let layer_d = put(&layer);
+        let layer_d = self.put(&layer);
         let config = serde_json::json!({
             "architecture": arch, "os": "linux",
             "config": {},
             "rootfs": {"type": "layers", "diff_ids": [sha(&raw)]}
         })
         .to_string();
-        let config_d = put(config.as_bytes());
+        let config_d = self.put(config.as_bytes());
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -137,38 +136,64 @@ pub fn push_image(reg: &Registry, repo: &str, tag: &str) -> Pushed {
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_d, "size": layer.len()}]
         })
         .to_string();
-        let manifest_d = put(manifest.as_bytes());
-        manifests.push(serde_json::json!({
+        let manifest_d = self.put(manifest.as_bytes());
+        let desc = serde_json::json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": manifest_d, "size": manifest.len(),
             "platform": {"architecture": arch, "os": "linux"}
-        }));
+        });
+        (desc, layer_d)
+    }
+
+    /// The index of `manifests`, tagged `tag` in `index.json`; its digest.
+    fn finish(&self, tag: &str, manifests: Vec<serde_json::Value>) -> String {
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests
+        })
+        .to_string();
+        let index_d = self.put(index.as_bytes());
+        let layout_index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": index_d, "size": index.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag}
+            }]
+        });
+        let dir = self.dir.path();
+        std::fs::write(dir.join("index.json"), layout_index.to_string()).unwrap();
+        std::fs::write(dir.join("oci-layout"), "{\"imageLayoutVersion\":\"1.0.0\"}").unwrap();
+        index_d
+    }
+}
+
+/// An uncompressed tar of one file.
+fn one_file_tar(name: &str, body: &str) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    tar.append_data(&mut h, name, body.as_bytes()).unwrap();
+    tar.into_inner().unwrap()
+}
+
+/// Builds a two-arch OCI image `repo:tag` and pushes it with skopeo.
+pub fn push_image(reg: &Registry, repo: &str, tag: &str) -> Pushed {
+    let layout = Layout::new();
+    let mut manifests = Vec::new();
+    let mut layers = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let (desc, layer_d) = layout.arch_image(repo, tag, arch);
+        manifests.push(desc);
         layers.push((arch.to_string(), layer_d));
     }
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": manifests
-    })
-    .to_string();
-    let index_d = put(index.as_bytes());
-    let layout_index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": index_d, "size": index.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag}
-        }]
-    });
-    std::fs::write(dir.path().join("index.json"), layout_index.to_string()).unwrap();
-    std::fs::write(
-        dir.path().join("oci-layout"),
-        "{\"imageLayoutVersion\":\"1.0.0\"}",
-    )
-    .unwrap();
+    let index_d = layout.finish(tag, manifests);
     let out = Command::new("skopeo")
         .args(["copy", "--all", "--dest-tls-verify=false", "--quiet"])
-        .arg(format!("oci:{}:{tag}", dir.path().display()))
+        .arg(format!("oci:{}:{tag}", layout.dir.path().display()))
         .arg(format!("docker://127.0.0.1:{}/{repo}:{tag}", reg.port))
         .output()
         .unwrap();
