@@ -19,6 +19,7 @@ use super::Cache;
 use super::cache::{BlobWriter, CacheError};
 use super::http::mirror_path;
 use crate::manifest::{ArtifactPin, Checksum, Manifests};
+use crate::sums::{self, Sums};
 use crate::tarutil;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,8 @@ pub enum BundleError {
         expected: String,
         actual: String,
     },
+    #[error("bundle {bundle}: cannot read its SHA256SUMS: {problems}")]
+    BadSums { bundle: PathBuf, problems: String },
     #[error("bundle {bundle}: {file} is not listed in its SHA256SUMS")]
     Unlisted { bundle: PathBuf, file: String },
     #[error("bundle {bundle}: artifact {artifact} is not in the cache; run `imgbuild fetch` first")]
@@ -135,16 +138,16 @@ fn bundle_files(
 
 /// The SHA256SUMS text of `files`.
 fn sha256sums(files: &BTreeMap<String, PathBuf>) -> Result<String, BundleError> {
-    let mut sums = String::new();
+    let mut sums = Sums::default();
     for (name, path) in files {
         let h = crate::fsutil::sha256_file(path).map_err(|source| BundleError::Io {
             action: "read",
             path: path.clone(),
             source,
         })?;
-        sums.push_str(&format!("{h}  {name}\n"));
+        sums.insert(name.clone(), h);
     }
-    Ok(sums)
+    Ok(sums.render())
 }
 
 /// Writes the tar to a temp file next to `out`, fsyncs it, renames it.
@@ -174,7 +177,7 @@ fn write_tar(
     let mut b = tar::Builder::new(BufWriter::new(tmp));
     tarutil::append_file(
         &mut b,
-        "SHA256SUMS",
+        sums::FILE,
         0o644,
         mtime,
         sums.len() as u64,
@@ -296,26 +299,24 @@ pub(crate) fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Impo
 }
 
 /// The SHA256SUMS of a bundle, its first entry: `None` if it is not.
-fn read_sums(
-    bundle: &Path,
-    entry: &mut tar::Entry<impl Read>,
-) -> Result<Option<BTreeMap<String, String>>, BundleError> {
+fn read_sums(bundle: &Path, entry: &mut tar::Entry<impl Read>) -> Result<Option<Sums>, BundleError> {
     let io = io_err("read", bundle);
     let name = match entry.path() {
         Ok(p) => p.to_string_lossy().into_owned(),
         Err(e) => return Err(io(e)),
     };
-    if name != "SHA256SUMS" {
+    if name != sums::FILE {
         return Ok(None);
     }
     let mut text = String::new();
     entry.read_to_string(&mut text).map_err(io)?;
-    Ok(Some(
-        text.lines()
-            .filter_map(|l| l.split_once("  "))
-            .map(|(h, p)| (p.to_string(), h.to_string()))
-            .collect(),
-    ))
+    match Sums::parse(&text) {
+        (sums, bad) if bad.is_empty() => Ok(Some(sums)),
+        (_, bad) => Err(BundleError::BadSums {
+            bundle: bundle.to_path_buf(),
+            problems: bad.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        }),
+    }
 }
 
 /// Hashes with sha256 what is read through it, for the SHA256SUMS check.

@@ -18,13 +18,12 @@ pub mod oci;
 mod progress;
 pub(crate) mod registry;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::manifest::{ArtifactPin, Manifests};
-use crate::plan::{Plan, Source};
+use crate::plan::Plan;
 
 pub use cache::{Cache, CacheError};
 pub(crate) use http::client as http_client;
@@ -113,20 +112,13 @@ pub(crate) struct Options {
 
 /// The pins the plans need, each once, in a stable order.
 pub(crate) fn needed_pins(m: &Manifests, plans: &[Plan]) -> Vec<ArtifactPin> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
+    let mut out: Vec<ArtifactPin> = Vec::new();
     for p in plans {
-        for l in &p.layers {
-            for e in &l.entries {
-                let name = match &e.source {
-                    Source::Member { artifact, .. } | Source::Download { artifact, .. } => artifact,
-                    _ => continue,
-                };
-                if let Some(pin) = m.pins.artifact(name, p.arch)
-                    && seen.insert((pin.name.clone(), pin.arch))
-                {
-                    out.push(pin.clone());
-                }
+        for name in p.artifacts() {
+            if let Some(pin) = m.pins.artifact(name, p.arch)
+                && !out.iter().any(|o| o.name == pin.name && o.arch == pin.arch)
+            {
+                out.push(pin.clone());
             }
         }
     }

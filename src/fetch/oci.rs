@@ -64,8 +64,6 @@ pub enum ImageError {
         arch: Arch,
         digest: String,
     },
-    #[error("`{0}` is not REGISTRY=URL with an http(s) URL")]
-    BadMirror(String),
     #[error("image {image}: cannot {action} {path}")]
     Io {
         image: String,
@@ -78,22 +76,6 @@ pub enum ImageError {
     Client(#[source] reqwest::Error),
     #[error("cannot start the image download runtime")]
     Runtime(#[source] std::io::Error),
-}
-
-pub(crate) fn parse_mirrors(list: &[String]) -> Result<BTreeMap<String, String>, ImageError> {
-    let mut out = BTreeMap::new();
-    for m in list {
-        match m.split_once('=') {
-            Some((reg, url))
-                if !reg.is_empty()
-                    && (url.starts_with("http://") || url.starts_with("https://")) =>
-            {
-                out.insert(reg.to_string(), url.to_string());
-            }
-            _ => return Err(ImageError::BadMirror(m.clone())),
-        }
-    }
-    Ok(out)
 }
 
 /// One image for one arch, complete in the cache.
