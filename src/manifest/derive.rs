@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::Cluster;
+use super::{Cluster, Node};
 
 /// Role names with a meaning of their own to the derivations.
 pub const ETCD: &str = "etcd";
@@ -89,20 +89,40 @@ pub fn nth_address(net: Ipv4Net, n: u32) -> Option<Ipv4Addr> {
 pub fn derive(c: &Cluster) -> Derived {
     let svc = c.network.service_cidr;
     let kubernetes_service_ip = nth_address(svc, 1).unwrap_or(svc.network());
-    let etcd: Vec<_> = c.nodes.iter().filter(|n| n.has_role(ETCD)).collect();
-    let etcd_initial_cluster = etcd
-        .iter()
+    let etcd: Vec<&Node> = c.nodes.iter().filter(|n| n.has_role(ETCD)).collect();
+    Derived {
+        kubernetes_service_ip,
+        cluster_dns: c.network.cluster_dns,
+        etcd_initial_cluster: etcd_initial_cluster(&etcd),
+        etcd_servers: etcd_servers(&etcd),
+        apiserver_sans: apiserver_sans(c, kubernetes_service_ip),
+        haproxy_backends: haproxy_backends(c),
+        vrrp: vrrp_peers(c),
+        api_server_url: format!("https://{}:{}", c.api.dns_name, c.api.lb_port),
+        hosts: hosts(c),
+    }
+}
+
+/// `name=https://ip:2380,…`
+fn etcd_initial_cluster(etcd: &[&Node]) -> String {
+    etcd.iter()
         .map(|n| format!("{}=https://{}:{ETCD_PEER_PORT}", n.name, n.ip))
         .collect::<Vec<_>>()
-        .join(",");
-    let etcd_servers = etcd
-        .iter()
+        .join(",")
+}
+
+/// `https://ip:2379,…`
+fn etcd_servers(etcd: &[&Node]) -> String {
+    etcd.iter()
         .map(|n| format!("https://{}:{ETCD_CLIENT_PORT}", n.ip))
         .collect::<Vec<_>>()
-        .join(",");
+        .join(",")
+}
+
+/// Each control-plane node's serving certificate names and addresses.
+fn apiserver_sans(c: &Cluster, kubernetes_service_ip: Ipv4Addr) -> BTreeMap<String, ApiserverSans> {
     let domain = &c.network.cluster_domain;
-    let apiserver_sans = c
-        .nodes
+    c.nodes
         .iter()
         .filter(|n| n.has_role(CONTROL_PLANE))
         .map(|n| {
@@ -120,9 +140,12 @@ pub fn derive(c: &Cluster) -> Derived {
             ips.dedup();
             (n.name.clone(), ApiserverSans { dns, ips })
         })
-        .collect();
-    let haproxy_backends = c
-        .nodes
+        .collect()
+}
+
+/// One backend per control-plane node, on the apiserver port.
+fn haproxy_backends(c: &Cluster) -> Vec<HaproxyBackend> {
+    c.nodes
         .iter()
         .filter(|n| n.has_role(CONTROL_PLANE))
         .map(|n| HaproxyBackend {
@@ -130,9 +153,12 @@ pub fn derive(c: &Cluster) -> Derived {
             ip: n.ip,
             port: c.api.apiserver_port,
         })
-        .collect();
-    let vrrp = c
-        .nodes
+        .collect()
+}
+
+/// The first lb node is MASTER, the rest BACKUP at falling priorities.
+fn vrrp_peers(c: &Cluster) -> Vec<VrrpPeer> {
+    c.nodes
         .iter()
         .filter(|n| n.has_role(LB))
         .enumerate()
@@ -148,26 +174,19 @@ pub fn derive(c: &Cluster) -> Derived {
                 .saturating_sub(10 * i.min(11) as u8)
                 .max(1),
         })
-        .collect();
-    Derived {
-        kubernetes_service_ip,
-        cluster_dns: c.network.cluster_dns,
-        etcd_initial_cluster,
-        etcd_servers,
-        apiserver_sans,
-        haproxy_backends,
-        vrrp,
-        api_server_url: format!("https://{}:{}", c.api.dns_name, c.api.lb_port),
-        hosts: c
-            .nodes
-            .iter()
-            .filter(|n| n.has_role(ETCD) || n.has_role(CONTROL_PLANE) || n.has_role(LB))
-            .map(|n| HostEntry {
-                name: n.name.clone(),
-                ip: n.ip,
-            })
-            .collect(),
-    }
+        .collect()
+}
+
+/// The nodes that serve the cluster; see [`Derived::hosts`].
+fn hosts(c: &Cluster) -> Vec<HostEntry> {
+    c.nodes
+        .iter()
+        .filter(|n| n.has_role(ETCD) || n.has_role(CONTROL_PLANE) || n.has_role(LB))
+        .map(|n| HostEntry {
+            name: n.name.clone(),
+            ip: n.ip,
+        })
+        .collect()
 }
 
 #[cfg(test)]

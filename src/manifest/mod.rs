@@ -34,6 +34,12 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot list the role manifests in {path}")]
+    ListRoles {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(Diagnostics),
 }
