@@ -178,7 +178,7 @@ fn assemble(
 ) -> Manifests {
     roles
         .entry(BASE_ROLE.to_string())
-        .or_insert_with(|| roles::empty_role(BASE_ROLE));
+        .or_insert_with(roles::empty_role);
     let derived = derive::derive(&cluster);
     Manifests {
         dir: dir.to_path_buf(),

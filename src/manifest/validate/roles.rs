@@ -17,10 +17,8 @@ use crate::manifest::{Install, Pins, Role, RoleArtifact};
 const UNIT_SUFFIXES: [&str; 5] = [".service", ".timer", ".socket", ".path", ".target"];
 
 /// A role with nothing in it, as `base` is when it has no file.
-pub(super) fn empty_role(name: &str) -> Role {
+pub(super) fn empty_role() -> Role {
     Role {
-        name: name.to_string(),
-        description: String::new(),
         artifacts: Vec::new(),
         images: Vec::new(),
         role_layers: Vec::new(),
@@ -41,8 +39,6 @@ pub(super) fn validate_role(
     d: &mut Diagnostics,
 ) -> Role {
     Role {
-        name: name.to_string(),
-        description: raw.description,
         artifacts: raw
             .artifacts
             .into_iter()
