@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 
 /// Where in which manifest file something stands (1-based line and column).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Loc {
-    pub file: PathBuf,
-    pub line: u64,
-    pub column: u64,
+pub(crate) struct Loc {
+    pub(crate) file: PathBuf,
+    pub(crate) line: u64,
+    pub(crate) column: u64,
 }
 
 impl Loc {
-    pub fn new(file: &Path, line: u64, column: u64) -> Self {
+    pub(crate) fn new(file: &Path, line: u64, column: u64) -> Self {
         Loc {
             file: file.to_path_buf(),
             line,
@@ -21,12 +21,12 @@ impl Loc {
     }
 
     /// The location of a YAML value read with `serde_saphyr::Spanned`.
-    pub fn yaml(file: &Path, at: serde_saphyr::Location) -> Self {
+    pub(crate) fn yaml(file: &Path, at: serde_saphyr::Location) -> Self {
         Loc::new(file, at.line(), at.column())
     }
 
     /// The location of a byte offset in a text file.
-    pub fn offset(file: &Path, text: &str, offset: usize) -> Self {
+    pub(crate) fn offset(file: &Path, text: &str, offset: usize) -> Self {
         let before = &text[..offset.min(text.len())];
         let line = before.matches('\n').count() as u64 + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -42,50 +42,38 @@ impl fmt::Display for Loc {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
+pub(crate) enum Severity {
     Error,
     Warning,
 }
 
-/// The parser error behind a diagnostic, kept whole so its chain stays available.
-#[derive(Debug, thiserror::Error)]
-pub enum ParseCause {
-    #[error(transparent)]
-    Yaml(#[from] serde_saphyr::Error),
-    #[error(transparent)]
-    Toml(#[from] toml::de::Error),
-}
-
 /// One problem: where, how bad, and a sentence a user understands.
 #[derive(Debug)]
-pub struct Diagnostic {
-    pub severity: Severity,
-    pub loc: Loc,
-    pub message: String,
-    pub cause: Option<ParseCause>,
+pub(crate) struct Diagnostic {
+    pub(crate) severity: Severity,
+    pub(crate) loc: Loc,
+    pub(crate) message: String,
 }
 
 impl Diagnostic {
-    pub fn error(loc: Loc, message: impl Into<String>) -> Self {
+    pub(crate) fn error(loc: Loc, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Error,
             loc,
             message: message.into(),
-            cause: None,
         }
     }
 
-    pub fn warning(loc: Loc, message: impl Into<String>) -> Self {
+    pub(crate) fn warning(loc: Loc, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Warning,
             loc,
             message: message.into(),
-            cause: None,
         }
     }
 
     /// A YAML syntax or shape error (unknown field, wrong type, bad indentation).
-    pub fn from_yaml(file: &Path, err: serde_saphyr::Error) -> Self {
+    pub(crate) fn from_yaml(file: &Path, err: serde_saphyr::Error) -> Self {
         let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
         let text = err.without_snippet().to_string();
         let suffix = format!(" at line {line}, column {column}");
@@ -94,18 +82,16 @@ impl Diagnostic {
             severity: Severity::Error,
             loc: Loc::new(file, line, column),
             message,
-            cause: Some(ParseCause::Yaml(err)),
         }
     }
 
     /// A TOML syntax or shape error.
-    pub fn from_toml(file: &Path, text: &str, err: toml::de::Error) -> Self {
+    pub(crate) fn from_toml(file: &Path, text: &str, err: toml::de::Error) -> Self {
         let offset = err.span().map_or(0, |s| s.start);
         Diagnostic {
             severity: Severity::Error,
             loc: Loc::offset(file, text, offset),
             message: err.message().to_string(),
-            cause: Some(ParseCause::Toml(err)),
         }
     }
 }
@@ -122,34 +108,34 @@ impl fmt::Display for Diagnostic {
 
 /// Every problem found in one pass, sorted by file and position.
 #[derive(Debug, Default)]
-pub struct Diagnostics(pub Vec<Diagnostic>);
+pub struct Diagnostics(pub(crate) Vec<Diagnostic>);
 
 impl Diagnostics {
-    pub fn push(&mut self, d: Diagnostic) {
+    pub(crate) fn push(&mut self, d: Diagnostic) {
         self.0.push(d);
     }
 
-    pub fn error(&mut self, loc: Loc, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, loc: Loc, message: impl Into<String>) {
         self.push(Diagnostic::error(loc, message));
     }
 
-    pub fn warning(&mut self, loc: Loc, message: impl Into<String>) {
+    pub(crate) fn warning(&mut self, loc: Loc, message: impl Into<String>) {
         self.push(Diagnostic::warning(loc, message));
     }
 
-    pub fn has_errors(&self) -> bool {
+    pub(crate) fn has_errors(&self) -> bool {
         self.0.iter().any(|d| d.severity == Severity::Error)
     }
 
-    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+    pub(crate) fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.0.iter().filter(|d| d.severity == Severity::Error)
     }
 
-    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+    pub(crate) fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
         self.0.iter().filter(|d| d.severity == Severity::Warning)
     }
 
-    pub fn sort(&mut self) {
+    pub(crate) fn sort(&mut self) {
         self.0.sort_by(|a, b| {
             (&a.loc, a.severity, &a.message).cmp(&(&b.loc, b.severity, &b.message))
         });

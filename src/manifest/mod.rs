@@ -6,8 +6,8 @@
 
 mod derive;
 mod diag;
-pub mod raw;
-pub mod secrets;
+mod raw;
+pub(crate) mod secrets;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,18 +18,24 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-pub use derive::{ApiserverSans, Derived, HaproxyBackend, HostEntry, VrrpPeer, VrrpState};
-pub use diag::{Diagnostic, Diagnostics, Loc, ParseCause, Severity};
-pub use secrets::SecretSpec;
+pub use derive::Derived;
+pub use diag::Diagnostics;
+use secrets::SecretSpec;
 
 /// The oldest Kubernetes minor imgbuild renders configuration for.
-pub const MIN_KUBERNETES_MINOR: u32 = 33;
+pub(crate) const MIN_KUBERNETES_MINOR: u32 = 33;
 
 /// Errors of the manifest stage.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read manifest {path}")]
     Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot list the role manifests in {path}")]
+    ListRoles {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -59,7 +65,7 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub fn parse(s: &str) -> Option<Arch> {
+    pub(crate) fn parse(s: &str) -> Option<Arch> {
         match s {
             "amd64" => Some(Arch::Amd64),
             "arm64" => Some(Arch::Arm64),
@@ -67,7 +73,7 @@ impl Arch {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64",
             Arch::Arm64 => "arm64",
@@ -83,14 +89,14 @@ impl fmt::Display for Arch {
 
 /// A Kubernetes release, `vMAJOR.MINOR.PATCH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct KubeVersion {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
+pub(crate) struct KubeVersion {
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
+    pub(crate) patch: u32,
 }
 
 impl KubeVersion {
-    pub fn parse(s: &str) -> Option<KubeVersion> {
+    pub(crate) fn parse(s: &str) -> Option<KubeVersion> {
         let mut it = s.strip_prefix('v')?.split('.');
         let v = KubeVersion {
             major: it.next()?.parse().ok()?,
@@ -109,7 +115,7 @@ impl fmt::Display for KubeVersion {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ProxyMode {
+pub(crate) enum ProxyMode {
     Ipvs,
     Iptables,
     Nftables,
@@ -125,98 +131,96 @@ pub enum KeyAlgorithm {
 
 /// The validated cluster: `manifests/cluster.yaml` with defaults applied.
 #[derive(Debug, Clone, Serialize)]
-pub struct Cluster {
-    pub name: String,
-    pub kubernetes_version: KubeVersion,
-    pub api: Api,
-    pub network: Network,
-    pub pki: PkiSettings,
-    pub host_network: HostNetwork,
-    pub nodes: Vec<Node>,
+pub(crate) struct Cluster {
+    pub(crate) name: String,
+    pub(crate) kubernetes_version: KubeVersion,
+    pub(crate) api: Api,
+    pub(crate) network: Network,
+    pub(crate) pki: PkiSettings,
+    pub(crate) host_network: HostNetwork,
+    pub(crate) nodes: Vec<Node>,
 }
 
 /// The nodes' own LAN, for cloud-init's network-config.
 #[derive(Debug, Clone, Serialize)]
-pub struct HostNetwork {
-    pub interface: String,
-    pub prefix_length: u8,
-    pub gateway: Option<Ipv4Addr>,
-    pub nameservers: Vec<Ipv4Addr>,
+pub(crate) struct HostNetwork {
+    pub(crate) interface: String,
+    pub(crate) prefix_length: u8,
+    pub(crate) gateway: Option<Ipv4Addr>,
+    pub(crate) nameservers: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Api {
-    pub vip: Ipv4Addr,
-    pub dns_name: String,
-    pub lb_port: u16,
-    pub apiserver_port: u16,
-    pub vrrp_router_id: u8,
-    pub vrrp_interface: String,
+pub(crate) struct Api {
+    pub(crate) vip: Ipv4Addr,
+    pub(crate) dns_name: String,
+    pub(crate) lb_port: u16,
+    pub(crate) apiserver_port: u16,
+    pub(crate) vrrp_router_id: u8,
+    pub(crate) vrrp_interface: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Network {
-    pub service_cidr: Ipv4Net,
-    pub pod_cidr: Ipv4Net,
-    pub node_cidr_mask: u8,
-    pub cluster_domain: String,
-    pub cluster_dns: Ipv4Addr,
-    pub kube_proxy_mode: ProxyMode,
+pub(crate) struct Network {
+    pub(crate) service_cidr: Ipv4Net,
+    pub(crate) pod_cidr: Ipv4Net,
+    pub(crate) node_cidr_mask: u8,
+    pub(crate) cluster_domain: String,
+    pub(crate) cluster_dns: Ipv4Addr,
+    pub(crate) kube_proxy_mode: ProxyMode,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct PkiSettings {
-    pub key_algorithm: KeyAlgorithm,
-    pub ca_validity_days: u32,
-    pub leaf_validity_days: u32,
+pub(crate) struct PkiSettings {
+    pub(crate) key_algorithm: KeyAlgorithm,
+    pub(crate) ca_validity_days: u32,
+    pub(crate) leaf_validity_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Node {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub arch: Arch,
-    pub roles: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-    pub taints: Vec<String>,
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) arch: Arch,
+    pub(crate) roles: Vec<String>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) taints: Vec<String>,
 }
 
 impl Node {
-    pub fn has_role(&self, role: &str) -> bool {
+    pub(crate) fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
 }
 
 /// A validated role manifest. `base` is the role every node has.
 #[derive(Debug, Clone)]
-pub struct Role {
-    pub name: String,
-    pub description: String,
-    pub artifacts: Vec<RoleArtifact>,
-    pub images: Vec<String>,
+pub(crate) struct Role {
+    pub(crate) artifacts: Vec<RoleArtifact>,
+    pub(crate) images: Vec<String>,
     /// Directories under `layers/` for the shared role layer.
-    pub role_layers: Vec<String>,
+    pub(crate) role_layers: Vec<String>,
     /// Directories under `layers/` rendered into each node's own layer.
-    pub node_layers: Vec<String>,
-    pub services: Vec<String>,
-    pub secrets: Vec<&'static SecretSpec>,
+    pub(crate) node_layers: Vec<String>,
+    pub(crate) services: Vec<String>,
+    pub(crate) secrets: Vec<&'static SecretSpec>,
 }
 
 #[derive(Debug, Clone)]
-pub struct RoleArtifact {
-    pub pin: String,
-    pub install: Vec<Install>,
+pub(crate) struct RoleArtifact {
+    pub(crate) pin: String,
+    pub(crate) install: Vec<Install>,
 }
 
 /// One file taken from a pinned download.
 #[derive(Debug, Clone)]
-pub struct Install {
+pub(crate) struct Install {
     /// Archive member pattern (`{version}`, `{arch}`); `None`: the download itself.
-    pub from: Option<String>,
-    pub to: String,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
+    pub(crate) from: Option<String>,
+    pub(crate) to: String,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -238,18 +242,18 @@ impl fmt::Display for Checksum {
 /// A pinned download: one name, version and arch.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArtifactPin {
-    pub name: String,
-    pub version: String,
-    pub arch: Arch,
-    pub url: String,
-    pub checksum: Checksum,
-    pub source: String,
-    pub note: Option<String>,
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) arch: Arch,
+    pub(crate) url: String,
+    pub(crate) checksum: Checksum,
+    pub(crate) source: String,
+    pub(crate) note: Option<String>,
 }
 
 impl ArtifactPin {
     /// Whether the download is a gzip'd tarball whose members are taken.
-    pub fn is_archive(&self) -> bool {
+    pub(crate) fn is_archive(&self) -> bool {
         self.url.ends_with(".tar.gz") || self.url.ends_with(".tgz")
     }
 }
@@ -257,36 +261,36 @@ impl ArtifactPin {
 /// A pinned container image: a multi-arch index by digest.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImagePin {
-    pub name: String,
-    pub version: String,
-    pub image: String,
-    pub digest: String,
-    pub arches: Vec<Arch>,
-    pub source: String,
-    pub note: Option<String>,
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) image: String,
+    pub(crate) digest: String,
+    pub(crate) arches: Vec<Arch>,
+    pub(crate) source: String,
+    pub(crate) note: Option<String>,
 }
 
 impl ImagePin {
     /// `repository:tag@sha256:…`, the reference a runtime pulls.
-    pub fn reference(&self) -> String {
+    pub(crate) fn reference(&self) -> String {
         format!("{}@{}", self.image, self.digest)
     }
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Pins {
-    pub artifacts: Vec<ArtifactPin>,
-    pub images: Vec<ImagePin>,
+pub(crate) struct Pins {
+    pub(crate) artifacts: Vec<ArtifactPin>,
+    pub(crate) images: Vec<ImagePin>,
 }
 
 impl Pins {
-    pub fn artifact(&self, name: &str, arch: Arch) -> Option<&ArtifactPin> {
+    pub(crate) fn artifact(&self, name: &str, arch: Arch) -> Option<&ArtifactPin> {
         self.artifacts
             .iter()
             .find(|p| p.name == name && p.arch == arch)
     }
 
-    pub fn image(&self, name: &str) -> Option<&ImagePin> {
+    pub(crate) fn image(&self, name: &str) -> Option<&ImagePin> {
         self.images.iter().find(|p| p.name == name)
     }
 }
@@ -295,37 +299,40 @@ impl Pins {
 #[derive(Debug, Clone)]
 pub struct Manifests {
     /// The `manifests/` directory they were read from.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The directory holding the layer trees named by the role manifests.
-    pub layers_dir: PathBuf,
-    pub cluster: Cluster,
+    pub(crate) layers_dir: PathBuf,
+    pub(crate) cluster: Cluster,
     /// Every role, `base` included, by name.
-    pub roles: BTreeMap<String, Role>,
-    pub pins: Pins,
-    pub derived: Derived,
+    pub(crate) roles: BTreeMap<String, Role>,
+    pub(crate) pins: Pins,
+    pub(crate) derived: Derived,
 }
 
 /// The role every node has; its manifest is `roles/base.yaml`.
-pub const BASE_ROLE: &str = "base";
+pub(crate) const BASE_ROLE: &str = "base";
 
 impl Manifests {
-    pub fn node(&self, name: &str) -> Option<&Node> {
+    pub(crate) fn node(&self, name: &str) -> Option<&Node> {
         self.cluster.nodes.iter().find(|n| n.name == name)
     }
 
-    pub fn role(&self, name: &str) -> Option<&Role> {
+    pub(crate) fn role(&self, name: &str) -> Option<&Role> {
         self.roles.get(name)
     }
 }
 
 /// Reads and validates the manifests in `dir`, whose role layers live in
 /// `layers_dir`. On success, also returns the warnings found.
-pub fn load(dir: &Path, layers_dir: &Path) -> Result<(Manifests, Diagnostics), ManifestError> {
+pub(crate) fn load(
+    dir: &Path,
+    layers_dir: &Path,
+) -> Result<(Manifests, Diagnostics), ManifestError> {
     validate::load(dir, layers_dir)
 }
 
 /// The default layers directory: `layers/` beside the manifests directory.
-pub fn default_layers_dir(manifests: &Path) -> PathBuf {
+pub(crate) fn default_layers_dir(manifests: &Path) -> PathBuf {
     match manifests.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.join("layers"),
         _ => PathBuf::from("layers"),

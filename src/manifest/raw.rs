@@ -10,30 +10,30 @@ use serde_saphyr::Spanned;
 /// `manifests/cluster.yaml`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCluster {
-    pub name: Spanned<String>,
-    pub kubernetes_version: Spanned<String>,
-    pub api: RawApi,
-    pub network: RawNetwork,
+pub(crate) struct RawCluster {
+    pub(crate) name: Spanned<String>,
+    pub(crate) kubernetes_version: Spanned<String>,
+    pub(crate) api: RawApi,
+    pub(crate) network: RawNetwork,
     #[serde(default)]
-    pub pki: RawPki,
+    pub(crate) pki: RawPki,
     /// How nodes reach their LAN: what cloud-init's network-config writes.
     #[serde(default)]
-    pub host_network: RawHostNetwork,
-    pub nodes: Spanned<Vec<RawNode>>,
+    pub(crate) host_network: RawHostNetwork,
+    pub(crate) nodes: Spanned<Vec<RawNode>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHostNetwork {
+pub(crate) struct RawHostNetwork {
     #[serde(default = "default_interface")]
-    pub interface: Spanned<String>,
+    pub(crate) interface: Spanned<String>,
     #[serde(default = "default_prefix")]
-    pub prefix_length: Spanned<u8>,
+    pub(crate) prefix_length: Spanned<u8>,
     #[serde(default)]
-    pub gateway: Option<Spanned<String>>,
+    pub(crate) gateway: Option<Spanned<String>>,
     #[serde(default)]
-    pub nameservers: Vec<Spanned<String>>,
+    pub(crate) nameservers: Vec<Spanned<String>>,
 }
 
 impl Default for RawHostNetwork {
@@ -53,20 +53,20 @@ fn default_prefix() -> Spanned<u8> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawApi {
+pub(crate) struct RawApi {
     /// The virtual IP that keepalived moves between the load-balancer nodes.
-    pub vip: Spanned<String>,
+    pub(crate) vip: Spanned<String>,
     /// The DNS name clients use for the API; `/etc/hosts` maps it to the VIP.
-    pub dns_name: Spanned<String>,
+    pub(crate) dns_name: Spanned<String>,
     /// The haproxy frontend port on the VIP.
-    pub lb_port: Spanned<u16>,
+    pub(crate) lb_port: Spanned<u16>,
     /// kube-apiserver's own secure port on every control-plane node.
     #[serde(default = "default_apiserver_port")]
-    pub apiserver_port: Spanned<u16>,
+    pub(crate) apiserver_port: Spanned<u16>,
     #[serde(default = "default_router_id")]
-    pub vrrp_router_id: Spanned<u8>,
+    pub(crate) vrrp_router_id: Spanned<u8>,
     #[serde(default = "default_interface")]
-    pub vrrp_interface: Spanned<String>,
+    pub(crate) vrrp_interface: Spanned<String>,
 }
 
 fn default_apiserver_port() -> Spanned<u16> {
@@ -82,7 +82,7 @@ fn default_interface() -> Spanned<String> {
 }
 
 /// A default value has no place in the file; it reports at line 0.
-pub fn unspanned<T>(value: T) -> Spanned<T> {
+pub(crate) fn unspanned<T>(value: T) -> Spanned<T> {
     Spanned::new(
         value,
         serde_saphyr::Location::UNKNOWN,
@@ -92,18 +92,18 @@ pub fn unspanned<T>(value: T) -> Spanned<T> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawNetwork {
-    pub service_cidr: Spanned<String>,
-    pub pod_cidr: Spanned<String>,
+pub(crate) struct RawNetwork {
+    pub(crate) service_cidr: Spanned<String>,
+    pub(crate) pod_cidr: Spanned<String>,
     #[serde(default = "default_node_cidr_mask")]
-    pub node_cidr_mask: Spanned<u8>,
+    pub(crate) node_cidr_mask: Spanned<u8>,
     #[serde(default = "default_cluster_domain")]
-    pub cluster_domain: Spanned<String>,
+    pub(crate) cluster_domain: Spanned<String>,
     /// Defaults to the 10th address of the service CIDR.
     #[serde(default)]
-    pub cluster_dns: Option<Spanned<String>>,
+    pub(crate) cluster_dns: Option<Spanned<String>>,
     #[serde(default = "default_proxy_mode")]
-    pub kube_proxy_mode: Spanned<String>,
+    pub(crate) kube_proxy_mode: Spanned<String>,
 }
 
 fn default_node_cidr_mask() -> Spanned<u8> {
@@ -120,13 +120,13 @@ fn default_proxy_mode() -> Spanned<String> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPki {
+pub(crate) struct RawPki {
     #[serde(default = "default_key_algorithm")]
-    pub key_algorithm: Spanned<String>,
+    pub(crate) key_algorithm: Spanned<String>,
     #[serde(default = "default_ca_days")]
-    pub ca_validity_days: Spanned<u32>,
+    pub(crate) ca_validity_days: Spanned<u32>,
     #[serde(default = "default_leaf_days")]
-    pub leaf_validity_days: Spanned<u32>,
+    pub(crate) leaf_validity_days: Spanned<u32>,
 }
 
 impl Default for RawPki {
@@ -153,16 +153,16 @@ fn default_leaf_days() -> Spanned<u32> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawNode {
-    pub name: Spanned<String>,
-    pub ip: Spanned<String>,
+pub(crate) struct RawNode {
+    pub(crate) name: Spanned<String>,
+    pub(crate) ip: Spanned<String>,
     #[serde(default = "default_arch")]
-    pub arch: Spanned<String>,
-    pub roles: Spanned<Vec<Spanned<String>>>,
+    pub(crate) arch: Spanned<String>,
+    pub(crate) roles: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     #[serde(default)]
-    pub taints: Vec<Spanned<String>>,
+    pub(crate) taints: Vec<Spanned<String>>,
 }
 
 fn default_arch() -> Spanned<String> {
@@ -172,41 +172,43 @@ fn default_arch() -> Spanned<String> {
 /// `manifests/roles/<role>.yaml`; the role's name is the file's stem.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRole {
+pub(crate) struct RawRole {
+    /// For the reader of the file: accepted (a string) and otherwise unused.
     #[serde(default)]
-    pub description: String,
+    #[expect(dead_code, reason = "a comment for the file's reader")]
+    pub(crate) description: String,
     #[serde(default)]
-    pub artifacts: Vec<RawRoleArtifact>,
+    pub(crate) artifacts: Vec<RawRoleArtifact>,
     #[serde(default)]
-    pub images: Vec<Spanned<String>>,
+    pub(crate) images: Vec<Spanned<String>>,
     #[serde(default)]
-    pub layers: RawRoleLayers,
+    pub(crate) layers: RawRoleLayers,
     #[serde(default)]
-    pub services: Vec<Spanned<String>>,
+    pub(crate) services: Vec<Spanned<String>>,
     #[serde(default)]
-    pub secrets: Vec<Spanned<String>>,
+    pub(crate) secrets: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoleArtifact {
+pub(crate) struct RawRoleArtifact {
     /// The `name` of a pin in pins.toml.
-    pub pin: Spanned<String>,
-    pub install: Vec<RawInstall>,
+    pub(crate) pin: Spanned<String>,
+    pub(crate) install: Vec<RawInstall>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawInstall {
+pub(crate) struct RawInstall {
     /// The archive member to take (`{version}` and `{arch}` are substituted);
     /// absent when the download itself is the file (runc).
     #[serde(default)]
-    pub from: Option<Spanned<String>>,
-    pub to: Spanned<String>,
+    pub(crate) from: Option<Spanned<String>>,
+    pub(crate) to: Spanned<String>,
     #[serde(default = "default_exec_mode")]
-    pub mode: Spanned<String>,
+    pub(crate) mode: Spanned<String>,
     #[serde(default = "default_owner")]
-    pub owner: Spanned<String>,
+    pub(crate) owner: Spanned<String>,
 }
 
 fn default_exec_mode() -> Spanned<String> {
@@ -219,53 +221,53 @@ fn default_owner() -> Spanned<String> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoleLayers {
+pub(crate) struct RawRoleLayers {
     /// Directories under `layers/` baked into the role layer, shared by every
     /// node with the role: their templates see cluster values only.
     #[serde(default)]
-    pub role: Vec<Spanned<String>>,
+    pub(crate) role: Vec<Spanned<String>>,
     /// Directories under `layers/` rendered per node into the node layer.
     #[serde(default)]
-    pub node: Vec<Spanned<String>>,
+    pub(crate) node: Vec<Spanned<String>>,
 }
 
 /// `manifests/pins.toml`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPins {
+pub(crate) struct RawPins {
     #[serde(default)]
-    pub artifact: Vec<RawArtifactPin>,
+    pub(crate) artifact: Vec<RawArtifactPin>,
     #[serde(default)]
-    pub image: Vec<RawImagePin>,
+    pub(crate) image: Vec<RawImagePin>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawArtifactPin {
-    pub name: toml::Spanned<String>,
-    pub version: toml::Spanned<String>,
-    pub arch: toml::Spanned<String>,
-    pub url: toml::Spanned<String>,
+pub(crate) struct RawArtifactPin {
+    pub(crate) name: toml::Spanned<String>,
+    pub(crate) version: toml::Spanned<String>,
+    pub(crate) arch: toml::Spanned<String>,
+    pub(crate) url: toml::Spanned<String>,
     #[serde(default)]
-    pub sha256: Option<toml::Spanned<String>>,
+    pub(crate) sha256: Option<toml::Spanned<String>>,
     #[serde(default)]
-    pub sha512: Option<toml::Spanned<String>>,
-    pub source: toml::Spanned<String>,
+    pub(crate) sha512: Option<toml::Spanned<String>>,
+    pub(crate) source: toml::Spanned<String>,
     #[serde(default)]
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawImagePin {
-    pub name: toml::Spanned<String>,
-    pub version: toml::Spanned<String>,
+pub(crate) struct RawImagePin {
+    pub(crate) name: toml::Spanned<String>,
+    pub(crate) version: toml::Spanned<String>,
     /// `registry/repository:tag`
-    pub image: toml::Spanned<String>,
+    pub(crate) image: toml::Spanned<String>,
     /// The image index (manifest list) digest, `sha256:<hex>`.
-    pub digest: toml::Spanned<String>,
-    pub arch: toml::Spanned<Vec<String>>,
-    pub source: toml::Spanned<String>,
+    pub(crate) digest: toml::Spanned<String>,
+    pub(crate) arch: toml::Spanned<Vec<String>>,
+    pub(crate) source: toml::Spanned<String>,
     #[serde(default)]
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }

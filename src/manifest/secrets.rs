@@ -7,7 +7,7 @@
 /// Whether one copy serves the whole cluster or each node gets its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Scope {
+pub(crate) enum Scope {
     Cluster,
     /// Issued per node (its name and IP are in the certificate or kubeconfig).
     PerNode,
@@ -15,7 +15,7 @@ pub enum Scope {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum SecretKind {
+pub(crate) enum SecretKind {
     Certificate,
     PrivateKey,
     PublicKey,
@@ -24,17 +24,17 @@ pub enum SecretKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SecretSpec {
-    pub id: &'static str,
-    pub kind: SecretKind,
-    pub scope: Scope,
+pub(crate) struct SecretSpec {
+    pub(crate) id: &'static str,
+    pub(crate) kind: SecretKind,
+    pub(crate) scope: Scope,
     /// A CA's private key: only a control-plane node may hold one.
-    pub ca_key: bool,
+    pub(crate) ca_key: bool,
 }
 
 impl SecretSpec {
     /// Private material (a key, a kubeconfig with an embedded key, a token).
-    pub fn is_private(&self) -> bool {
+    pub(crate) fn is_private(&self) -> bool {
         matches!(
             self.kind,
             SecretKind::PrivateKey | SecretKind::Kubeconfig | SecretKind::Token
@@ -42,12 +42,12 @@ impl SecretSpec {
     }
 
     /// File mode on the node: 0600 for private material, 0644 otherwise.
-    pub fn mode(&self) -> u32 {
+    pub(crate) fn mode(&self) -> u32 {
         if self.is_private() { 0o600 } else { 0o644 }
     }
 
     /// Absolute path on the node.
-    pub fn node_path(&self) -> String {
+    pub(crate) fn node_path(&self) -> String {
         format!("/etc/kubernetes/{}", self.id)
     }
 }
@@ -64,7 +64,7 @@ const fn s(id: &'static str, kind: SecretKind, scope: Scope, ca_key: bool) -> Se
 use Scope::{Cluster, PerNode};
 use SecretKind::{Certificate as Cert, Kubeconfig, PrivateKey as Key, PublicKey, Token};
 
-pub const CATALOG: &[SecretSpec] = &[
+pub(crate) const CATALOG: &[SecretSpec] = &[
     s("pki/ca.crt", Cert, Cluster, false),
     s("pki/ca.key", Key, Cluster, true),
     s("pki/apiserver.crt", Cert, PerNode, false),
@@ -97,7 +97,7 @@ pub const CATALOG: &[SecretSpec] = &[
     s("keepalived-auth.conf", Token, Cluster, false),
 ];
 
-pub fn lookup(id: &str) -> Option<&'static SecretSpec> {
+pub(crate) fn lookup(id: &str) -> Option<&'static SecretSpec> {
     CATALOG.iter().find(|s| s.id == id)
 }
 

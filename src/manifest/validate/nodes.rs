@@ -1,0 +1,164 @@
+//! One inventory entry of cluster.yaml on its own: its name, IP, arch, roles
+//! (each defined, none twice, not `base`) and taints, giving the typed
+//! [`Node`]. What a node must agree with elsewhere is in [`super::cross`].
+
+use std::path::Path;
+
+use serde_saphyr::Spanned;
+
+use super::{Known, at, is_dns_label, parse_ipv4};
+use crate::manifest::diag::Diagnostics;
+use crate::manifest::raw::RawNode;
+use crate::manifest::{Arch, BASE_ROLE, Node};
+
+const TAINT_EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+/// The node, or `None` when any of its values is in error.
+pub(super) fn validate_node(
+    file: &Path,
+    rn: &RawNode,
+    known: &Known,
+    d: &mut Diagnostics,
+) -> Option<Node> {
+    let mut ok = check_node_name(file, rn, d);
+    let ip = parse_ipv4(file, &rn.ip, &format!("node `{}` ip", rn.name.value), d);
+    let arch = node_arch(file, rn, d);
+    let roles = node_roles(file, rn, known, d);
+    ok &= check_taints(file, rn, d);
+    if !ok {
+        return None;
+    }
+    Some(Node {
+        name: rn.name.value.clone(),
+        ip: ip?,
+        arch: arch?,
+        roles: roles?,
+        labels: rn.labels.clone(),
+        taints: rn.taints.iter().map(|t| t.value.clone()).collect(),
+    })
+}
+
+fn check_node_name(file: &Path, rn: &RawNode, d: &mut Diagnostics) -> bool {
+    let ok = is_dns_label(&rn.name.value);
+    if !ok {
+        d.error(
+            at(file, &rn.name),
+            format!(
+                "node name `{}` is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
+                rn.name.value
+            ),
+        );
+    }
+    ok
+}
+
+fn node_arch(file: &Path, rn: &RawNode, d: &mut Diagnostics) -> Option<Arch> {
+    let arch = Arch::parse(&rn.arch.value);
+    if arch.is_none() {
+        d.error(
+            at(file, &rn.arch),
+            format!(
+                "node `{}`: unknown arch `{}` (expected amd64 or arm64)",
+                rn.name.value, rn.arch.value
+            ),
+        );
+    }
+    arch
+}
+
+/// The node's roles, in the order listed; `None` when there are none or
+/// one of them is in error.
+fn node_roles(
+    file: &Path,
+    rn: &RawNode,
+    known: &Known,
+    d: &mut Diagnostics,
+) -> Option<Vec<String>> {
+    let mut ok = true;
+    if rn.roles.value.is_empty() {
+        d.error(
+            at(file, &rn.roles),
+            format!("node `{}` has no roles", rn.name.value),
+        );
+        ok = false;
+    }
+    let mut roles: Vec<String> = Vec::new();
+    for r in &rn.roles.value {
+        ok &= check_node_role(file, rn, r, &roles, known, d);
+        roles.push(r.value.clone());
+    }
+    ok.then_some(roles)
+}
+
+/// One listed role `r`: not listed `earlier`, not `base`, and defined.
+fn check_node_role(
+    file: &Path,
+    rn: &RawNode,
+    r: &Spanned<String>,
+    earlier: &[String],
+    known: &Known,
+    d: &mut Diagnostics,
+) -> bool {
+    let node = &rn.name.value;
+    let role = &r.value;
+    let message = if earlier.contains(role) {
+        format!("node `{node}` lists role `{role}` twice")
+    } else if role == BASE_ROLE {
+        format!("node `{node}` lists `base`, which every node has already: remove it")
+    } else if !known.roles.contains_key(role) && !known.unparsed_roles.contains(role) {
+        let defined: Vec<_> = known
+            .roles
+            .keys()
+            .filter(|k| *k != BASE_ROLE)
+            .cloned()
+            .collect();
+        format!(
+            "node `{node}` has role `{role}`, which has no definition (no manifests/roles/{role}.yaml); defined roles: {}",
+            defined.join(", ")
+        )
+    } else {
+        return true;
+    };
+    d.error(at(file, r), message);
+    false
+}
+
+fn check_taints(file: &Path, rn: &RawNode, d: &mut Diagnostics) -> bool {
+    let mut ok = true;
+    for t in rn.taints.iter().filter(|t| !valid_taint(&t.value)) {
+        d.error(
+            at(file, t),
+            format!(
+                "taint `{}` must be `key[=value]:Effect` with Effect one of {}",
+                t.value,
+                TAINT_EFFECTS.join(", ")
+            ),
+        );
+        ok = false;
+    }
+    ok
+}
+
+/// `key[=value]:Effect`, with a non-empty key and a known effect.
+fn valid_taint(t: &str) -> bool {
+    let Some((kv, effect)) = t.rsplit_once(':') else {
+        return false;
+    };
+    let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+    !key.is_empty() && TAINT_EFFECTS.contains(&effect)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints() {
+        assert!(valid_taint(
+            "node-role.kubernetes.io/control-plane:NoSchedule"
+        ));
+        assert!(valid_taint("dedicated=infra:NoExecute"));
+        assert!(!valid_taint("dedicated=infra"));
+        assert!(!valid_taint("x:Sometimes"));
+    }
+}

@@ -1,0 +1,293 @@
+//! pins.toml: each `[[artifact]]` and `[[image]]` entry checked on its own
+//! (arch, URL or image reference, checksum or digest, source) and against the
+//! entries before it (no pin defined twice), giving the typed [`Pins`]. An
+//! entry with an error is left out of them.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::path::Path;
+
+use crate::manifest::diag::{Diagnostics, Loc};
+use crate::manifest::raw::{RawArtifactPin, RawImagePin, RawPins};
+use crate::manifest::{Arch, ArtifactPin, Checksum, ImagePin, Pins};
+
+/// pins.toml's path and text: a TOML value's location is a byte offset into it.
+struct PinsFile<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl PinsFile<'_> {
+    fn at<T>(&self, s: &toml::Spanned<T>) -> Loc {
+        Loc::offset(self.path, self.text, s.span().start)
+    }
+}
+
+/// Where each pin was first defined (its line), by what identifies it.
+type FirstSeen<K> = HashMap<K, u64>;
+
+pub(super) fn validate_pins(file: &Path, text: &str, raw: RawPins, d: &mut Diagnostics) -> Pins {
+    let f = PinsFile { path: file, text };
+    let mut pins = Pins::default();
+    let mut seen = FirstSeen::new();
+    for a in raw.artifact {
+        if let Some(pin) = validate_artifact_pin(&f, a, &mut seen, d) {
+            pins.artifacts.push(pin);
+        }
+    }
+    let mut seen_images = FirstSeen::new();
+    for i in raw.image {
+        if let Some(pin) = validate_image_pin(&f, i, &mut seen_images, d) {
+            pins.images.push(pin);
+        }
+    }
+    pins
+}
+
+fn validate_artifact_pin(
+    f: &PinsFile,
+    a: RawArtifactPin,
+    seen: &mut FirstSeen<(String, Arch)>,
+    d: &mut Diagnostics,
+) -> Option<ArtifactPin> {
+    let loc = f.at(&a.name);
+    let name = a.name.get_ref().clone();
+    let mut ok = true;
+    if name.is_empty() {
+        d.error(loc.clone(), "artifact pin has an empty name");
+        ok = false;
+    }
+    let arch = artifact_arch(f, &a, d);
+    ok &= check_url(f, &a, d);
+    if a.source.get_ref().trim().is_empty() {
+        d.error(
+            f.at(&a.source),
+            format!("pin `{name}`: `source` is empty; say where the checksum was read"),
+        );
+    }
+    let checksum = artifact_checksum(f, &a, &loc, d);
+    if let Some(arch) = arch {
+        ok &= first_definition(seen, (name.clone(), arch), &loc, d, |first| {
+            format!("pin `{name}` for {arch} is defined twice (first at line {first})")
+        });
+    }
+    let (true, Some(arch), Some(checksum)) = (ok, arch, checksum) else {
+        return None;
+    };
+    Some(ArtifactPin {
+        name,
+        version: a.version.into_inner(),
+        arch,
+        url: a.url.into_inner(),
+        checksum,
+        source: a.source.into_inner(),
+        note: a.note,
+    })
+}
+
+fn artifact_arch(f: &PinsFile, a: &RawArtifactPin, d: &mut Diagnostics) -> Option<Arch> {
+    let arch_text = a.arch.get_ref();
+    let arch = Arch::parse(arch_text);
+    if arch.is_none() {
+        d.error(
+            f.at(&a.arch),
+            format!(
+                "pin `{}`: unknown arch `{arch_text}` (expected amd64 or arm64)",
+                a.name.get_ref()
+            ),
+        );
+    }
+    arch
+}
+
+/// Whether the download's URL has a scheme imgbuild fetches.
+fn check_url(f: &PinsFile, a: &RawArtifactPin, d: &mut Diagnostics) -> bool {
+    let url = a.url.get_ref();
+    let ok = ["https://", "http://", "file://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme));
+    if !ok {
+        d.error(
+            f.at(&a.url),
+            format!(
+                "pin `{}`: url `{url}` must start with https://, http:// or file://",
+                a.name.get_ref()
+            ),
+        );
+    }
+    ok
+}
+
+/// The one well-formed checksum the pin must have.
+fn artifact_checksum(
+    f: &PinsFile,
+    a: &RawArtifactPin,
+    loc: &Loc,
+    d: &mut Diagnostics,
+) -> Option<Checksum> {
+    let name = a.name.get_ref();
+    match (&a.sha256, &a.sha512) {
+        (Some(h), None) if is_lower_hex(h.get_ref(), 64) => {
+            Some(Checksum::Sha256(h.get_ref().clone()))
+        }
+        (None, Some(h)) if is_lower_hex(h.get_ref(), 128) => {
+            Some(Checksum::Sha512(h.get_ref().clone()))
+        }
+        (Some(h), None) => malformed_hex(f, a, "sha256", 64, h, d),
+        (None, Some(h)) => malformed_hex(f, a, "sha512", 128, h, d),
+        (None, None) => {
+            d.error(
+                loc.clone(),
+                format!(
+                    "pin `{name}` {} has no checksum: add sha256 or sha512 as published upstream",
+                    a.version.get_ref()
+                ),
+            );
+            None
+        }
+        (Some(_), Some(h)) => {
+            d.error(
+                f.at(h),
+                format!("pin `{name}` has both sha256 and sha512: keep one"),
+            );
+            None
+        }
+    }
+}
+
+/// Reports a checksum that is not `digits` lowercase hex digits.
+fn malformed_hex(
+    f: &PinsFile,
+    a: &RawArtifactPin,
+    algorithm: &str,
+    digits: usize,
+    h: &toml::Spanned<String>,
+    d: &mut Diagnostics,
+) -> Option<Checksum> {
+    d.error(
+        f.at(h),
+        format!(
+            "pin `{}` {}: {algorithm} must be {digits} lowercase hex digits, found {} characters `{}`",
+            a.name.get_ref(),
+            a.version.get_ref(),
+            h.get_ref().len(),
+            h.get_ref()
+        ),
+    );
+    None
+}
+
+fn validate_image_pin(
+    f: &PinsFile,
+    i: RawImagePin,
+    seen: &mut FirstSeen<String>,
+    d: &mut Diagnostics,
+) -> Option<ImagePin> {
+    let loc = f.at(&i.name);
+    let name = i.name.get_ref().clone();
+    let mut ok = check_digest(f, &i, d);
+    ok &= check_image_reference(f, &i, d);
+    let arches = image_arches(f, &i, d);
+    if i.source.get_ref().trim().is_empty() {
+        d.error(
+            f.at(&i.source),
+            format!("image pin `{name}`: `source` is empty; say where the digest was read"),
+        );
+    }
+    ok &= first_definition(seen, name.clone(), &loc, d, |first| {
+        format!("image pin `{name}` is defined twice (first at line {first})")
+    });
+    let (true, Some(arches)) = (ok, arches) else {
+        return None;
+    };
+    Some(ImagePin {
+        name,
+        version: i.version.into_inner(),
+        image: i.image.into_inner(),
+        digest: i.digest.into_inner(),
+        arches,
+        source: i.source.into_inner(),
+        note: i.note,
+    })
+}
+
+/// The index digest must be `sha256:` and 64 lowercase hex digits.
+fn check_digest(f: &PinsFile, i: &RawImagePin, d: &mut Diagnostics) -> bool {
+    let digest = i.digest.get_ref();
+    let ok = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| is_lower_hex(h, 64));
+    if !ok {
+        d.error(
+            f.at(&i.digest),
+            format!(
+                "image pin `{}`: digest `{digest}` must be `sha256:` and 64 lowercase hex digits",
+                i.name.get_ref()
+            ),
+        );
+    }
+    ok
+}
+
+/// The image must be `registry/repository:tag`, without a digest.
+fn check_image_reference(f: &PinsFile, i: &RawImagePin, d: &mut Diagnostics) -> bool {
+    let image = i.image.get_ref();
+    let last = image.rsplit('/').next().unwrap_or_default();
+    let ok = image.contains('/') && last.contains(':') && !image.contains('@');
+    if !ok {
+        d.error(
+            f.at(&i.image),
+            format!(
+                "image pin `{}`: `{image}` must be `registry/repository:tag` (the digest goes in `digest`)",
+                i.name.get_ref()
+            ),
+        );
+    }
+    ok
+}
+
+/// The platforms the index holds; `None` when one of them is unknown.
+fn image_arches(f: &PinsFile, i: &RawImagePin, d: &mut Diagnostics) -> Option<Vec<Arch>> {
+    let mut arches = Vec::new();
+    let mut ok = true;
+    for a in i.arch.get_ref() {
+        match Arch::parse(a) {
+            Some(arch) => arches.push(arch),
+            None => {
+                d.error(
+                    f.at(&i.arch),
+                    format!(
+                        "image pin `{}`: unknown arch `{a}` (expected amd64 or arm64)",
+                        i.name.get_ref()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(arches)
+}
+
+/// Records the line where `key` is first defined; a second definition is an
+/// error, worded by `message` from the first one's line.
+fn first_definition<K: Eq + Hash>(
+    seen: &mut FirstSeen<K>,
+    key: K,
+    loc: &Loc,
+    d: &mut Diagnostics,
+    message: impl FnOnce(u64) -> String,
+) -> bool {
+    if let Some(first) = seen.get(&key) {
+        d.error(loc.clone(), message(*first));
+        false
+    } else {
+        seen.insert(key, loc.line);
+        true
+    }
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

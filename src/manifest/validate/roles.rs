@@ -1,0 +1,338 @@
+//! One role file, `roles/<role>.yaml`: its artifacts (each naming a pin and
+//! the files taken from it), images, layer directories, systemd units and
+//! secrets, checked against pins.toml, `layers/` and the secret catalog,
+//! giving the typed [`Role`].
+
+use std::path::Path;
+
+use serde_saphyr::Spanned;
+
+use super::{at, is_dns_label};
+use crate::manifest::diag::Diagnostics;
+use crate::manifest::raw::{RawInstall, RawRole, RawRoleArtifact};
+use crate::manifest::secrets::{self, SecretSpec};
+use crate::manifest::{Install, Pins, Role, RoleArtifact};
+
+/// The endings of the systemd unit names a role may start.
+const UNIT_SUFFIXES: [&str; 5] = [".service", ".timer", ".socket", ".path", ".target"];
+
+/// A role with nothing in it, as `base` is when it has no file.
+pub(super) fn empty_role() -> Role {
+    Role {
+        artifacts: Vec::new(),
+        images: Vec::new(),
+        role_layers: Vec::new(),
+        node_layers: Vec::new(),
+        services: Vec::new(),
+        secrets: Vec::new(),
+    }
+}
+
+/// Validates the role `name` read from `file`; `pins` is `None` when
+/// pins.toml did not parse, and references to it are then not checked.
+pub(super) fn validate_role(
+    name: &str,
+    file: &Path,
+    raw: RawRole,
+    pins: Option<&Pins>,
+    layers_dir: &Path,
+    d: &mut Diagnostics,
+) -> Role {
+    Role {
+        artifacts: raw
+            .artifacts
+            .into_iter()
+            .map(|art| validate_role_artifact(name, file, art, pins, d))
+            .collect(),
+        images: role_images(name, file, raw.images, pins, d),
+        role_layers: layer_dirs(file, raw.layers.role, layers_dir, d),
+        node_layers: layer_dirs(file, raw.layers.node, layers_dir, d),
+        services: role_services(file, raw.services, d),
+        secrets: role_secrets(file, raw.secrets, d),
+    }
+}
+
+fn validate_role_artifact(
+    name: &str,
+    file: &Path,
+    art: RawRoleArtifact,
+    pins: Option<&Pins>,
+    d: &mut Diagnostics,
+) -> RoleArtifact {
+    let pin_name = art.pin.value.clone();
+    let first_pin = pins.map(|p| p.artifacts.iter().find(|a| a.name == pin_name));
+    if let Some(None) = first_pin {
+        d.error(
+            at(file, &art.pin),
+            format!(
+                "role `{name}` needs artifact `{pin_name}`, but pins.toml has no pin with that name"
+            ),
+        );
+    }
+    let archive = first_pin.flatten().map(|p| p.is_archive());
+    let install = art
+        .install
+        .into_iter()
+        .map(|i| validate_install(file, &pin_name, archive, i, d))
+        .collect();
+    RoleArtifact {
+        pin: pin_name,
+        install,
+    }
+}
+
+/// One file taken from the pin `pin_name`; `archive` says whether that
+/// download is an archive (`None`: unknown, no pin).
+fn validate_install(
+    file: &Path,
+    pin_name: &str,
+    archive: Option<bool>,
+    i: RawInstall,
+    d: &mut Diagnostics,
+) -> Install {
+    let to = i.to.value.clone();
+    if !is_clean_absolute(&to) {
+        d.error(
+            at(file, &i.to),
+            format!("`to: {to}` must be an absolute path without `.`, `..` or a trailing `/`"),
+        );
+    }
+    check_install_source(file, pin_name, archive, &i, d);
+    let mode = install_mode(file, &i.mode, d);
+    let (uid, gid) = install_owner(file, &i.owner, d);
+    Install {
+        from: i.from.map(|f| f.value),
+        to,
+        mode,
+        uid,
+        gid,
+    }
+}
+
+/// `from` names an archive member, and only when the download is an archive.
+fn check_install_source(
+    file: &Path,
+    pin_name: &str,
+    archive: Option<bool>,
+    i: &RawInstall,
+    d: &mut Diagnostics,
+) {
+    let Some(from) = &i.from else {
+        if archive == Some(true) {
+            d.error(
+                at(file, &i.to),
+                format!(
+                    "artifact `{pin_name}` is an archive: say which member goes to {} with `from`",
+                    i.to.value
+                ),
+            );
+        }
+        return;
+    };
+    let probe = from.value.replace("{version}", "v").replace("{arch}", "a");
+    if probe.contains(['{', '}']) {
+        d.error(
+            at(file, from),
+            format!(
+                "`from: {}`: only {{version}} and {{arch}} may be substituted",
+                from.value
+            ),
+        );
+    } else if !is_clean_relative(&from.value) {
+        d.error(
+            at(file, from),
+            format!(
+                "`from: {}` must be a relative archive member path without `..`",
+                from.value
+            ),
+        );
+    }
+    if archive == Some(false) {
+        d.error(
+            at(file, from),
+            format!("artifact `{pin_name}` is a single file, not an archive: drop `from`"),
+        );
+    }
+}
+
+/// The file mode; 0755 after an error.
+fn install_mode(file: &Path, mode: &Spanned<String>, d: &mut Diagnostics) -> u32 {
+    parse_mode(&mode.value).unwrap_or_else(|| {
+        d.error(
+            at(file, mode),
+            format!(
+                "mode `{}` is not an octal file mode such as \"0755\"",
+                mode.value
+            ),
+        );
+        0o755
+    })
+}
+
+/// The numeric owner; 0:0 after an error.
+fn install_owner(file: &Path, owner: &Spanned<String>, d: &mut Diagnostics) -> (u32, u32) {
+    parse_owner(&owner.value).unwrap_or_else(|| {
+        d.error(
+            at(file, owner),
+            format!(
+                "owner `{}` must be numeric `uid:gid`, such as \"0:0\"",
+                owner.value
+            ),
+        );
+        (0, 0)
+    })
+}
+
+/// The images the role needs, each of which must be pinned.
+fn role_images(
+    name: &str,
+    file: &Path,
+    images: Vec<Spanned<String>>,
+    pins: Option<&Pins>,
+    d: &mut Diagnostics,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for image in images {
+        if let Some(p) = pins
+            && p.image(&image.value).is_none()
+        {
+            d.error(
+                at(file, &image),
+                format!(
+                    "role `{name}` needs image `{}`, but pins.toml has no [[image]] with that name",
+                    image.value
+                ),
+            );
+        }
+        names.push(image.value);
+    }
+    names
+}
+
+/// Layer directories: plain names of directories under `layers_dir`.
+fn layer_dirs(
+    file: &Path,
+    dirs: Vec<Spanned<String>>,
+    layers_dir: &Path,
+    d: &mut Diagnostics,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for dir in dirs {
+        if !is_dns_label(&dir.value) {
+            d.error(
+                at(file, &dir),
+                format!(
+                    "layer directory `{}` must be a plain name under layers/",
+                    dir.value
+                ),
+            );
+        } else if !layers_dir.join(&dir.value).is_dir() {
+            d.error(
+                at(file, &dir),
+                format!(
+                    "layer directory `{}` does not exist under {}",
+                    dir.value,
+                    layers_dir.display()
+                ),
+            );
+        }
+        names.push(dir.value);
+    }
+    names
+}
+
+/// The systemd units the role enables.
+fn role_services(file: &Path, services: Vec<Spanned<String>>, d: &mut Diagnostics) -> Vec<String> {
+    let mut names = Vec::new();
+    for svc in services {
+        if !UNIT_SUFFIXES.iter().any(|s| svc.value.ends_with(s)) {
+            d.error(
+                at(file, &svc),
+                format!(
+                    "service `{}` must be a systemd unit name such as `etcd.service`",
+                    svc.value
+                ),
+            );
+        }
+        names.push(svc.value);
+    }
+    names
+}
+
+/// The role's secrets, each an entry of the catalog.
+fn role_secrets(
+    file: &Path,
+    ids: Vec<Spanned<String>>,
+    d: &mut Diagnostics,
+) -> Vec<&'static SecretSpec> {
+    let mut specs = Vec::new();
+    for secret in ids {
+        match secrets::lookup(&secret.value) {
+            Some(spec) => specs.push(spec),
+            None => d.error(
+                at(file, &secret),
+                format!(
+                    "unknown secret `{}`; imgbuild generates: {}",
+                    secret.value,
+                    secrets::CATALOG
+                        .iter()
+                        .map(|s| s.id)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+    specs
+}
+
+/// `0755` or `755` -> 0o755.
+fn parse_mode(s: &str) -> Option<u32> {
+    if !(3..=4).contains(&s.len()) {
+        return None;
+    }
+    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+/// `uid:gid`, both numeric.
+fn parse_owner(s: &str) -> Option<(u32, u32)> {
+    let (u, g) = s.split_once(':')?;
+    Some((u.parse().ok()?, g.parse().ok()?))
+}
+
+/// An absolute, normalised path: no `.`/`..`/empty components, no trailing `/`.
+fn is_clean_absolute(p: &str) -> bool {
+    p.len() > 1
+        && p.starts_with('/')
+        && p[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+fn is_clean_relative(p: &str) -> bool {
+    let p = p.strip_prefix("./").unwrap_or(p);
+    !p.is_empty()
+        && !p.starts_with('/')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_owners_paths() {
+        assert_eq!(parse_mode("0755"), Some(0o755));
+        assert_eq!(parse_mode("644"), Some(0o644));
+        assert_eq!(parse_mode("0999"), None);
+        assert_eq!(parse_mode("rwx"), None);
+        assert_eq!(parse_owner("0:0"), Some((0, 0)));
+        assert_eq!(parse_owner("root:root"), None);
+        assert!(is_clean_absolute("/usr/local/bin/etcd"));
+        assert!(!is_clean_absolute("/usr/../etc/passwd"));
+        assert!(!is_clean_absolute("usr/bin"));
+        assert!(!is_clean_absolute("/usr/bin/"));
+        assert!(is_clean_relative("./bridge"));
+        assert!(!is_clean_relative("../evil"));
+    }
+}
