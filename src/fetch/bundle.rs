@@ -299,7 +299,10 @@ pub(crate) fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Impo
 }
 
 /// The SHA256SUMS of a bundle, its first entry: `None` if it is not.
-fn read_sums(bundle: &Path, entry: &mut tar::Entry<impl Read>) -> Result<Option<Sums>, BundleError> {
+fn read_sums(
+    bundle: &Path,
+    entry: &mut tar::Entry<impl Read>,
+) -> Result<Option<Sums>, BundleError> {
     let io = io_err("read", bundle);
     let name = match entry.path() {
         Ok(p) => p.to_string_lossy().into_owned(),
@@ -314,7 +317,11 @@ fn read_sums(bundle: &Path, entry: &mut tar::Entry<impl Read>) -> Result<Option<
         (sums, bad) if bad.is_empty() => Ok(Some(sums)),
         (_, bad) => Err(BundleError::BadSums {
             bundle: bundle.to_path_buf(),
-            problems: bad.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            problems: bad
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
         }),
     }
 }

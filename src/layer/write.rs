@@ -18,9 +18,9 @@ use super::{BuiltLayer, GZIP_LEVEL, LayerError, io_err};
 use crate::fetch::Cache;
 use crate::fetch::archive;
 use crate::fetch::oci::{self, PulledImage};
-use crate::plan::{Entry, LayerPlan};
 use crate::newc;
 use crate::pgzip;
+use crate::plan::{Entry, LayerPlan};
 use crate::tarutil;
 
 /// One entry with its content, resolved.

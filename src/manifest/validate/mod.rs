@@ -135,7 +135,11 @@ fn role_files(roles_dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     Ok(files)
 }
 
-/// A role file's stem, which must be a DNS-1123 label.
+/// Layer names imgbuild gives its own layers: no role may take one, so a
+/// layer's name says its kind (image.json relies on it).
+const RESERVED_LAYER_NAMES: [&str; 2] = ["node", "secrets"];
+
+/// A role file's stem, which must be a DNS-1123 label and no reserved name.
 fn role_name(path: &Path, d: &mut Diagnostics) -> String {
     let name = path
         .file_stem()
@@ -147,6 +151,11 @@ fn role_name(path: &Path, d: &mut Diagnostics) -> String {
             format!(
                 "role file name `{name}` is not a DNS-1123 label (lowercase letters, digits and '-')"
             ),
+        );
+    } else if RESERVED_LAYER_NAMES.contains(&name.as_str()) {
+        d.error(
+            Loc::new(path, 1, 1),
+            format!("`{name}` is the name of a layer imgbuild makes itself; call the role something else"),
         );
     }
     name
