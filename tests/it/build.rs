@@ -95,7 +95,7 @@ fn listing(dir: &Path) -> String {
 }
 
 #[test]
-fn issue5_golden_master01_and_node01() {
+fn golden_digests_and_listings_of_master01_and_node01_hold() {
     let (lab, server) = synthetic();
     for node in ["master01", "node01"] {
         build(&lab, &server, &["node", "--role", node], &[]).assert_ok();
@@ -107,7 +107,7 @@ fn issue5_golden_master01_and_node01() {
 }
 
 #[test]
-fn issue5_same_bytes_whatever_tz_umask_jobs_and_directory() {
+fn same_bytes_whatever_tz_umask_jobs_and_directory() {
     let (lab, server) = synthetic();
     let mirror = server.url("mirror");
     let run = |out: &str, cache: &str, tz: &str, umask: &str, jobs: &str| {
@@ -137,7 +137,7 @@ fn issue5_same_bytes_whatever_tz_umask_jobs_and_directory() {
 }
 
 #[test]
-fn issue5_judged_by_cloud_init_isoinfo_blkid_cpio_haproxy_keepalived() {
+fn cloud_init_isoinfo_blkid_cpio_haproxy_and_keepalived_accept_the_outputs() {
     // keepalived needs an interface that exists here
     let iface = std::fs::read_dir("/sys/class/net")
         .unwrap()
@@ -308,7 +308,7 @@ fn extract(dir: &Path, root: &Path) -> PathBuf {
 }
 
 #[test]
-fn issue5_shared_layers_are_hard_links_and_built_once() {
+fn shared_layers_are_hard_links_and_built_once() {
     use std::os::unix::fs::MetadataExt;
     let (lab, server) = synthetic();
     build(&lab, &server, &["cluster", "--out", "out"], &[]).assert_ok();
@@ -336,7 +336,7 @@ fn issue5_shared_layers_are_hard_links_and_built_once() {
 }
 
 #[test]
-fn issue5_secret_files_are_private_and_only_in_the_secrets_layer() {
+fn secret_files_are_private_and_only_in_the_secrets_layer() {
     use std::os::unix::fs::PermissionsExt;
     let (lab, server) = synthetic();
     build(&lab, &server, &["node", "--role", "node01"], &[]).assert_ok();
@@ -362,7 +362,7 @@ fn issue5_secret_files_are_private_and_only_in_the_secrets_layer() {
 }
 
 #[test]
-fn issue5_verify_passes_then_names_a_flipped_byte() {
+fn verify_passes_then_names_a_flipped_byte() {
     let (lab, server) = synthetic();
     build(&lab, &server, &["node", "--role", "master01"], &[]).assert_ok();
     let verify = |extra: &[&str]| {
@@ -387,7 +387,7 @@ fn issue5_verify_passes_then_names_a_flipped_byte() {
 }
 
 #[test]
-fn issue5_verify_rebuild_names_the_first_differing_file() {
+fn verify_rebuild_names_the_first_differing_file() {
     let (lab, server) = synthetic();
     build(&lab, &server, &["node", "--role", "master01"], &[]).assert_ok();
     // the inventory changed since the build: master01's etcd.env would differ
@@ -400,7 +400,7 @@ fn issue5_verify_rebuild_names_the_first_differing_file() {
 }
 
 #[test]
-fn issue5_verify_names_a_private_key_slipped_into_a_shared_layer() {
+fn verify_names_a_private_key_slipped_into_a_shared_layer() {
     use sha2::Digest;
     let (lab, server) = synthetic();
     build(&lab, &server, &["node", "--role", "node01"], &[]).assert_ok();
@@ -463,7 +463,7 @@ fn issue5_verify_names_a_private_key_slipped_into_a_shared_layer() {
 }
 
 #[test]
-fn issue5_seed_layers_url_leaves_shared_layers_out_of_the_seed() {
+fn seed_layers_url_leaves_shared_layers_out_of_the_seed() {
     let (lab, server) = synthetic();
     build(
         &lab,
@@ -515,7 +515,7 @@ fn issue5_seed_layers_url_leaves_shared_layers_out_of_the_seed() {
 }
 
 #[test]
-fn issue5_generic_worker_image() {
+fn the_generic_worker_image_has_no_node_layer_network_config_or_hostname() {
     let (lab, server) = synthetic();
     build(&lab, &server, &["node", "--role", "worker"], &[]).assert_ok();
     let dir = lab.path("out/worker");
@@ -538,7 +538,7 @@ fn issue5_generic_worker_image() {
 }
 
 #[test]
-fn issue5_undefined_template_variable_names_template_and_line() {
+fn an_undefined_template_variable_names_the_template_and_line() {
     let (lab, server) = synthetic();
     let f = lab.path("layers/worker/etc/crictl.yaml");
     std::fs::remove_file(&f).unwrap();
@@ -555,7 +555,7 @@ fn issue5_undefined_template_variable_names_template_and_line() {
 }
 
 #[test]
-fn issue5_etcd_cluster_from_the_built_layers() {
+fn etcd_from_the_built_layers_forms_a_healthy_cluster() {
     // the real lab: Debian's etcd inside the layers
     let lab = Lab::lab_cluster();
     let mirror = format!("file://{}", lab_mirror().join("mirror").display());
@@ -581,7 +581,7 @@ fn issue5_etcd_cluster_from_the_built_layers() {
 }
 
 #[test]
-fn issue7_jobs_1_and_2_give_identical_bytes() {
+fn jobs_1_and_2_give_identical_bytes() {
     // members of several compression pieces (1 MiB each), so that threads
     // really share the work
     let (lab, server) = synthetic_sized((2 << 20) + 12345);
@@ -603,7 +603,7 @@ fn issue7_jobs_1_and_2_give_identical_bytes() {
 }
 
 #[test]
-fn issue7_a_stored_layer_without_its_record_is_built_again() {
+fn a_stored_layer_without_its_record_is_built_again() {
     let (lab, server) = synthetic();
     let node = |out: &str| {
         build(
@@ -641,7 +641,7 @@ fn issue7_a_stored_layer_without_its_record_is_built_again() {
 }
 
 #[test]
-fn issue7_overlays_hashed_from_kept_segment_states_pass_sha256sum() {
+fn overlays_hashed_from_kept_segment_states_pass_sha256sum() {
     let (lab, server) = synthetic();
     build(&lab, &server, &["cluster", "--out", "first"], &[]).assert_ok();
     // the masters' and the workers' shared segments each have a kept state
@@ -698,7 +698,7 @@ fn tree(root: &Path) -> Vec<String> {
 }
 
 #[test]
-fn issue7_pxe_overlay_unpacks_to_the_same_files_as_the_layers() {
+fn pxe_overlay_unpacks_to_the_same_files_as_the_layers() {
     // members larger than a compression piece: their compressed bytes are
     // shared between the tar layers and the cpio overlay
     let (lab, server) = synthetic_sized((1 << 20) + 777);
@@ -756,7 +756,7 @@ fn issue7_pxe_overlay_unpacks_to_the_same_files_as_the_layers() {
 }
 
 #[test]
-fn issue7_pxe_url_mode_loads_the_shared_segments_from_base() {
+fn pxe_url_mode_loads_the_shared_segments_from_base() {
     let (lab, server) = synthetic();
     let base = "http://10.0.0.5/layers";
     let url = format!("url={base}");
@@ -858,7 +858,7 @@ fn inodes(dir: &Path) -> Vec<(PathBuf, u64)> {
 }
 
 #[test]
-fn issue7_a_workers_new_ip_rebuilds_that_worker_only() {
+fn a_workers_new_ip_rebuilds_that_worker_only() {
     let (lab, server) = synthetic();
     build(&lab, &server, &["cluster", "--out", "out"], &[]).assert_ok();
     let before: Vec<_> = ["master01", "master02", "master03", "node01"]
@@ -891,7 +891,7 @@ fn issue7_a_workers_new_ip_rebuilds_that_worker_only() {
 }
 
 #[test]
-fn issue7_an_up_to_date_directory_missing_a_file_is_rebuilt() {
+fn an_up_to_date_directory_missing_a_file_is_rebuilt() {
     let (lab, server) = synthetic();
     let args = ["node", "--role", "node01", "--out", "out"];
     build(&lab, &server, &args, &[]).assert_ok();

@@ -113,7 +113,7 @@ pub fn health(endpoints: &str, ca: &Path, cert: &Path, key: &Path) -> (bool, Str
 }
 
 #[test]
-fn issue4_real_etcd_cluster_with_generated_certs() {
+fn etcd_with_the_generated_certs_is_healthy_and_refuses_a_foreign_client_cert() {
     let lab = Lab::new()
         .edit("cluster.yaml", "vip: 172.16.0.100", "vip: 127.0.4.100")
         .edit("cluster.yaml", "ip: 172.16.0.101", "ip: 127.0.4.1")
