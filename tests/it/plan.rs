@@ -50,7 +50,12 @@ fn master01_plan_has_six_layers_the_derived_values_and_0600_secrets() {
             "05-secrets"
         ]
     );
-    let d = &p["derived"];
+    derived_values_of_the_example(&p["derived"]);
+    private_files_are_0600_in_the_secrets_layer(&p);
+}
+
+/// master01's derived values: service IPs, etcd peers, SANs, VRRP, backends.
+fn derived_values_of_the_example(d: &serde_json::Value) {
     assert_eq!(d["kubernetes_service_ip"], "10.96.0.1");
     assert_eq!(d["cluster_dns"], "10.96.0.10");
     assert_eq!(
@@ -79,7 +84,10 @@ fn master01_plan_has_six_layers_the_derived_values_and_0600_secrets() {
     assert_eq!(vrrp[1]["state"], "BACKUP");
     assert!(vrrp[0]["priority"].as_u64() > vrrp[1]["priority"].as_u64());
     assert_eq!(d["haproxy_backends"].as_array().unwrap().len(), 3);
-    // every private file sits in the secrets layer with 0600
+}
+
+/// Every private file sits in the secrets layer with 0600.
+fn private_files_are_0600_in_the_secrets_layer(p: &serde_json::Value) {
     for layer in p["layers"].as_array().unwrap() {
         for e in layer["entries"].as_array().unwrap() {
             let path = e["path"].as_str().unwrap();
