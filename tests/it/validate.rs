@@ -1,4 +1,4 @@
-//! Every validation rule of issue 2, each with a fixture (an edit of the
+//! Every manifest validation rule, each with a fixture (an edit of the
 //! shipped example) whose error text and file:line:column are asserted.
 
 use crate::lab::Lab;
