@@ -74,7 +74,7 @@ fn read(
 }
 
 #[test]
-fn issue3_members_stream_out_of_the_archive() {
+fn wanted_members_stream_out_of_the_archive() {
     let f = tarball(&[
         E::File("etcd-v3.6.14-linux-amd64/etcd", b"etcd!"),
         E::File("etcd-v3.6.14-linux-amd64/README.md", b"docs"),
@@ -104,7 +104,7 @@ fn refused(entries: &[E], member: &str, why: &str) {
 }
 
 #[test]
-fn issue3_dotdot_member_is_refused() {
+fn a_dotdot_member_is_refused() {
     refused(
         &[E::File("ok", b"x"), E::RawFile("../evil", b"x")],
         "../evil",
@@ -113,7 +113,7 @@ fn issue3_dotdot_member_is_refused() {
 }
 
 #[test]
-fn issue3_absolute_member_is_refused() {
+fn an_absolute_member_is_refused() {
     refused(
         &[E::RawFile("/etc/cron.d/evil", b"x"), E::File("ok", b"x")],
         "/etc/cron.d/evil",
@@ -122,7 +122,7 @@ fn issue3_absolute_member_is_refused() {
 }
 
 #[test]
-fn issue3_escaping_symlink_is_refused() {
+fn an_escaping_symlink_is_refused() {
     refused(
         &[
             E::File("ok", b"x"),
@@ -139,7 +139,7 @@ fn issue3_escaping_symlink_is_refused() {
 }
 
 #[test]
-fn issue3_device_node_is_refused() {
+fn a_device_node_is_refused() {
     refused(
         &[E::CharDevice("dev/kmem")],
         "dev/kmem",
@@ -148,7 +148,7 @@ fn issue3_device_node_is_refused() {
 }
 
 #[test]
-fn issue3_missing_member_names_archive_and_member() {
+fn a_missing_member_names_the_archive_and_the_member() {
     let f = tarball(&[E::File("etcd-v3.6.14-linux-amd64/etcd", b"x")]);
     let err = read(
         &f,

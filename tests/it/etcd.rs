@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::judge::judge;
 use crate::lab::Lab;
 
 /// Kills the members when the test ends, however it ends.
@@ -89,15 +90,9 @@ pub fn health(endpoints: &str, ca: &Path, cert: &Path, key: &Path) -> (bool, Str
     let want = endpoints.split(',').count();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoints}"))
-            .arg(format!("--cacert={}", ca.display()))
-            .arg(format!("--cert={}", cert.display()))
-            .arg(format!("--key={}", key.display()))
+        let out = etcdctl(endpoints, ca, cert, key)
             .args(["--command-timeout=5s", "endpoint", "health", "--cluster"])
-            .output()
-            .unwrap();
+            .output();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -112,8 +107,26 @@ pub fn health(endpoints: &str, ca: &Path, cert: &Path, key: &Path) -> (bool, Str
     }
 }
 
+/// `etcdctl` (API 3) on `endpoints` with the CA `ca` and a client cert.
+fn etcdctl(endpoints: &str, ca: &Path, cert: &Path, key: &Path) -> crate::judge::Judge {
+    judge("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg(format!("--cacert={}", ca.display()))
+        .arg(format!("--cert={}", cert.display()))
+        .arg(format!("--key={}", key.display()))
+}
+
+/// The lab's three masters on loopback addresses.
+const MEMBERS: [(&str, &str); 3] = [
+    ("master01", "127.0.4.1"),
+    ("master02", "127.0.4.2"),
+    ("master03", "127.0.4.3"),
+];
+const ENDPOINTS: &str = "https://127.0.4.1:2379,https://127.0.4.2:2379,https://127.0.4.3:2379";
+
 #[test]
-fn issue4_real_etcd_cluster_with_generated_certs() {
+fn etcd_with_the_generated_certs_is_healthy_and_refuses_a_foreign_client_cert() {
     let lab = Lab::new()
         .edit("cluster.yaml", "vip: 172.16.0.100", "vip: 127.0.4.100")
         .edit("cluster.yaml", "ip: 172.16.0.101", "ip: 127.0.4.1")
@@ -121,65 +134,26 @@ fn issue4_real_etcd_cluster_with_generated_certs() {
         .edit("cluster.yaml", "ip: 172.16.0.103", "ip: 127.0.4.3");
     lab.imgbuild(&["pki", "init"]).assert_ok();
     let state = lab.path("state/ilinux");
-    let members = [
-        ("master01", "127.0.4.1"),
-        ("master02", "127.0.4.2"),
-        ("master03", "127.0.4.3"),
-    ];
     let s = state.clone();
-    let _etcd = start_members(lab.dir.path(), &members, move |node, file| match file {
+    let _etcd = start_members(lab.dir.path(), &MEMBERS, move |node, file| match file {
         "ca.crt" => s.join("pki/etcd/ca.crt"),
         f => s.join(format!("nodes/{node}/pki/etcd/{f}")),
     });
-    let endpoints = "https://127.0.4.1:2379,https://127.0.4.2:2379,https://127.0.4.3:2379";
-    let (ok, out) = health(
-        endpoints,
-        &state.join("pki/etcd/ca.crt"),
-        &state.join("pki/etcd/healthcheck-client.crt"),
-        &state.join("pki/etcd/healthcheck-client.key"),
-    );
+    let (ok, out) = health_as(&state, "pki/etcd/healthcheck-client");
     assert!(ok, "cluster not healthy:\n{out}");
     assert_eq!(out.matches("is healthy").count(), 3, "{out}");
 
     // the apiserver's etcd client certificate is accepted too
-    let (ok, out) = health(
-        endpoints,
-        &state.join("pki/etcd/ca.crt"),
-        &state.join("pki/apiserver-etcd-client.crt"),
-        &state.join("pki/apiserver-etcd-client.key"),
-    );
+    let (ok, out) = health_as(&state, "pki/apiserver-etcd-client");
     assert!(ok, "{out}");
 
     // a client certificate from another cluster's CA is refused
-    let other = Lab::new().edit("cluster.yaml", "name: ilinux", "name: other");
-    other.imgbuild(&["pki", "init"]).assert_ok();
-    let o = other.path("state/other");
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg(format!(
-            "--cacert={}",
-            state.join("pki/etcd/ca.crt").display()
-        ))
-        .arg(format!(
-            "--cert={}",
-            o.join("pki/etcd/healthcheck-client.crt").display()
-        ))
-        .arg(format!(
-            "--key={}",
-            o.join("pki/etcd/healthcheck-client.key").display()
-        ))
-        .args([
-            "--command-timeout=3s",
-            "--dial-timeout=3s",
-            "endpoint",
-            "health",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "a foreign client cert was accepted");
+    assert!(
+        !foreign_client_is_accepted(&state),
+        "a foreign client cert was accepted"
+    );
     // the members' own logs say why: the client's certificate is not theirs
-    let logs: String = members
+    let logs: String = MEMBERS
         .iter()
         .map(|(n, _)| std::fs::read_to_string(lab.path(&format!("{n}.log"))).unwrap_or_default())
         .collect();
@@ -187,4 +161,37 @@ fn issue4_real_etcd_cluster_with_generated_certs() {
         logs.contains("certificate signed by unknown authority"),
         "refused for another reason than the certificate"
     );
+}
+
+/// `health` of the cluster, as the client `<client>.crt` of `state`.
+fn health_as(state: &Path, client: &str) -> (bool, String) {
+    health(
+        ENDPOINTS,
+        &state.join("pki/etcd/ca.crt"),
+        &state.join(format!("{client}.crt")),
+        &state.join(format!("{client}.key")),
+    )
+}
+
+/// Whether the cluster of `state` answers a client whose certificate another
+/// cluster's CA issued.
+fn foreign_client_is_accepted(state: &Path) -> bool {
+    let other = Lab::new().edit("cluster.yaml", "name: ilinux", "name: other");
+    other.imgbuild(&["pki", "init"]).assert_ok();
+    let o = other.path("state/other");
+    etcdctl(
+        ENDPOINTS,
+        &state.join("pki/etcd/ca.crt"),
+        &o.join("pki/etcd/healthcheck-client.crt"),
+        &o.join("pki/etcd/healthcheck-client.key"),
+    )
+    .args([
+        "--command-timeout=3s",
+        "--dial-timeout=3s",
+        "endpoint",
+        "health",
+    ])
+    .output()
+    .status
+    .success()
 }

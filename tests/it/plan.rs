@@ -3,19 +3,19 @@
 use crate::lab::{Lab, golden};
 
 #[test]
-fn issue2_plan_master01_golden_table() {
+fn plan_of_master01_matches_its_golden_table() {
     let run = Lab::new().plan("master01").assert_ok();
     golden("plan-master01.txt", &run.stdout());
 }
 
 #[test]
-fn issue2_plan_node01_golden_table() {
+fn plan_of_node01_matches_its_golden_table() {
     let run = Lab::new().plan("node01").assert_ok();
     golden("plan-node01.txt", &run.stdout());
 }
 
 #[test]
-fn issue2_plan_master01_golden_json() {
+fn plan_json_of_master01_is_canonical_and_matches_its_golden() {
     let run = Lab::new()
         .imgbuild(&["plan", "--role", "master01", "--json"])
         .assert_ok();
@@ -28,7 +28,7 @@ fn issue2_plan_master01_golden_json() {
 }
 
 #[test]
-fn issue2_master01_plan_facts() {
+fn master01_plan_has_six_layers_the_derived_values_and_0600_secrets() {
     let run = Lab::new()
         .imgbuild(&["plan", "--role", "master01", "--json"])
         .assert_ok();
@@ -50,7 +50,12 @@ fn issue2_master01_plan_facts() {
             "05-secrets"
         ]
     );
-    let d = &p["derived"];
+    derived_values_of_the_example(&p["derived"]);
+    private_files_are_0600_in_the_secrets_layer(&p);
+}
+
+/// master01's derived values: service IPs, etcd peers, SANs, VRRP, backends.
+fn derived_values_of_the_example(d: &serde_json::Value) {
     assert_eq!(d["kubernetes_service_ip"], "10.96.0.1");
     assert_eq!(d["cluster_dns"], "10.96.0.10");
     assert_eq!(
@@ -79,7 +84,10 @@ fn issue2_master01_plan_facts() {
     assert_eq!(vrrp[1]["state"], "BACKUP");
     assert!(vrrp[0]["priority"].as_u64() > vrrp[1]["priority"].as_u64());
     assert_eq!(d["haproxy_backends"].as_array().unwrap().len(), 3);
-    // every private file sits in the secrets layer with 0600
+}
+
+/// Every private file sits in the secrets layer with 0600.
+fn private_files_are_0600_in_the_secrets_layer(p: &serde_json::Value) {
     for layer in p["layers"].as_array().unwrap() {
         for e in layer["entries"].as_array().unwrap() {
             let path = e["path"].as_str().unwrap();
@@ -94,7 +102,7 @@ fn issue2_master01_plan_facts() {
 }
 
 #[test]
-fn issue2_worker_never_gets_a_ca_key() {
+fn a_worker_never_gets_a_ca_key() {
     for target in ["node01", "worker"] {
         let run = Lab::new().plan(target).assert_ok();
         let out = run.stdout();
@@ -105,7 +113,7 @@ fn issue2_worker_never_gets_a_ca_key() {
 }
 
 #[test]
-fn issue2_role_target_plans_the_generic_image_without_node_layer() {
+fn a_role_target_plans_the_generic_image_without_a_node_layer() {
     let run = Lab::new().plan("worker").assert_ok();
     let out = run.stdout();
     assert!(out.starts_with("generic image of role worker"), "{out}");
@@ -115,7 +123,7 @@ fn issue2_role_target_plans_the_generic_image_without_node_layer() {
 }
 
 #[test]
-fn issue2_role_with_per_node_secrets_has_no_generic_image() {
+fn a_role_with_per_node_secrets_has_no_generic_image() {
     Lab::new()
         .plan("etcd")
         .assert_failed()
@@ -124,7 +132,7 @@ fn issue2_role_with_per_node_secrets_has_no_generic_image() {
 }
 
 #[test]
-fn issue2_unknown_target_lists_nodes_and_roles() {
+fn an_unknown_target_lists_the_nodes_and_roles() {
     Lab::new()
         .plan("master09")
         .assert_failed()
@@ -134,7 +142,7 @@ fn issue2_unknown_target_lists_nodes_and_roles() {
 }
 
 #[test]
-fn issue2_two_roles_writing_one_path_is_an_error() {
+fn two_roles_writing_one_path_is_an_error() {
     let lab = Lab::new();
     std::fs::create_dir_all(lab.path("layers/lb/etc/etcd")).unwrap();
     std::fs::write(lab.path("layers/lb/etc/etcd/etcd.env"), "x\n").unwrap();
@@ -144,7 +152,7 @@ fn issue2_two_roles_writing_one_path_is_an_error() {
 }
 
 #[test]
-fn issue6_push_without_an_oci_image_says_how_to_make_one() {
+fn push_without_an_oci_image_names_the_missing_index_json() {
     let lab = Lab::new();
     lab.imgbuild(&["push", "out/master01", "127.0.0.1:5000/n:1"])
         .assert_failed()
@@ -152,7 +160,7 @@ fn issue6_push_without_an_oci_image_says_how_to_make_one() {
 }
 
 #[test]
-fn issue2_help_names_every_command() {
+fn help_names_every_command_and_global_option() {
     let run = Lab::new().imgbuild(&["--help"]).assert_ok();
     for cmd in [
         "node", "cluster", "push", "plan", "fetch", "bundle", "pki", "verify",

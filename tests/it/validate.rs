@@ -1,4 +1,4 @@
-//! Every validation rule of issue 2, each with a fixture (an edit of the
+//! Every manifest validation rule, each with a fixture (an edit of the
 //! shipped example) whose error text and file:line:column are asserted.
 
 use crate::lab::Lab;
@@ -6,13 +6,13 @@ use crate::lab::Lab;
 const NODE02: &str = "  - name: node02\n    ip: 172.16.0.105\n";
 
 #[test]
-fn issue2_shipped_example_is_valid_and_quiet() {
+fn the_shipped_example_is_valid_and_quiet() {
     let run = Lab::new().plan("master01").assert_ok();
     assert_eq!(run.stderr(), "", "the shipped example must not warn");
 }
 
 #[test]
-fn issue2_unknown_field() {
+fn an_unknown_field_is_an_error_at_its_line_and_column() {
     let lab = Lab::new().edit(
         "cluster.yaml",
         NODE02,
@@ -24,7 +24,7 @@ fn issue2_unknown_field() {
 }
 
 #[test]
-fn issue2_unknown_field_in_a_role_and_in_pins() {
+fn unknown_fields_in_a_role_and_in_pins_are_errors_at_their_lines() {
     let lab = Lab::new()
         .edit("roles/lb.yaml", "services:", "servces:")
         .edit(
@@ -40,7 +40,7 @@ fn issue2_unknown_field_in_a_role_and_in_pins() {
 }
 
 #[test]
-fn issue2_duplicate_node_name() {
+fn a_duplicate_node_name_names_both_lines() {
     let lab = Lab::new().edit("cluster.yaml", "- name: node02", "- name: node01");
     // the duplicate is the `name: node01` just above node02's old IP
     let ip = lab.at("cluster.yaml", "ip: 172.16.0.105", "ip");
@@ -55,7 +55,7 @@ fn issue2_duplicate_node_name() {
 }
 
 #[test]
-fn issue2_duplicate_node_ip() {
+fn a_duplicate_node_ip_names_the_first_node_and_its_line() {
     let lab = Lab::new().edit("cluster.yaml", "ip: 172.16.0.105", "ip: 172.16.0.104");
     let loc = lab.at("cluster.yaml", "- name: node02", "");
     let line: usize = loc.split(':').nth(1).unwrap().parse().unwrap();
@@ -75,7 +75,7 @@ fn issue2_duplicate_node_ip() {
 }
 
 #[test]
-fn issue2_name_not_dns_label() {
+fn a_node_name_that_is_not_a_dns_label_is_an_error() {
     let lab = Lab::new().edit("cluster.yaml", "- name: node02", "- name: Node_02");
     let loc = lab.at("cluster.yaml", "Node_02", "Node_02");
     lab.plan("master01")
@@ -83,7 +83,7 @@ fn issue2_name_not_dns_label() {
 }
 
 #[test]
-fn issue2_role_without_definition() {
+fn a_role_without_a_definition_lists_the_defined_roles() {
     let lab = Lab::new().edit(
         "cluster.yaml",
         "ip: 172.16.0.106\n    arch: amd64\n    roles: [worker]",
@@ -97,7 +97,7 @@ fn issue2_role_without_definition() {
 }
 
 #[test]
-fn issue2_no_etcd_member() {
+fn a_cluster_without_an_etcd_member_is_an_error() {
     let mut lab = Lab::new();
     for n in ["01", "02", "03"] {
         lab = lab.edit(
@@ -114,7 +114,7 @@ fn issue2_no_etcd_member() {
 }
 
 #[test]
-fn issue2_even_etcd_count_warns_and_still_plans() {
+fn an_even_etcd_count_warns_and_still_plans() {
     let lab = Lab::new().edit(
         "cluster.yaml",
         "ip: 172.16.0.104\n    arch: amd64\n    roles: [worker]",
@@ -131,7 +131,7 @@ fn issue2_even_etcd_count_warns_and_still_plans() {
 }
 
 #[test]
-fn issue2_service_cidr_overlaps_pod_cidr() {
+fn a_service_cidr_overlapping_the_pod_cidr_is_an_error() {
     let lab = Lab::new().edit(
         "cluster.yaml",
         "pod_cidr: 10.244.0.0/16",
@@ -145,7 +145,7 @@ fn issue2_service_cidr_overlaps_pod_cidr() {
 }
 
 #[test]
-fn issue2_service_cidr_contains_node_ip() {
+fn a_node_ip_inside_the_service_cidr_is_an_error() {
     let lab = Lab::new().edit("cluster.yaml", "ip: 172.16.0.105", "ip: 10.96.7.5");
     let loc = lab.at("cluster.yaml", "ip: 10.96.7.5", "10.96");
     lab.plan("master01").assert_error(
@@ -155,7 +155,7 @@ fn issue2_service_cidr_contains_node_ip() {
 }
 
 #[test]
-fn issue2_cluster_dns_outside_service_cidr() {
+fn a_cluster_dns_outside_the_service_cidr_is_an_error() {
     let lab = Lab::new().edit(
         "cluster.yaml",
         "  node_cidr_mask: 24\n",
@@ -169,7 +169,7 @@ fn issue2_cluster_dns_outside_service_cidr() {
 }
 
 #[test]
-fn issue2_vip_equal_to_node_ip() {
+fn a_vip_equal_to_a_node_ip_is_an_error() {
     let lab = Lab::new().edit("cluster.yaml", "vip: 172.16.0.100", "vip: 172.16.0.105");
     let loc = lab.at("cluster.yaml", "vip: 172.16.0.105", "172");
     lab.plan("master01")
@@ -177,7 +177,7 @@ fn issue2_vip_equal_to_node_ip() {
 }
 
 #[test]
-fn issue2_lb_port_equal_to_apiserver_port() {
+fn an_lb_port_equal_to_the_apiserver_port_is_an_error() {
     let lab = Lab::new().edit("cluster.yaml", "lb_port: 8443", "lb_port: 6443");
     let loc = lab.at("cluster.yaml", "lb_port: 6443", "6443");
     lab.plan("master01").assert_error(
@@ -187,7 +187,7 @@ fn issue2_lb_port_equal_to_apiserver_port() {
 }
 
 #[test]
-fn issue2_arch_without_pin() {
+fn an_arch_without_a_pin_names_the_node_artifact_and_role() {
     // crictl keeps only its amd64 pin; node03 becomes arm64.
     let lab = Lab::new()
         .edit(
@@ -218,7 +218,7 @@ fn issue2_arch_without_pin() {
 }
 
 #[test]
-fn issue2_kubernetes_older_than_1_33() {
+fn kubernetes_older_than_1_33_is_an_error() {
     let lab = Lab::new().edit(
         "cluster.yaml",
         "kubernetes_version: v1.35.4",
@@ -232,7 +232,7 @@ fn issue2_kubernetes_older_than_1_33() {
 }
 
 #[test]
-fn issue2_pin_without_checksum() {
+fn a_pin_without_a_checksum_is_an_error() {
     let lab = Lab::new();
     let text = lab.read("pins.toml");
     let runc_amd64 = text
@@ -256,7 +256,7 @@ fn issue2_pin_without_checksum() {
 }
 
 #[test]
-fn issue2_pin_with_malformed_checksum() {
+fn a_malformed_pin_checksum_is_an_error() {
     let lab = Lab::new().edit(
         "pins.toml",
         "sha256 = \"f6ae8efc0fa40079e1475e97cbe9d1bd3f106a28d6af78a11d9f1bd565515e60\"",
@@ -270,7 +270,7 @@ fn issue2_pin_with_malformed_checksum() {
 }
 
 #[test]
-fn issue2_image_pin_with_malformed_digest() {
+fn a_malformed_image_pin_digest_is_an_error() {
     let lab = Lab::new().edit(
         "pins.toml",
         "digest = \"sha256:278fb9dbcca9518083ad1e11276933a2e96f23de604a3a08cc3c80002767d24c\"",
@@ -284,7 +284,7 @@ fn issue2_image_pin_with_malformed_digest() {
 }
 
 #[test]
-fn issue2_every_problem_is_reported_at_once() {
+fn every_problem_is_reported_at_once() {
     let lab = Lab::new()
         .edit("cluster.yaml", "- name: node02", "- name: Node_02")
         .edit("cluster.yaml", "lb_port: 8443", "lb_port: 6443")
@@ -308,7 +308,7 @@ fn issue2_every_problem_is_reported_at_once() {
 }
 
 #[test]
-fn issue2_unknown_secret_and_missing_layer_dir() {
+fn an_unknown_secret_and_a_missing_layer_directory_are_errors() {
     let lab = Lab::new()
         .edit(
             "roles/worker.yaml",
@@ -324,7 +324,7 @@ fn issue2_unknown_secret_and_missing_layer_dir() {
 }
 
 #[test]
-fn issue2_ca_key_on_a_non_control_plane_node_is_refused() {
+fn a_ca_key_on_a_non_control_plane_node_is_refused() {
     let lab = Lab::new().edit(
         "roles/worker.yaml",
         "  - pki/ca.crt\n",
@@ -336,7 +336,7 @@ fn issue2_ca_key_on_a_non_control_plane_node_is_refused() {
 }
 
 #[test]
-fn issue2_yaml_syntax_error_names_file_line_column() {
+fn a_yaml_syntax_error_names_file_line_and_column() {
     let lab = Lab::new().edit(
         "cluster.yaml",
         "roles: [worker]\n    labels:",
