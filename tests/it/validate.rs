@@ -347,3 +347,24 @@ fn a_yaml_syntax_error_names_file_line_and_column() {
     lab.plan("master01")
         .assert_error(&loc, "illegal placement of ':' indicator");
 }
+
+#[test]
+fn a_role_named_like_an_imgbuild_layer_is_an_error() {
+    let lab = Lab::new();
+    for name in ["node", "secrets"] {
+        std::fs::copy(
+            lab.path("manifests/roles/lb.yaml"),
+            lab.path(&format!("manifests/roles/{name}.yaml")),
+        )
+        .unwrap();
+    }
+    lab.plan("master01")
+        .assert_error(
+            "manifests/roles/node.yaml:1:1",
+            "`node` is the name of a layer imgbuild makes itself",
+        )
+        .assert_error(
+            "manifests/roles/secrets.yaml:1:1",
+            "`secrets` is the name of a layer imgbuild makes itself",
+        );
+}
