@@ -2,7 +2,11 @@
 //! the cluster's values (role layers: `cluster`, `derived`, `images`, `arch`)
 //! or the node's (node layer: the same plus `node`). Undefined variables are
 //! errors naming the template and the line that uses them, so a role-layer
-//! template cannot silently depend on a node.
+//! template cannot silently depend on a node. Templates get a small,
+//! bounded language ([`guard`]): no function reads the host, and size,
+//! nesting, loops and run time are capped.
+
+mod guard;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +23,12 @@ pub enum RenderError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{template}:{line}: refused: {message}")]
+    Refused {
+        template: String,
+        line: usize,
+        message: String,
     },
     #[error("{template}:{line}: {message}")]
     Template {
@@ -81,7 +91,7 @@ pub fn render(m: &Manifests, plan: &Plan) -> Result<Rendered, RenderError> {
         .map(|i| (i.name.as_str(), i.reference()))
         .collect();
     let mut out = Rendered::new();
-    let root = m.layers_dir.parent().unwrap_or(Path::new("."));
+    let mut tera = guard::tera();
     for layer in &plan.layers {
         let vars = Vars {
             cluster: &m.cluster,
@@ -104,29 +114,63 @@ pub fn render(m: &Manifests, plan: &Plan) -> Result<Rendered, RenderError> {
             let Source::Template { template } = &e.source else {
                 continue;
             };
-            // `layers/<dir>/…` relative to the layers dir's parent
-            let path = m.layers_dir.join(template.trim_start_matches("layers/"));
-            let text = std::fs::read_to_string(&path).map_err(|source| RenderError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let shown = path
-                .strip_prefix(root)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| template.clone());
-            let rendered = tera::Tera::one_off(&text, &ctx, false).map_err(|source| {
-                let message = innermost(&source);
-                RenderError::Template {
-                    template: shown.clone(),
-                    line: line_of(&text, &message),
-                    message,
-                    source: Box::new(source),
-                }
-            })?;
-            out.insert((layer.name.clone(), e.path.clone()), rendered.into_bytes());
+            let bytes = render_one(m, &mut tera, template, &ctx)?;
+            out.insert((layer.name.clone(), e.path.clone()), bytes);
         }
     }
     Ok(out)
+}
+
+/// One template (`layers/<dir>/…`), checked by [`guard`], then rendered.
+fn render_one(
+    m: &Manifests,
+    tera: &mut tera::Tera,
+    template: &str,
+    ctx: &tera::Context,
+) -> Result<Vec<u8>, RenderError> {
+    let path = m.layers_dir.join(template.trim_start_matches("layers/"));
+    let text = read_template(&path)?;
+    let root = m.layers_dir.parent().unwrap_or(Path::new("."));
+    let shown = path
+        .strip_prefix(root)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| template.to_string());
+    let failed = |source: tera::Error| {
+        let message = innermost(&source);
+        RenderError::Template {
+            template: shown.clone(),
+            line: line_of(&text, &message),
+            message,
+            source: Box::new(source),
+        }
+    };
+    guard::check(&text).map_err(|r| RenderError::Refused {
+        template: shown.clone(),
+        line: r.line,
+        message: r.message,
+    })?;
+    tera.add_raw_template(&shown, &text).map_err(failed)?;
+    let mut w = guard::Bounded::default();
+    guard::with_deadline(&shown, || tera.render_to(&shown, ctx, &mut w)).map_err(failed)?;
+    Ok(w.0)
+}
+
+/// A template's text: a regular file of at most [`guard::MAX_TEMPLATE`] bytes.
+fn read_template(path: &Path) -> Result<String, RenderError> {
+    use std::io::Read;
+    let read = |source| RenderError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(read)?;
+    if !f.metadata().map_err(read)?.is_file() {
+        return Err(read(std::io::Error::other("not a regular file")));
+    }
+    let mut text = String::new();
+    f.take(guard::MAX_TEMPLATE as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    Ok(text)
 }
 
 #[cfg(test)]
