@@ -82,7 +82,7 @@ fn judge_image_archive(
 }
 
 #[test]
-fn issue6_images_pulled_by_digest_per_arch_and_baked_in() {
+fn images_are_pulled_by_digest_per_arch_and_baked_into_the_layers() {
     let (lab, server, reg, pushed) = lab_with_images();
     run(&lab, &server, &reg, &["node", "--role", "node01"]).assert_ok();
     run(&lab, &server, &reg, &["node", "--role", "node03"]).assert_ok();
@@ -117,7 +117,7 @@ fn issue6_images_pulled_by_digest_per_arch_and_baked_in() {
 }
 
 #[test]
-fn issue6_a_tampered_blob_is_refused_naming_both_digests() {
+fn a_tampered_image_blob_is_refused_naming_both_digests() {
     let (lab, server, reg, pushed) = lab_with_images();
     let (_, p) = pushed.iter().find(|(n, _)| n == "coredns").unwrap();
     let layer = &p.layers.iter().find(|(a, _)| a == "amd64").unwrap().1;
@@ -140,7 +140,7 @@ fn issue6_a_tampered_blob_is_refused_naming_both_digests() {
 }
 
 #[test]
-fn issue6_offline_build_from_the_cache_alone() {
+fn a_node_builds_offline_from_the_cache_alone() {
     let (lab, server, reg, _) = lab_with_images();
     run(&lab, &server, &reg, &["fetch", "--role", "node01"]).assert_ok();
     drop(reg);
@@ -154,7 +154,7 @@ fn run_offline(lab: &Lab, args: &[&str]) -> crate::lab::Run {
 }
 
 #[test]
-fn issue6_bundle_with_images_then_offline_build_in_an_empty_cache() {
+fn a_bundle_with_images_builds_a_node_offline_into_an_empty_cache() {
     let (lab, server, reg, _) = lab_with_images();
     run(&lab, &server, &reg, &["bundle", "export", "site.tar"]).assert_ok();
     drop(reg);
@@ -232,7 +232,7 @@ fn oci_index(lab: &Lab, out: &str) -> serde_json::Value {
 }
 
 #[test]
-fn issue6_node_image_as_reproducible_oci_layout_judged_by_skopeo_and_umoci() {
+fn the_node_image_is_a_reproducible_oci_layout_that_skopeo_and_umoci_accept() {
     let (lab, server, reg, _) = lab_with_images();
     run(
         &lab,
@@ -295,7 +295,7 @@ fn issue6_node_image_as_reproducible_oci_layout_judged_by_skopeo_and_umoci() {
 }
 
 #[test]
-fn issue6_push_then_copy_back_gives_the_same_digest_without_secrets() {
+fn push_leaves_the_secrets_out_unless_asked_and_copies_back_to_the_same_digest() {
     let (lab, server, reg, _) = lab_with_images();
     run(
         &lab,

@@ -145,7 +145,7 @@ fn pki_init(lab: &Lab) {
 }
 
 #[test]
-fn issue4_openssl_verifies_every_leaf_against_its_ca() {
+fn openssl_verifies_every_leaf_against_its_ca_and_no_other() {
     let lab = Lab::new();
     pki_init(&lab);
     let dir = state(&lab);
@@ -177,7 +177,7 @@ fn issue4_openssl_verifies_every_leaf_against_its_ca() {
 }
 
 #[test]
-fn issue4_certificates_match_the_kubernetes_pki_table() {
+fn certificates_match_the_kubernetes_pki_table() {
     let lab = Lab::new();
     pki_init(&lab);
     let dir = state(&lab);
@@ -304,7 +304,7 @@ fn issue4_certificates_match_the_kubernetes_pki_table() {
 }
 
 #[test]
-fn issue4_state_dir_is_private() {
+fn state_dir_and_every_file_in_it_are_private() {
     use std::os::unix::fs::PermissionsExt;
     let lab = Lab::new();
     pki_init(&lab);
@@ -336,7 +336,7 @@ fn kubectl(kubeconfig: &Path, jsonpath: &str) -> String {
 }
 
 #[test]
-fn issue4_kubectl_reads_every_kubeconfig() {
+fn kubectl_reads_every_kubeconfig() {
     let lab = Lab::new();
     pki_init(&lab);
     let dir = state(&lab);
@@ -443,7 +443,7 @@ fn issue4_kubectl_reads_every_kubeconfig() {
 }
 
 #[test]
-fn issue4_init_again_changes_nothing() {
+fn init_again_changes_nothing() {
     let lab = Lab::new();
     pki_init(&lab);
     let before = hashes(&state(&lab));
@@ -460,7 +460,7 @@ fn issue4_init_again_changes_nothing() {
 }
 
 #[test]
-fn issue4_ip_change_reissues_exactly_that_masters_certs() {
+fn an_ip_change_reissues_exactly_that_masters_certs() {
     let lab = Lab::new();
     pki_init(&lab);
     let before = hashes(&state(&lab));
@@ -489,7 +489,7 @@ fn issue4_ip_change_reissues_exactly_that_masters_certs() {
 }
 
 #[test]
-fn issue4_rsa_keys_on_request() {
+fn rsa_keys_are_issued_when_the_manifests_ask_for_them() {
     let lab = Lab::new().edit(
         "cluster.yaml",
         "key_algorithm: ecdsa-p256",
@@ -517,7 +517,7 @@ fn issue4_rsa_keys_on_request() {
 }
 
 #[test]
-fn issue4_key_algorithm_change_reissues_leaves_but_keeps_cas() {
+fn a_key_algorithm_change_reissues_the_leaves_but_keeps_the_cas() {
     let lab = Lab::new();
     pki_init(&lab);
     let before = hashes(&state(&lab));
@@ -541,7 +541,7 @@ fn issue4_key_algorithm_change_reissues_leaves_but_keeps_cas() {
 }
 
 #[test]
-fn issue4_status_table_and_json() {
+fn status_prints_a_table_and_json_with_every_row_ok() {
     let lab = Lab::new();
     pki_init(&lab);
     let run = lab.imgbuild(&["pki", "status"]).assert_ok();
@@ -579,7 +579,7 @@ fn in_days(days: i64) -> String {
 }
 
 #[test]
-fn issue4_status_flags_expiring_and_mismatched_and_renew_fixes_them() {
+fn status_flags_expiring_and_mismatched_certs_and_renew_fixes_them() {
     let lab = Lab::new();
     pki_init(&lab);
     let later = in_days(345);
@@ -612,7 +612,7 @@ fn issue4_status_flags_expiring_and_mismatched_and_renew_fixes_them() {
 }
 
 #[test]
-fn issue4_renew_all_keeps_cas_and_renew_ca_warns() {
+fn renew_all_keeps_the_cas_and_renew_ca_replaces_them_with_a_warning() {
     let lab = Lab::new();
     pki_init(&lab);
     let before = hashes(&state(&lab));
@@ -647,7 +647,7 @@ fn issue4_renew_all_keeps_cas_and_renew_ca_warns() {
 }
 
 #[test]
-fn issue4_a_ca_without_its_key_is_never_replaced_silently() {
+fn a_ca_without_its_key_is_never_replaced_silently() {
     let lab = Lab::new();
     pki_init(&lab);
     std::fs::remove_file(state(&lab).join("pki/etcd/ca.key")).unwrap();
@@ -680,7 +680,7 @@ fn valid_in_days(pem: &Path, days: i64) -> bool {
 }
 
 #[test]
-fn issue12_renew_expiring_reissues_only_the_leaves_inside_the_renewal_window() {
+fn renew_expiring_reissues_only_the_leaves_inside_the_renewal_window() {
     let lab = Lab::new();
     pki_init(&lab);
     // one leaf made 200 days later: 220 days left when the others have 20
