@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::artifacts::{Serve, Served, serve};
 use crate::http::{Fault, Server};
+use crate::judge::judge;
 use crate::lab::Lab;
 
 /// The amd64 artifacts the six nodes of the example need.
@@ -58,7 +59,7 @@ fn fetch(lab: &Lab, extra: &[&str]) -> crate::lab::Run {
 }
 
 #[test]
-fn issue3_fetch_fills_the_cache_and_a_second_run_downloads_nothing() {
+fn fetch_fills_the_cache_and_a_second_run_downloads_nothing() {
     let server = Server::start();
     let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Direct, 64 << 10);
@@ -90,7 +91,7 @@ fn issue3_fetch_fills_the_cache_and_a_second_run_downloads_nothing() {
 }
 
 #[test]
-fn issue3_fetch_one_role_takes_only_what_it_needs() {
+fn fetch_for_one_role_takes_only_what_it_needs() {
     let server = Server::start();
     let lab = Lab::new().without_images();
     serve(&lab, &server, Serve::Direct, 4 << 10);
@@ -121,7 +122,7 @@ fn one_fault(fault: Fault) -> (Server, Lab, Served) {
 }
 
 #[test]
-fn issue3_truncated_body_is_resumed_with_range() {
+fn a_truncated_body_is_resumed_with_a_range_request() {
     let (server, lab, served) = one_fault(Fault::Truncate(1));
     fetch(&lab, &[]).assert_ok();
     assert_cache_complete(&lab, &served);
@@ -136,7 +137,7 @@ fn issue3_truncated_body_is_resumed_with_range() {
 }
 
 #[test]
-fn issue3_connection_reset_mid_body_is_resumed() {
+fn a_connection_reset_mid_body_is_resumed() {
     let (server, lab, served) = one_fault(Fault::Reset(2));
     fetch(&lab, &[]).assert_ok();
     assert_cache_complete(&lab, &served);
@@ -146,7 +147,7 @@ fn issue3_connection_reset_mid_body_is_resumed() {
 }
 
 #[test]
-fn issue3_server_errors_are_retried() {
+fn server_errors_are_retried() {
     let (server, lab, served) = one_fault(Fault::Fail(2));
     fetch(&lab, &[]).assert_ok();
     assert_cache_complete(&lab, &served);
@@ -154,7 +155,7 @@ fn issue3_server_errors_are_retried() {
 }
 
 #[test]
-fn issue3_a_persistent_server_error_names_the_url_and_status() {
+fn a_persistent_server_error_names_the_url_and_status() {
     let (_server, lab, served) = one_fault(Fault::Fail(100));
     let run = fetch(&lab, &[]).assert_failed();
     let (path, _, _) = &served.files[&("etcd".into(), "amd64".into())];
@@ -168,7 +169,7 @@ fn issue3_a_persistent_server_error_names_the_url_and_status() {
 }
 
 #[test]
-fn issue3_slow_drip_completes() {
+fn a_slow_drip_completes() {
     let (_server, lab, served) = one_fault(Fault::Drip {
         chunk: 16 << 10,
         delay: Duration::from_millis(5),
@@ -178,7 +179,7 @@ fn issue3_slow_drip_completes() {
 }
 
 #[test]
-fn issue3_wrong_bytes_are_refused_naming_everything_and_leave_the_cache_as_it_was() {
+fn wrong_bytes_are_refused_naming_everything_and_leave_the_cache_as_it_was() {
     let (_server, lab, served) = one_fault(Fault::WrongBytes);
     let run = fetch(&lab, &[]).assert_failed();
     let (path, sha, bytes) = &served.files[&("etcd".into(), "amd64".into())];
@@ -213,7 +214,7 @@ fn issue3_wrong_bytes_are_refused_naming_everything_and_leave_the_cache_as_it_wa
 }
 
 #[test]
-fn issue3_range_not_supported_restarts_from_zero() {
+fn a_server_that_ignores_range_makes_the_download_restart_from_zero() {
     let (server, lab, served) = one_fault(Fault::Truncate(1));
     server.fault(served.path("etcd"), Fault::NoRange);
     fetch(&lab, &[]).assert_ok();
@@ -227,7 +228,7 @@ fn issue3_range_not_supported_restarts_from_zero() {
 }
 
 #[test]
-fn issue3_offline_fails_at_once_naming_every_missing_artifact() {
+fn offline_fails_at_once_naming_every_missing_artifact() {
     let server = Server::start();
     let lab = Lab::new().without_images();
     serve(&lab, &server, Serve::Direct, 1024);
@@ -244,7 +245,7 @@ fn issue3_offline_fails_at_once_naming_every_missing_artifact() {
 }
 
 #[test]
-fn issue3_mirror_serves_the_upstream_layout() {
+fn a_mirror_in_the_upstream_layout_serves_when_an_earlier_one_is_down() {
     let server = Server::start();
     let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Mirror, 4 << 10);
@@ -270,7 +271,7 @@ fn issue3_mirror_serves_the_upstream_layout() {
 }
 
 #[test]
-fn issue3_killed_mid_download_then_run_again_ends_verified() {
+fn a_fetch_killed_mid_download_resumes_on_the_next_run_and_ends_verified() {
     let server = Server::start();
     let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Direct, 2 << 20);
@@ -297,10 +298,7 @@ fn issue3_killed_mid_download_then_run_again_ends_verified() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // SIGKILL: no chance to clean up
-    Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status()
-        .unwrap();
+    judge("kill").args(["-9", &child.id().to_string()]).ok();
     let _ = child.wait();
     assert!(
         !blob(&lab, &served, "kubernetes-server").exists(),
@@ -317,7 +315,7 @@ fn issue3_killed_mid_download_then_run_again_ends_verified() {
 }
 
 #[test]
-fn issue3_two_concurrent_fetches_into_one_cache_both_succeed() {
+fn two_concurrent_fetches_into_one_cache_both_succeed_downloading_each_artifact_once() {
     let server = Server::start();
     let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Direct, 512 << 10);
@@ -357,18 +355,11 @@ fn issue3_two_concurrent_fetches_into_one_cache_both_succeed() {
 
 fn untar(file: &Path, into: &Path) {
     std::fs::create_dir_all(into).unwrap();
-    let ok = Command::new("tar")
-        .arg("-xf")
-        .arg(file)
-        .arg("-C")
-        .arg(into)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    judge("tar").arg("-xf").arg(file).arg("-C").arg(into).ok();
 }
 
 #[test]
-fn issue3_bundle_export_import_then_offline() {
+fn an_exported_bundle_imports_for_an_offline_fetch_and_serves_as_a_mirror() {
     let server = Server::start();
     let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Mirror, 8 << 10);
@@ -380,12 +371,10 @@ fn issue3_bundle_export_import_then_offline() {
     // the bundle lists every file in SHA256SUMS, which `sha256sum -c` accepts
     let unpacked = lab.path("unpacked");
     untar(&lab.path("site.tar"), &unpacked);
-    let check = Command::new("sha256sum")
+    judge("sha256sum")
         .args(["-c", "--quiet", "SHA256SUMS"])
         .current_dir(&unpacked)
-        .status()
-        .unwrap();
-    assert!(check.success());
+        .ok();
     assert!(unpacked.join("manifests/cluster.yaml").is_file());
     assert!(
         unpacked
@@ -435,7 +424,7 @@ fn issue3_bundle_export_import_then_offline() {
 }
 
 #[test]
-fn issue3_bundle_import_refuses_a_tampered_artifact() {
+fn bundle_import_refuses_a_tampered_artifact() {
     let server = Server::start();
     let lab = Lab::new().without_images();
     let served = serve(&lab, &server, Serve::Mirror, 8 << 10);
@@ -468,7 +457,7 @@ fn issue3_bundle_import_refuses_a_tampered_artifact() {
 }
 
 #[test]
-fn issue3_fetch_against_the_lab_mirror_fills_the_cache() {
+fn fetch_from_the_lab_mirror_fills_the_cache_with_a_real_etcd() {
     let lab_dir = crate::lab::lab_mirror();
     let work = tempfile::tempdir().unwrap();
     let mirror = format!("file://{}", lab_dir.join("mirror").display());
@@ -519,12 +508,8 @@ fn issue3_fetch_against_the_lab_mirror_fills_the_cache() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let v = Command::new(&exe).arg("--version").output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&v.stdout).contains("etcd Version: 3."),
-        "{:?}",
-        v
-    );
+    let v = judge(exe.to_str().unwrap()).arg("--version").ok();
+    assert!(v.contains("etcd Version: 3."), "{v}");
     // and a stand-in says what it is
     assert!(
         etcd["note"]

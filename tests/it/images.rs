@@ -1,9 +1,8 @@
 //! Container images by digest from a real registry, baked into the layers.
 
-use std::process::Command;
-
 use crate::artifacts::{Serve, serve};
 use crate::http::Server;
+use crate::judge::judge;
 use crate::lab::Lab;
 use crate::registry::{Registry, mirrors, seed};
 
@@ -46,33 +45,24 @@ fn judge_image_archive(
     arch: &str,
     p: &crate::registry::Pushed,
 ) {
-    let o = Command::new("skopeo")
+    let raw = judge("skopeo")
         .args(["inspect", "--raw"])
         .arg(format!("oci-archive:{}", archive.display()))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{what}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+        .ok_bytes();
     use sha2::Digest;
     // the archive's image is the pinned index, byte for byte
     assert_eq!(
-        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&o.stdout))),
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw))),
         p.index,
         "{what}"
     );
-    let o = Command::new("skopeo")
+    let info = judge("skopeo")
         .args(["inspect", "--override-arch", arch])
         .arg(format!("oci-archive:{}", archive.display()))
-        .output()
-        .unwrap();
-    let info = String::from_utf8_lossy(&o.stdout);
+        .ok();
     assert!(
         info.contains(&format!("\"Architecture\": \"{arch}\"")),
-        "{what}: {info}{}",
-        String::from_utf8_lossy(&o.stderr)
+        "{what}: {info}"
     );
     let layer = &p.layers.iter().find(|(a, _)| a == arch).unwrap().1;
     assert!(
@@ -82,21 +72,19 @@ fn judge_image_archive(
 }
 
 #[test]
-fn issue6_images_pulled_by_digest_per_arch_and_baked_in() {
+fn images_are_pulled_by_digest_per_arch_and_baked_into_the_layers() {
     let (lab, server, reg, pushed) = lab_with_images();
     run(&lab, &server, &reg, &["node", "--role", "node01"]).assert_ok();
     run(&lab, &server, &reg, &["node", "--role", "node03"]).assert_ok();
     for (node, arch) in [("node01", "amd64"), ("node03", "arm64")] {
         let root = lab.path(&format!("root-{node}"));
         std::fs::create_dir_all(&root).unwrap();
-        let ok = Command::new("tar")
+        judge("tar")
             .arg("-xzf")
             .arg(lab.path(&format!("out/{node}/layers/01-worker.tar.gz")))
             .arg("-C")
             .arg(&root)
-            .status()
-            .unwrap();
-        assert!(ok.success());
+            .ok();
         for (name, p) in &pushed {
             let archive = root.join(format!("var/lib/imgbuild/images/{name}.oci.tar"));
             judge_image_archive(&archive, &format!("{node} {name}"), arch, p);
@@ -117,7 +105,7 @@ fn issue6_images_pulled_by_digest_per_arch_and_baked_in() {
 }
 
 #[test]
-fn issue6_a_tampered_blob_is_refused_naming_both_digests() {
+fn a_tampered_image_blob_is_refused_naming_both_digests() {
     let (lab, server, reg, pushed) = lab_with_images();
     let (_, p) = pushed.iter().find(|(n, _)| n == "coredns").unwrap();
     let layer = &p.layers.iter().find(|(a, _)| a == "amd64").unwrap().1;
@@ -140,7 +128,7 @@ fn issue6_a_tampered_blob_is_refused_naming_both_digests() {
 }
 
 #[test]
-fn issue6_offline_build_from_the_cache_alone() {
+fn a_node_builds_offline_from_the_cache_alone() {
     let (lab, server, reg, _) = lab_with_images();
     run(&lab, &server, &reg, &["fetch", "--role", "node01"]).assert_ok();
     drop(reg);
@@ -154,7 +142,7 @@ fn run_offline(lab: &Lab, args: &[&str]) -> crate::lab::Run {
 }
 
 #[test]
-fn issue6_bundle_with_images_then_offline_build_in_an_empty_cache() {
+fn a_bundle_with_images_builds_a_node_offline_into_an_empty_cache() {
     let (lab, server, reg, _) = lab_with_images();
     run(&lab, &server, &reg, &["bundle", "export", "site.tar"]).assert_ok();
     drop(reg);
@@ -177,12 +165,11 @@ fn issue6_bundle_with_images_then_offline_build_in_an_empty_cache() {
 
 /// The manifest of `tag` in the OCI layout, as skopeo reads it.
 fn raw_manifest(layout: &std::path::Path, tag: &str) -> serde_json::Value {
-    let raw = Command::new("skopeo")
+    let raw = judge("skopeo")
         .args(["inspect", "--raw"])
         .arg(format!("oci:{}:{tag}", layout.display()))
-        .output()
-        .unwrap();
-    serde_json::from_slice(&raw.stdout).unwrap()
+        .ok_bytes();
+    serde_json::from_slice(&raw).unwrap()
 }
 
 /// The tags of an OCI layout's index.
@@ -201,27 +188,18 @@ fn tags(index: &serde_json::Value) -> Vec<&str> {
 
 /// What `skopeo inspect` says of the image `tag` of the layout.
 fn inspect(layout: &std::path::Path, tag: &str) -> String {
-    let o = Command::new("skopeo")
+    judge("skopeo")
         .args(["inspect"])
         .arg(format!("oci:{}:{tag}", layout.display()))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
+        .ok()
 }
 
 /// umoci accepts the image `tag` of the layout.
 fn umoci_stat(layout: &std::path::Path, tag: &str) {
-    let o = Command::new("umoci")
+    judge("umoci")
         .args(["stat", "--image"])
         .arg(format!("{}:{tag}", layout.display()))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "umoci stat {tag}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+        .ok();
 }
 
 fn oci_index(lab: &Lab, out: &str) -> serde_json::Value {
@@ -232,7 +210,7 @@ fn oci_index(lab: &Lab, out: &str) -> serde_json::Value {
 }
 
 #[test]
-fn issue6_node_image_as_reproducible_oci_layout_judged_by_skopeo_and_umoci() {
+fn the_node_image_is_a_reproducible_oci_layout_that_skopeo_and_umoci_accept() {
     let (lab, server, reg, _) = lab_with_images();
     run(
         &lab,
@@ -286,16 +264,12 @@ fn issue6_node_image_as_reproducible_oci_layout_judged_by_skopeo_and_umoci() {
     for tag in ["node01", "node01-with-secrets"] {
         umoci_stat(&layout, tag);
     }
-    let o = Command::new("umoci")
-        .args(["ls", "--layout"])
-        .arg(&layout)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&o.stdout).contains("node01-with-secrets"));
+    let tags = judge("umoci").args(["ls", "--layout"]).arg(&layout).ok();
+    assert!(tags.contains("node01-with-secrets"), "{tags}");
 }
 
 #[test]
-fn issue6_push_then_copy_back_gives_the_same_digest_without_secrets() {
+fn push_leaves_the_secrets_out_unless_asked_and_copies_back_to_the_same_digest() {
     let (lab, server, reg, _) = lab_with_images();
     run(
         &lab,
@@ -318,13 +292,11 @@ fn issue6_push_then_copy_back_gives_the_same_digest_without_secrets() {
     );
     assert_eq!(pushed.stdout().trim(), format!("{dest}@{public}"));
     let back = lab.path("back");
-    let o = Command::new("skopeo")
+    judge("skopeo")
         .args(["copy", "--src-tls-verify=false", "--quiet"])
         .arg(format!("docker://{dest}"))
         .arg(format!("oci:{}:v1", back.display()))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        .ok();
     let idx: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(back.join("index.json")).unwrap()).unwrap();
     assert_eq!(idx["manifests"][0]["digest"].as_str().unwrap(), public);
