@@ -51,7 +51,10 @@ pub fn check(text: &str) -> Result<(), Refusal> {
     if text.len() > MAX_TEMPLATE {
         return Err(refuse(
             1,
-            format!("the template is {} bytes; at most {MAX_TEMPLATE} are allowed", text.len()),
+            format!(
+                "the template is {} bytes; at most {MAX_TEMPLATE} are allowed",
+                text.len()
+            ),
         ));
     }
     let mut blocks: Vec<&str> = Vec::new();
@@ -70,7 +73,10 @@ pub fn check(text: &str) -> Result<(), Refusal> {
             }
         };
         let Some(end) = tail.find(close) else {
-            return Err(refuse(line, format!("`{}` is never closed by `{close}`", &tail[..2])));
+            return Err(refuse(
+                line,
+                format!("`{}` is never closed by `{close}`", &tail[..2]),
+            ));
         };
         let inner = tail[2..end].trim_matches(|c: char| c == '-' || c.is_whitespace());
         match close {
@@ -81,14 +87,22 @@ pub fn check(text: &str) -> Result<(), Refusal> {
         rest = &tail[end + 2..];
     }
     match blocks.last() {
-        Some(open) => Err(refuse(line_at(text, text.len()), format!("`{open}` is never closed"))),
+        Some(open) => Err(refuse(
+            line_at(text, text.len()),
+            format!("`{open}` is never closed"),
+        )),
         None => Ok(()),
     }
 }
 
 /// One `{% ... %}`: an allowed tag, nested within the limits. Returns
 /// whether a raw block is open after it.
-fn tag<'a>(inner: &'a str, line: usize, blocks: &mut Vec<&'a str>, in_raw: bool) -> Result<bool, Refusal> {
+fn tag<'a>(
+    inner: &'a str,
+    line: usize,
+    blocks: &mut Vec<&'a str>,
+    in_raw: bool,
+) -> Result<bool, Refusal> {
     let word = inner.split_whitespace().next().unwrap_or("");
     if in_raw {
         return Ok(word != "endraw");
@@ -109,14 +123,14 @@ fn tag<'a>(inner: &'a str, line: usize, blocks: &mut Vec<&'a str>, in_raw: bool)
             if blocks.len() > MAX_NESTING || loops > MAX_LOOPS {
                 return Err(refuse(
                     line,
-                    format!("blocks nest too deep (at most {MAX_NESTING} blocks and {MAX_LOOPS} loops inside one another)"),
+                    format!(
+                        "blocks nest too deep (at most {MAX_NESTING} blocks and {MAX_LOOPS} loops inside one another)"
+                    ),
                 ));
             }
         }
-        "endif" | "endfor" => {
-            if blocks.pop() != Some(&word[3..]) {
-                return Err(refuse(line, format!("`{word}` closes no `{}`", &word[3..])));
-            }
+        "endif" | "endfor" if blocks.pop() != Some(&word[3..]) => {
+            return Err(refuse(line, format!("`{word}` closes no `{}`", &word[3..])));
         }
         _ => {}
     }
@@ -146,7 +160,9 @@ fn expression(expr: &str, line: usize) -> Result<(), Refusal> {
     if deepest > MAX_PARENS || filters > MAX_FILTERS || concat > MAX_CONCAT {
         return Err(refuse(
             line,
-            format!("the expression is too complex (at most {MAX_PARENS} nested brackets, {MAX_FILTERS} filters and {MAX_CONCAT} `~`)"),
+            format!(
+                "the expression is too complex (at most {MAX_PARENS} nested brackets, {MAX_FILTERS} filters and {MAX_CONCAT} `~`)"
+            ),
         ));
     }
     Ok(())
@@ -180,7 +196,11 @@ fn range(args: &HashMap<String, tera::Value>) -> tera::Result<tera::Value> {
         (None, Some(d)) => Ok(d),
         (None, None) => Err(tera::Error::msg(format!("`range` needs {k}"))),
     };
-    let (start, end, step) = (num("start", Some(0))?, num("end", None)?, num("step_by", Some(1))?);
+    let (start, end, step) = (
+        num("start", Some(0))?,
+        num("end", None)?,
+        num("step_by", Some(1))?,
+    );
     if step == 0 {
         return Err(tera::Error::msg("`range`: step_by must not be 0"));
     }
@@ -190,7 +210,10 @@ fn range(args: &HashMap<String, tera::Value>) -> tera::Result<tera::Value> {
             "`range` would make {count} items; at most {MAX_RANGE} are allowed"
         )));
     }
-    Ok((start..end).step_by(step as usize).collect::<Vec<u64>>().into())
+    Ok((start..end)
+        .step_by(step as usize)
+        .collect::<Vec<u64>>()
+        .into())
 }
 
 /// A writer that refuses to grow past [`MAX_OUTPUT`].
@@ -289,7 +312,10 @@ mod tests {
         assert!(check(&parens).unwrap_err().message.contains("too complex"));
         let filters = "{{ a | upper | upper | upper | upper | upper }}";
         assert!(check(filters).is_err());
-        assert!(check("{% raw %}{% macro %}{{ ((((((((((((((((((a)))))))))))))))))) }}{% endraw %}").is_ok());
+        assert!(
+            check("{% raw %}{% macro %}{{ ((((((((((((((((((a)))))))))))))))))) }}{% endraw %}")
+                .is_ok()
+        );
     }
 
     #[test]
@@ -301,8 +327,15 @@ mod tests {
             let chain = format!("{:?}", e);
             assert!(chain.contains("is disabled"), "{chain}");
         }
-        assert!(t.render_str("{% for i in range(end=100000000) %}x{% endfor %}", &ctx).is_err());
-        assert_eq!(t.render_str("{% for i in range(end=3) %}{{ i }}{% endfor %}", &ctx).unwrap(), "012");
+        assert!(
+            t.render_str("{% for i in range(end=100000000) %}x{% endfor %}", &ctx)
+                .is_err()
+        );
+        assert_eq!(
+            t.render_str("{% for i in range(end=3) %}{{ i }}{% endfor %}", &ctx)
+                .unwrap(),
+            "012"
+        );
     }
 
     #[test]
