@@ -221,6 +221,14 @@ pub struct VerifyArgs {
     /// The arch the image must be of [default: the one its image.json names].
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
+    /// With --rebuild: the formats to rebuild [default: those image.json records,
+    /// checked and shown].
+    #[arg(long, value_delimiter = ',', requires = "rebuild")]
+    pub format: Option<Vec<Format>>,
+    /// With --rebuild: the seed mode to rebuild with [default: image.json's,
+    /// checked and shown].
+    #[arg(long, value_name = "embed|url=BASE", requires = "rebuild")]
+    pub seed_layers: Option<SeedLayers>,
 }
 
 /// `--mirror`: an http(s):// or file:// URL.

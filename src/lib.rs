@@ -21,6 +21,7 @@ mod output;
 pub mod pgzip;
 mod pki;
 mod plan;
+mod quote;
 mod render;
 mod report;
 mod settings;

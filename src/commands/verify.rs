@@ -7,7 +7,7 @@ use super::Error;
 use crate::build::{Build, BuildError};
 use crate::cli::VerifyArgs;
 use crate::manifest::Manifests;
-use crate::output::{self, ImageJson};
+use crate::output::{self, Formats, ImageJson};
 use crate::settings::Settings;
 use crate::verify;
 
@@ -35,10 +35,27 @@ pub fn run(s: &Settings, m: &Manifests, args: &VerifyArgs) -> Result<(), Error> 
 fn rebuild(s: &Settings, m: &Manifests, args: &VerifyArgs, image: &ImageJson) -> Result<(), Error> {
     let plans = vec![crate::plan::plan(m, &image.node, Some(image.arch))?];
     let opts = output::Options {
-        formats: image.build.formats.clone(),
-        seed: image.build.seed_layers.clone(),
+        formats: args
+            .format
+            .as_deref()
+            .map_or_else(|| image.build.formats.clone(), Formats::new),
+        seed: args
+            .seed_layers
+            .clone()
+            .unwrap_or_else(|| image.build.seed_layers.clone()),
         source_date_epoch: s.ctx.source_date_epoch,
     };
+    // the options a directory records are its claim, not an order: show
+    // what the rebuild uses (each was checked by the same parser as the
+    // command line's)
+    let formats: Vec<&str> = opts.formats.iter().map(|f| f.as_str()).collect();
+    s.reporter.info(&format!(
+        "rebuilding {} ({}) with --format {} --seed-layers {}",
+        image.node,
+        image.arch,
+        formats.join(","),
+        opts.seed
+    ));
     let parent = match args.dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => std::path::Path::new("."),

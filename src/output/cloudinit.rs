@@ -38,10 +38,11 @@ fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
         let file = format!("{}.tar.gz", l.name);
         if seed.remote(l) {
             if let SeedLayers::Url(base) = seed {
+                let url = format!("{base}/sha256/{}.tar.gz", l.digest);
                 let _ = writeln!(
                     s,
-                    "curl -fsSL --retry 5 -o \"$work/{file}\" '{base}/sha256/{}.tar.gz'",
-                    l.digest
+                    "curl -fsSL --retry 5 -o \"$work/{file}\" {}",
+                    crate::quote::sh(&url)
                 );
             }
         } else {

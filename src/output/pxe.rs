@@ -112,7 +112,8 @@ isset ${{base-url}} || set base-url http://${{next-server}}/{target}\n",
         s.push_str(&format!(
             "# The shared layers' segments are served by digest from layers-url\n\
 # (publish pxe/segments/<file> as sha256/<digest>.cpio.gz).\n\
-isset ${{layers-url}} || set layers-url {base}\n"
+isset ${{layers-url}} || set layers-url {}\n",
+            crate::quote::ipxe(base)
         ));
     }
     let mut names = vec!["initrd.img".to_string()];

@@ -20,7 +20,7 @@ const SDE: &str = "1700000000";
 const NODES: [&str; 5] = ["master01", "master02", "master03", "node01", "node02"];
 
 /// The lab cluster with deterministic test artifacts behind a mirror.
-fn synthetic() -> (Lab, Server) {
+pub(crate) fn synthetic() -> (Lab, Server) {
     synthetic_sized(64 << 10)
 }
 
@@ -32,7 +32,7 @@ fn synthetic_sized(member_size: usize) -> (Lab, Server) {
     (lab, server)
 }
 
-fn build(lab: &Lab, server: &Server, args: &[&str], extra_env: &[(&str, &str)]) -> Run {
+pub(crate) fn build(lab: &Lab, server: &Server, args: &[&str], extra_env: &[(&str, &str)]) -> Run {
     let mirror = server.url("mirror");
     let mut all = vec!["--cache", "cache", "--mirror", mirror.as_str()];
     all.extend_from_slice(args);
