@@ -412,7 +412,7 @@ fn verify_names_a_private_key_slipped_into_a_shared_layer() {
 }
 
 /// Rewrites the layer `layer` with one more file, `path` (mode 0644).
-fn append_to_layer(layer: &Path, path: &str, data: &[u8]) {
+pub(crate) fn append_to_layer(layer: &Path, path: &str, data: &[u8]) {
     let mut entries = Vec::new();
     let mut a = tar::Archive::new(GzDecoder::new(std::fs::File::open(layer).unwrap()));
     for e in a.entries().unwrap() {
@@ -439,7 +439,7 @@ fn append_to_layer(layer: &Path, path: &str, data: &[u8]) {
 
 /// Makes image.json (the first layer's digest and size) and SHA256SUMS agree
 /// with the bytes now in the output directory.
-fn reseal_first_layer(dir: &Path) {
+pub(crate) fn reseal_first_layer(dir: &Path) {
     use sha2::Digest;
     let base = dir.join("layers/00-base.tar.gz");
     let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&base).unwrap()));

@@ -14,3 +14,4 @@ mod plan;
 mod registry;
 mod scripts;
 mod validate;
+mod verify;

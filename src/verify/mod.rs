@@ -1,0 +1,382 @@
+//! Stage 8, `verify`: takes an output directory (`out/<node>`) and the
+//! manifests, and checks what CI and an operator would: every file against
+//! SHA256SUMS (and nothing unlisted, nothing but directories and regular
+//! files), image.json against the layer files, every input against its pin,
+//! no private key or token outside the secrets layer (in the layers, the
+//! published PXE segments and the public OCI image), no CA private key on a
+//! node without the control-plane role, and the modes of secret files. The
+//! directory is treated as hostile: nothing is followed out of it, nothing
+//! but regular files is opened, and every problem is reported, not the
+//! first. [`compare`] names the first file that differs from a rebuild.
+
+mod scan;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use flate2::read::{GzDecoder, MultiGzDecoder};
+
+use crate::manifest::Manifests;
+use crate::manifest::secrets;
+use crate::output::{Format, ImageJson, LayerJson};
+use crate::plan::LayerKind;
+use crate::sums::{self, Sums};
+use tree::{Tree, is_inside};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot read {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{dir} failed verification:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Failed { dir: PathBuf, problems: Vec<String> },
+    #[error("{dir} differs from a rebuild from the manifests and state: first at {file}")]
+    Differs { dir: PathBuf, file: String },
+}
+
+/// Every problem found, in the order found.
+#[derive(Debug, Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, p: String) {
+        self.0.push(p);
+    }
+
+    /// An I/O failure on `rel` is a problem like any other: the check goes on.
+    fn io(&mut self, rel: &str, e: &io::Error) {
+        self.0.push(format!("{rel}: cannot read it: {e}"));
+    }
+}
+
+/// Reads `dir/image.json` as the one type `output` writes; a problem if it
+/// is missing, not a regular file or not what `output` writes.
+fn read_image_json(dir: &Path, tree: &Tree) -> Result<ImageJson, String> {
+    if !tree.has("image.json") {
+        return Err("image.json is missing or not a regular file".into());
+    }
+    let text = fs::read_to_string(dir.join("image.json"))
+        .map_err(|e| format!("image.json: cannot read it: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("image.json: {e}"))
+}
+
+/// Every check but the rebuild; all problems at once.
+pub fn check(m: &Manifests, dir: &Path) -> Result<ImageJson, VerifyError> {
+    let tree = Tree::walk(dir).map_err(|source| VerifyError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut p = Problems(tree.problems.clone());
+    let digests = check_sums(dir, &tree, &mut p);
+    let image = match read_image_json(dir, &tree) {
+        Ok(image) => Some(image),
+        Err(e) => {
+            p.push(e);
+            None
+        }
+    };
+    if let Some(image) = &image {
+        check_layer_files(dir, image, &tree, &digests, &mut p);
+        check_inputs(m, image, &mut p);
+        for l in image.layers.iter().filter(|l| tree.has(&l.file)) {
+            check_secrets(dir, image, l, &mut p);
+        }
+        check_published(dir, &tree, &mut p);
+    }
+    check_private_modes(dir, &tree, &mut p);
+    match image {
+        Some(image) if p.0.is_empty() => Ok(image),
+        _ => Err(VerifyError::Failed {
+            dir: dir.to_path_buf(),
+            problems: p.0,
+        }),
+    }
+}
+
+/// Reads `dir/SHA256SUMS`, a regular file inside `dir`.
+fn read_sums(dir: &Path) -> Result<(Sums, Vec<sums::BadLine>), VerifyError> {
+    let p = dir.join(sums::FILE);
+    let io = |source| VerifyError::Io {
+        path: p.clone(),
+        source,
+    };
+    if !fs::symlink_metadata(&p).map_err(io)?.is_file() {
+        return Err(io(io::Error::other("not a regular file")));
+    }
+    let text = fs::read_to_string(&p).map_err(io)?;
+    Ok(Sums::parse(&text))
+}
+
+/// Every regular file against SHA256SUMS, and nothing unlisted or missing;
+/// returns the digests it computed, each file read once.
+fn check_sums(dir: &Path, tree: &Tree, p: &mut Problems) -> BTreeMap<String, String> {
+    let mut digests = BTreeMap::new();
+    let listed = match read_sums(dir) {
+        Ok((listed, bad)) => {
+            bad.iter().for_each(|b| p.push(b.to_string()));
+            listed
+        }
+        Err(e) => {
+            p.push(format!("{e}: {}", e.source_text()));
+            Sums::default()
+        }
+    };
+    for f in tree.files.iter().filter(|f| *f != sums::FILE) {
+        let actual = match crate::fsutil::sha256_file(&dir.join(f)) {
+            Ok(h) => h,
+            Err(e) => {
+                p.io(f, &e);
+                continue;
+            }
+        };
+        match listed.get(f) {
+            None => p.push(format!("{f} is not listed in SHA256SUMS")),
+            Some(h) if h != actual => {
+                p.push(format!("{f}: sha256 is {actual}, SHA256SUMS says {h}"));
+            }
+            Some(_) => {}
+        }
+        digests.insert(f.clone(), actual);
+    }
+    for f in listed.paths() {
+        if !is_inside(f) {
+            p.push(format!(
+                "SHA256SUMS lists {f:?}, which is not a path inside the directory"
+            ));
+        } else if !tree.has(f) {
+            p.push(format!("{f} is listed in SHA256SUMS but missing"));
+        }
+    }
+    digests
+}
+
+impl VerifyError {
+    fn source_text(&self) -> String {
+        std::error::Error::source(self).map_or_else(String::new, ToString::to_string)
+    }
+}
+
+/// image.json against the layer files.
+fn check_layer_files(
+    dir: &Path,
+    image: &ImageJson,
+    tree: &Tree,
+    digests: &BTreeMap<String, String>,
+    p: &mut Problems,
+) {
+    for l in &image.layers {
+        if l.file != format!("layers/{}.tar.gz", l.name) || !is_inside(&l.file) {
+            p.push(format!(
+                "image.json names layer file {:?}, which is not layers/<name>.tar.gz",
+                l.file
+            ));
+            continue;
+        }
+        let Some(actual) = digests.get(&l.file) else {
+            if image.build.formats.has(Format::Layers) && !tree.has(&l.file) {
+                p.push(format!("{}: listed in image.json but missing", l.file));
+            }
+            continue;
+        };
+        let size = fs::metadata(dir.join(&l.file))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if format!("sha256:{actual}") != l.digest || size != l.size {
+            p.push(format!(
+                "{}: digest sha256:{actual} ({size} bytes), image.json says {} ({} bytes)",
+                l.file, l.digest, l.size
+            ));
+        }
+    }
+}
+
+/// Every input against its pin.
+fn check_inputs(m: &Manifests, image: &ImageJson, p: &mut Problems) {
+    for i in &image.inputs {
+        let pin = m
+            .pins
+            .artifacts
+            .iter()
+            .find(|p| p.name == i.artifact && p.url == i.url);
+        match pin {
+            None => p.push(format!(
+                "input {} {} ({}) has no pin in {}",
+                i.artifact,
+                i.version,
+                i.url,
+                m.dir.display()
+            )),
+            Some(pin) if pin.checksum.to_string() != i.checksum || pin.version != i.version => {
+                p.push(format!(
+                    "input {} {}: built from {}, but the pin says {} {}",
+                    i.artifact, i.version, i.checksum, pin.version, pin.checksum
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Secrets in one layer: where they are and their modes.
+fn check_secrets(dir: &Path, image: &ImageJson, l: &LayerJson, p: &mut Problems) {
+    let path = dir.join(&l.file);
+    let secret_layer = l.kind() == LayerKind::Secrets;
+    if secret_layer
+        && let Ok(meta) = fs::metadata(&path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        p.push(format!(
+            "{}: mode {:04o}, a secrets layer must be 0600",
+            l.file,
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    let result = File::open(&path).and_then(|f| {
+        let mut a = tar::Archive::new(GzDecoder::new(BufReader::new(f)));
+        for e in a.entries()? {
+            let mut e = e?;
+            let name = e.path()?.to_string_lossy().into_owned();
+            if !e.header().entry_type().is_file() {
+                continue;
+            }
+            let mode = e.header().mode()? & 0o7777;
+            if secret_layer {
+                secret_file_problems(image, l, &name, mode, p);
+            } else if let Some(what) = scan::scan(&mut e)? {
+                p.push(format!(
+                    "{}: /{name} holds {what} outside the secrets layer",
+                    l.file
+                ));
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        p.io(&l.file, &e);
+    }
+}
+
+/// A file of the secrets layer: private material 0600 (0640 for a service
+/// group), and a CA key only on a control-plane node.
+fn secret_file_problems(image: &ImageJson, l: &LayerJson, path: &str, mode: u32, p: &mut Problems) {
+    let id = path.trim_start_matches("etc/kubernetes/");
+    if let Some(spec) = secrets::lookup(id) {
+        if spec.is_private() && mode & 0o037 != 0 {
+            p.push(format!("{}: /{path} has mode {mode:04o}; private material must be 0600 (0640 for a service group)", l.file));
+        }
+        let control_plane = image.roles.iter().any(|r| r == "control-plane");
+        if spec.ca_key && !control_plane {
+            p.push(format!(
+                "{}: /{path} is a CA private key on {}, which is not a control-plane node",
+                l.file, image.node
+            ));
+        }
+    }
+}
+
+/// What is published to many machines holds no private material: the PXE
+/// segments served by digest, and every blob of the public OCI image.
+fn check_published(dir: &Path, tree: &Tree, p: &mut Problems) {
+    let public_blobs = match public_oci_blobs(dir, tree) {
+        Ok(b) => b,
+        Err(e) => {
+            p.io("oci/index.json", &e);
+            Vec::new()
+        }
+    };
+    let segments = tree.files.iter().filter(|f| f.starts_with("pxe/segments/"));
+    for f in segments.chain(public_blobs.iter()) {
+        let found = File::open(dir.join(f)).and_then(|file| {
+            let mut head = [0u8; 2];
+            let mut r = BufReader::new(file);
+            let n = r.read(&mut head)?;
+            let chained = io::Cursor::new(head[..n].to_vec()).chain(r);
+            if head[..n] == [0x1f, 0x8b] {
+                scan::scan(MultiGzDecoder::new(chained))
+            } else {
+                scan::scan(chained)
+            }
+        });
+        match found {
+            Ok(Some(what)) => p.push(format!(
+                "{f} is published to many machines and holds {what}"
+            )),
+            Ok(None) => {}
+            Err(e) => p.io(f, &e),
+        }
+    }
+}
+
+/// The blobs (config and layers) of the OCI layout's public image: every
+/// manifest index.json names that is not annotated as the with-secrets one.
+fn public_oci_blobs(dir: &Path, tree: &Tree) -> io::Result<Vec<String>> {
+    if !tree.has("oci/index.json") {
+        return Ok(Vec::new());
+    }
+    let blob = |digest: &str| -> Option<String> {
+        let rel = format!("oci/blobs/{}", digest.replacen(':', "/", 1));
+        (is_inside(&rel) && tree.has(&rel)).then_some(rel)
+    };
+    let json = |rel: &str| -> io::Result<serde_json::Value> {
+        serde_json::from_slice(&fs::read(dir.join(rel))?).map_err(io::Error::other)
+    };
+    let index = json("oci/index.json")?;
+    let mut out = Vec::new();
+    for m in index["manifests"].as_array().into_iter().flatten() {
+        let name = m["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap_or("");
+        let Some(rel) = m["digest"].as_str().and_then(blob) else {
+            continue;
+        };
+        if name.ends_with("-with-secrets") {
+            continue;
+        }
+        let manifest = json(&rel)?;
+        let descs = manifest["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain([&manifest["config"]]);
+        out.extend(descs.filter_map(|d| d["digest"].as_str().and_then(blob)));
+        out.push(rel);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The files that carry the secrets layer are private.
+fn check_private_modes(dir: &Path, tree: &Tree, p: &mut Problems) {
+    for private in ["cloud-init/seed.iso", "pxe/overlay.cpio.gz"] {
+        if let Ok(meta) = fs::metadata(dir.join(private))
+            && tree.has(private)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            p.push(format!(
+                "{private}: mode {:04o}; it carries the secrets layer and must be 0600",
+                meta.permissions().mode() & 0o777
+            ));
+        }
+    }
+}
+
+/// Compares two output directories byte for byte through their SHA256SUMS.
+pub fn compare(dir: &Path, rebuilt: &Path) -> Result<(), VerifyError> {
+    let (a, _) = read_sums(dir)?;
+    let (b, _) = read_sums(rebuilt)?;
+    match a.first_difference(&b) {
+        Some(file) => Err(VerifyError::Differs {
+            dir: dir.to_path_buf(),
+            file: file.to_string(),
+        }),
+        None => Ok(()),
+    }
+}

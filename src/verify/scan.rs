@@ -1,0 +1,70 @@
+//! Private material in bytes that are not the secrets layer: a streaming
+//! search for the markers of a PEM private key, a kubeconfig's client key, a
+//! bootstrap token, a token.csv line and a VRRP password, through files of
+//! any size (a key appended to a 100 MB binary is found too).
+
+use std::io::{self, Read};
+
+const MARKERS: [(&str, &str); 5] = [
+    ("PRIVATE KEY-----", "a PEM private key"),
+    ("client-key-data:", "a kubeconfig with a client key"),
+    ("token-secret:", "a bootstrap token"),
+    ("system:bootstrapper,", "a token.csv line"),
+    ("auth_pass ", "a VRRP password"),
+];
+
+/// What private material `r` holds, if any, reading it once in chunks.
+pub fn scan(mut r: impl Read) -> io::Result<Option<&'static str>> {
+    let finders: Vec<(memchr::memmem::Finder<'static>, &'static str)> = MARKERS
+        .iter()
+        .map(|(m, what)| (memchr::memmem::Finder::new(m.as_bytes()), *what))
+        .collect();
+    let keep = MARKERS.iter().map(|(m, _)| m.len()).max().unwrap_or(0) - 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut have = 0;
+    loop {
+        let n = r.read(&mut buf[have..])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        have += n;
+        if let Some(what) = finders
+            .iter()
+            .find(|(f, _)| f.find(&buf[..have]).is_some())
+            .map(|(_, w)| *w)
+        {
+            return Ok(Some(what));
+        }
+        // keep the tail, in case a marker spans two reads
+        let tail = have.saturating_sub(keep);
+        buf.copy_within(tail..have, 0);
+        have -= tail;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out a few bytes at a time.
+    struct Drip<'a>(&'a [u8]);
+
+    impl Read for Drip<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(3).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_marker_is_found_across_reads_and_far_into_a_big_file() {
+        let text = b"xx-----BEGIN EC PRIVATE KEY-----\nyy";
+        assert_eq!(scan(Drip(text)).unwrap(), Some("a PEM private key"));
+        let mut big = vec![0u8; 5 << 20];
+        big.extend_from_slice(b"token-secret: abc");
+        assert_eq!(scan(&big[..]).unwrap(), Some("a bootstrap token"));
+        assert_eq!(scan(&b"nothing here"[..]).unwrap(), None);
+    }
+}
