@@ -16,19 +16,84 @@ use super::SeedLayers;
 use super::iso::{self, IsoFile};
 use crate::layer::BuiltLayer;
 use crate::manifest::Manifests;
-use crate::plan::{Plan, TargetKind};
+use crate::plan::{Plan, Source, TargetKind};
+use crate::quote;
 
+/// The units the plan enables that the host OS must provide (haproxy,
+/// keepalived): enablement links into `/usr/lib/systemd/system`.
+fn os_units(plan: &Plan) -> Vec<&str> {
+    let mut units: Vec<&str> = plan
+        .entries()
+        .filter_map(|e| match &e.source {
+            Source::Symlink { target } => target.strip_prefix("/usr/lib/systemd/system/"),
+            _ => None,
+        })
+        .collect();
+    units.sort_unstable();
+    units.dedup();
+    units
+}
+
+/// The first-boot script: checks the OS before it changes anything, applies
+/// the verified layers once per set of layer digests, and starts (first
+/// time) or restarts (the layers changed) the role's services.
 fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "#!/bin/sh");
     let _ = writeln!(
         s,
-        "# imgbuild: apply the layers of {} ({}), verified.",
+        "# imgbuild: apply the layers of {} ({}), verified; run again, it applies\n\
+         # only what changed and restarts the services, or does nothing.",
         plan.target, plan.arch
     );
     let _ = writeln!(s, "set -eu");
+    let digests: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+    let _ = writeln!(s, "want={}", quote::sh(&digests.join(" ")));
+    let _ = writeln!(s, "applied=/var/lib/imgbuild/applied-layers");
+    let _ = writeln!(
+        s,
+        "if [ -f \"$applied\" ] && [ \"$(cat \"$applied\")\" = \"$want\" ]; then\n  \
+         echo \"imgbuild: the layers of {} are applied already\"\n  exit 0\nfi",
+        plan.target
+    );
+    os_check(&mut s, plan);
+    fetch_layers(&mut s, layers, seed);
+    apply_layers(&mut s, layers);
+    start_services(&mut s, plan);
+    s
+}
+
+/// Fails on the console, before anything changes, when a unit the OS must
+/// provide is not there: no unit is ever enabled that does not exist.
+fn os_check(s: &mut String, plan: &Plan) {
+    let units = os_units(plan);
+    if units.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "missing=");
+    let _ = writeln!(s, "for u in {}; do", units.join(" "));
+    let _ = writeln!(
+        s,
+        "  [ -e \"/usr/lib/systemd/system/$u\" ] || [ -e \"/lib/systemd/system/$u\" ] || missing=\"$missing $u\""
+    );
+    let _ = writeln!(s, "done");
+    let _ = writeln!(s, "if [ -n \"$missing\" ]; then");
+    let _ = writeln!(
+        s,
+        "  msg=\"imgbuild: {}: the OS lacks the units$missing; install their packages first. Nothing was changed.\"",
+        plan.target
+    );
+    let _ = writeln!(s, "  echo \"$msg\" >&2");
+    let _ = writeln!(s, "  echo \"$msg\" >/dev/console 2>/dev/null || true");
+    let _ = writeln!(s, "  exit 1");
+    let _ = writeln!(s, "fi");
+}
+
+/// Copies (from the seed) or downloads (url mode) every layer into `$work`.
+fn fetch_layers(s: &mut String, layers: &[BuiltLayer], seed: &SeedLayers) {
     let _ = writeln!(s, "seed=/run/imgbuild/seed");
     let _ = writeln!(s, "work=/run/imgbuild/layers");
+    let _ = writeln!(s, "rm -rf \"$work\"");
     let _ = writeln!(s, "mkdir -p \"$seed\" \"$work\"");
     let _ = writeln!(s, "if ! mountpoint -q \"$seed\"; then");
     let _ = writeln!(s, "  dev=$(blkid -L cidata || blkid -L CIDATA)");
@@ -36,19 +101,25 @@ fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
     let _ = writeln!(s, "fi");
     for l in layers {
         let file = format!("{}.tar.gz", l.name);
-        if seed.remote(l) {
-            if let SeedLayers::Url(base) = seed {
+        match seed.base().filter(|_| seed.remote(l)) {
+            Some(base) => {
                 let url = format!("{base}/sha256/{}.tar.gz", l.digest);
                 let _ = writeln!(
                     s,
                     "curl -fsSL --retry 5 -o \"$work/{file}\" {}",
-                    crate::quote::sh(&url)
+                    quote::sh(&url)
                 );
             }
-        } else {
-            let _ = writeln!(s, "cp \"$seed/layers/{file}\" \"$work/{file}\"");
+            None => {
+                let _ = writeln!(s, "cp \"$seed/layers/{file}\" \"$work/{file}\"");
+            }
         }
     }
+}
+
+/// Verifies every layer, then extracts them in order at `/`; leaves the
+/// work directory before removing it.
+fn apply_layers(s: &mut String, layers: &[BuiltLayer]) {
     let _ = writeln!(s, "cd \"$work\"");
     let _ = writeln!(s, "sha256sum -c --strict <<'SUMS'");
     for l in layers {
@@ -62,18 +133,28 @@ fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
             l.name
         );
     }
+    let _ = writeln!(s, "cd /");
     let _ = writeln!(s, "rm -rf \"$work\"");
+}
+
+/// Kernel settings, then the services: started the first time, restarted
+/// when the layers changed (a rebuilt seed), so new configs take effect.
+fn start_services(s: &mut String, plan: &Plan) {
     let _ = writeln!(s, "sysctl --system >/dev/null || true");
     let _ = writeln!(s, "systemctl restart systemd-modules-load.service || true");
     let _ = writeln!(s, "systemctl daemon-reload");
     if !plan.services.is_empty() {
-        let _ = writeln!(
-            s,
-            "systemctl enable --now --no-block {}",
-            plan.services.join(" ")
-        );
+        let units = plan.services.join(" ");
+        let _ = writeln!(s, "systemctl enable {units}");
+        let _ = writeln!(s, "if [ -f \"$applied\" ]; then");
+        let _ = writeln!(s, "  systemctl restart --no-block {units}");
+        let _ = writeln!(s, "else");
+        let _ = writeln!(s, "  systemctl start --no-block {units}");
+        let _ = writeln!(s, "fi");
     }
-    s
+    let _ = writeln!(s, "mkdir -p /var/lib/imgbuild");
+    let _ = writeln!(s, "printf '%s\\n' \"$want\" >\"$applied.new\"");
+    let _ = writeln!(s, "mv \"$applied.new\" \"$applied\"");
 }
 
 fn indent(text: &str, by: &str) -> String {

@@ -5,6 +5,7 @@ mod artifacts;
 mod build;
 mod etcd;
 mod fetch;
+mod first_boot;
 mod http;
 mod images;
 mod judge;
