@@ -277,7 +277,7 @@ fn keepalived_accepts_the_master(root: &Path) {
 }
 
 /// Extracts every layer of a node, in order, into `root`.
-fn extract(dir: &Path, root: &Path) -> PathBuf {
+pub(crate) fn extract(dir: &Path, root: &Path) -> PathBuf {
     std::fs::create_dir_all(root).unwrap();
     let mut layers: Vec<PathBuf> = std::fs::read_dir(dir.join("layers"))
         .unwrap()

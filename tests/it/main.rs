@@ -14,5 +14,6 @@ mod pki;
 mod plan;
 mod registry;
 mod scripts;
+mod units;
 mod validate;
 mod verify;
