@@ -167,7 +167,7 @@ network:
   pod_cidr: 10.244.0.0/16
   node_cidr_mask: 24
   cluster_domain: cluster.local
-  kube_proxy_mode: ipvs
+  kube_proxy_mode: nftables
 pki:
   key_algorithm: ecdsa-p256
   ca_validity_days: 3650

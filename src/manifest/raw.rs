@@ -115,7 +115,7 @@ fn default_cluster_domain() -> Spanned<String> {
 }
 
 fn default_proxy_mode() -> Spanned<String> {
-    unspanned("ipvs".to_string())
+    unspanned("nftables".to_string())
 }
 
 #[derive(Debug, Deserialize)]
