@@ -140,8 +140,9 @@ fn apply_layers(s: &mut String, layers: &[BuiltLayer]) {
 /// Kernel settings, then the services: started the first time, restarted
 /// when the layers changed (a rebuilt seed), so new configs take effect.
 fn start_services(s: &mut String, plan: &Plan) {
-    let _ = writeln!(s, "sysctl --system >/dev/null || true");
+    // modules first: br_netfilter's sysctls exist only once it is loaded
     let _ = writeln!(s, "systemctl restart systemd-modules-load.service || true");
+    let _ = writeln!(s, "sysctl --system >/dev/null || true");
     let _ = writeln!(s, "systemctl daemon-reload");
     if !plan.services.is_empty() {
         let units = plan.services.join(" ");
