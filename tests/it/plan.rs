@@ -28,7 +28,7 @@ fn plan_json_of_master01_is_canonical_and_matches_its_golden() {
 }
 
 #[test]
-fn master01_plan_has_six_layers_the_derived_values_and_0600_secrets() {
+fn master01_plan_has_seven_layers_the_derived_values_and_0600_secrets() {
     let run = Lab::new()
         .imgbuild(&["plan", "--role", "master01", "--json"])
         .assert_ok();
@@ -46,8 +46,9 @@ fn master01_plan_has_six_layers_the_derived_values_and_0600_secrets() {
             "01-etcd",
             "02-control-plane",
             "03-lb",
-            "04-node",
-            "05-secrets"
+            "04-worker",
+            "05-node",
+            "06-secrets"
         ]
     );
     derived_values_of_the_example(&p["derived"]);
