@@ -336,20 +336,40 @@ fn oci_hex(d: &str) -> &str {
 }
 
 /// The `index.json` of an image's OCI archive: the pinned index, named.
+/// The archive's `index.json`: the pinned index twice, named `repo:tag`
+/// and `repo@sha256:<index>`. `ctr images import` creates one image per
+/// named descriptor, and containerd's CRI resolves `repo:tag@sha256:...`
+/// (what the sandbox setting, flannel and CoreDNS use) by dropping the tag
+/// and looking up `repo@sha256:...` (containerd's reference/docker
+/// ParseDockerRef), an exact name that must therefore exist.
 fn oci_index(img: &PulledImage) -> String {
     let (_, _, tag) = oci::split_reference(&img.pin.image);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
+    let repo = img
+        .pin
+        .image
+        .strip_suffix(&format!(":{tag}"))
+        .unwrap_or(&img.pin.image);
+    let by_digest = format!("{repo}@{}", img.index.digest);
+    let descriptor = |name: &str, ref_name: Option<&str>| {
+        let mut annotations = serde_json::json!({ "io.containerd.image.name": name });
+        if let Some(r) = ref_name {
+            // the tag, for OCI tools (skopeo's `oci-archive:FILE:TAG`)
+            annotations["org.opencontainers.image.ref.name"] = r.into();
+        }
+        serde_json::json!({
             "mediaType": img.index.media_type,
             "digest": img.index.digest,
             "size": img.index.size,
-            "annotations": {
-                "io.containerd.image.name": img.pin.image,
-                "org.opencontainers.image.ref.name": tag,
-            }
-        }]
+            "annotations": annotations,
+        })
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            descriptor(&img.pin.image, Some(&tag)),
+            descriptor(&by_digest, None),
+        ]
     });
     crate::json::canonical(&index)
 }

@@ -6,7 +6,7 @@ use crate::judge::judge;
 use crate::lab::Lab;
 use crate::registry::{Registry, mirrors, seed};
 
-fn lab_with_images() -> (
+pub(crate) fn lab_with_images() -> (
     Lab,
     Server,
     Registry,
@@ -24,7 +24,7 @@ fn lab_with_images() -> (
     (lab, server, reg, pushed)
 }
 
-fn run(lab: &Lab, server: &Server, reg: &Registry, args: &[&str]) -> crate::lab::Run {
+pub(crate) fn run(lab: &Lab, server: &Server, reg: &Registry, args: &[&str]) -> crate::lab::Run {
     let mut all: Vec<String> = vec![
         "--cache".into(),
         "cache".into(),
@@ -47,7 +47,7 @@ fn judge_image_archive(
 ) {
     let raw = judge("skopeo")
         .args(["inspect", "--raw"])
-        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("oci-archive:{}:{}", archive.display(), p.tag))
         .ok_bytes();
     use sha2::Digest;
     // the archive's image is the pinned index, byte for byte
@@ -58,7 +58,7 @@ fn judge_image_archive(
     );
     let info = judge("skopeo")
         .args(["inspect", "--override-arch", arch])
-        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("oci-archive:{}:{}", archive.display(), p.tag))
         .ok();
     assert!(
         info.contains(&format!("\"Architecture\": \"{arch}\"")),

@@ -3,6 +3,7 @@
 mod archive;
 mod artifacts;
 mod build;
+mod containerd;
 mod etcd;
 mod fetch;
 mod first_boot;

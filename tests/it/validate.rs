@@ -102,7 +102,9 @@ fn a_cluster_without_an_etcd_member_is_an_error() {
     for n in ["01", "02", "03"] {
         lab = lab.edit(
             "cluster.yaml",
-            &format!("ip: 172.16.0.1{n}\n    arch: amd64\n    roles: [etcd, control-plane, lb, worker]"),
+            &format!(
+                "ip: 172.16.0.1{n}\n    arch: amd64\n    roles: [etcd, control-plane, lb, worker]"
+            ),
             &format!("ip: 172.16.0.1{n}\n    arch: amd64\n    roles: [control-plane, lb, worker]"),
         );
     }
