@@ -38,6 +38,7 @@ fn rebuild(s: &Settings, m: &Manifests, args: &VerifyArgs, image: &ImageJson) ->
         formats: image.build.formats.clone(),
         seed: image.build.seed_layers.clone(),
         source_date_epoch: s.ctx.source_date_epoch,
+        oci_with_secrets: output::oci::has_with_secrets(&args.dir),
     };
     let parent = match args.dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

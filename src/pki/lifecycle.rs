@@ -11,23 +11,22 @@ use super::issue::{CertInfo, Signer, generate_key, inspect, issue_ca, issue_leaf
 use super::kubeconfig::{self, Kubeconfig, UserEntry};
 use super::spec::{self, Ca, KubeconfigSpec, KubeconfigUser, LeafSpec, Usage};
 use super::status::Verdict;
-use super::{Action, Change, DIR_MODE, PkiError, Renew, State};
-use crate::fsutil;
+use super::{Action, Change, PkiError, Renew, State, modes};
 
 /// A CA's certificate, as PEM and as read back.
 type CaCert = (String, CertInfo);
 
 impl State<'_> {
-    /// `pki init` (`Renew::Needed`, `replace_cas` false) and `pki renew`.
+    /// `pki init` (`Renew::Needed`, `replace_cas` false) and `pki renew`,
+    /// holding the state dir's lock throughout; loose modes are set back
+    /// first.
     pub(crate) fn ensure(
         mut self,
         renew: Renew,
         replace_cas: bool,
     ) -> Result<Vec<Change>, PkiError> {
-        fsutil::create_dir_all_mode(&self.dir, DIR_MODE).map_err(|source| PkiError::Write {
-            path: self.dir.clone(),
-            source,
-        })?;
+        let _lock = modes::lock(&self.dir)?;
+        self.tighten_modes()?;
         let mut cas: BTreeMap<Ca, CaCert> = BTreeMap::new();
         for ca in Ca::ALL {
             let pem = self.ensure_ca(ca, replace_cas)?;
@@ -46,6 +45,21 @@ impl State<'_> {
             self.ensure_kubeconfig(&kc, &cas[&Ca::Kubernetes], &token, renew)?;
         }
         Ok(self.changes)
+    }
+
+    /// Sets every file and directory whose mode lets others in back to
+    /// 0600 / 0700, noting each.
+    fn tighten_modes(&mut self) -> Result<(), PkiError> {
+        let loose = modes::loose(&self.dir).map_err(|source| PkiError::Read {
+            path: self.dir.clone(),
+            source,
+        })?;
+        modes::tighten(&self.dir, &loose)?;
+        for l in loose {
+            let why = format!("mode {:04o}, now {:04o}", l.mode, l.want);
+            self.note(&l.rel, Action::Fixed(why));
+        }
+        Ok(())
     }
 
     /// A fresh key of the manifests' algorithm, for the file `rel`.
