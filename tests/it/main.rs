@@ -12,4 +12,5 @@ mod lab;
 mod pki;
 mod plan;
 mod registry;
+mod stores_and_state;
 mod validate;
