@@ -108,6 +108,21 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the
 /// new one, never a torn one. The file gets exactly `mode`, whatever the umask.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    stage(path, bytes, mode)?.commit()
+}
+
+/// A file written and fsynced beside its destination (`.<name>.tmp.<pid>.<n>`),
+/// put in place by [`Staged::commit`]; removed when dropped uncommitted. Two
+/// files staged first and committed one after the other are both in place
+/// within microseconds.
+pub struct Staged {
+    tmp: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    committed: bool,
+}
+
+/// Stages `bytes` for `path`, with exactly `mode`, whatever the umask.
+pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -116,23 +131,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     // unique to this process and call: two threads may write the same path
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.tmp.{}.{call}", std::process::id()));
-    let result = (|| {
-        let mut f: File = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let staged = Staged {
+        tmp: dir.join(format!(".{name}.tmp.{}.{call}", std::process::id())),
+        dest: path.to_path_buf(),
+        committed: false,
+    };
+    let mut f: File = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&staged.tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Renames the staged file into place.
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.dest)?;
+        self.committed = true;
+        Ok(())
     }
-    result
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// The pid in the name of a [`write_atomic`] temporary,

@@ -68,6 +68,10 @@ pub enum PkiError {
     CaIncomplete { present: PathBuf, missing: PathBuf },
     #[error("{path} is not a PEM certificate")]
     Unreadable { path: PathBuf },
+    #[error(
+        "{key} is not the key of {crt}: a CA is never replaced silently; restore the pair, or run `imgbuild pki renew --ca` to replace the CA (every node must then be rebuilt)"
+    )]
+    CaKeyMismatch { crt: PathBuf, key: PathBuf },
     #[error("cannot lock the state dir with {path}")]
     Lock {
         path: PathBuf,
@@ -153,14 +157,35 @@ impl<'a> State<'a> {
     }
 
     fn write(&self, rel: &str, text: &str) -> Result<(), PkiError> {
-        let path = self.path(rel);
-        let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
-        fsutil::create_dir_all_mode(&parent, DIR_MODE).map_err(|source| PkiError::Write {
-            path: parent.clone(),
-            source,
-        })?;
-        fsutil::write_atomic(&path, text.as_bytes(), FILE_MODE)
-            .map_err(|source| PkiError::Write { path, source })
+        self.write_all(&[(rel, text)])
+    }
+
+    /// Writes files that belong together (a key and its certificate): all
+    /// staged (written and fsynced) before the first is renamed into place,
+    /// so a crash between them is a matter of microseconds; a key that does
+    /// not match its certificate is re-issued on the next run anyway.
+    fn write_all(&self, files: &[(&str, &str)]) -> Result<(), PkiError> {
+        let mut staged = Vec::new();
+        for (rel, text) in files {
+            let path = self.path(rel);
+            let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
+            fsutil::create_dir_all_mode(&parent, DIR_MODE).map_err(|source| PkiError::Write {
+                path: parent.clone(),
+                source,
+            })?;
+            let s = fsutil::stage(&path, text.as_bytes(), FILE_MODE).map_err(|source| {
+                PkiError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            staged.push((path, s));
+        }
+        for (path, s) in staged {
+            s.commit()
+                .map_err(|source| PkiError::Write { path, source })?;
+        }
+        Ok(())
     }
 
     fn note(&mut self, path: &str, action: Action) {

@@ -484,3 +484,33 @@ fn an_oci_layout_holds_no_secrets_unless_asked_and_push_include_secrets_says_so(
     .assert_stderr_has("has no OCI image `node01-with-secrets`")
     .assert_stderr_has("rebuild it with --oci-with-secrets");
 }
+
+#[test]
+fn a_key_that_does_not_match_its_certificate_is_reissued_or_refused_for_a_ca() {
+    let lab = Lab::new();
+    lab.imgbuild(&["pki", "init"]).assert_ok();
+    let state = lab.path("state/ilinux");
+    let copy = |from: &str, to: &str| std::fs::copy(state.join(from), state.join(to)).unwrap();
+    // what a crash between writing a leaf's key and its certificate leaves
+    copy(
+        "pki/front-proxy-client.key",
+        "pki/apiserver-kubelet-client.key",
+    );
+    lab.imgbuild(&["pki", "init"])
+        .assert_ok()
+        .assert_stderr_has(
+            "re-issued pki/apiserver-kubelet-client.crt (the key does not match the certificate)",
+        );
+    let public = |args: &[&str]| judge("openssl").args(args).ok();
+    let crt = state.join("pki/apiserver-kubelet-client.crt");
+    let key = state.join("pki/apiserver-kubelet-client.key");
+    assert_eq!(
+        public(&["x509", "-noout", "-pubkey", "-in", crt.to_str().unwrap()]),
+        public(&["pkey", "-pubout", "-in", key.to_str().unwrap()])
+    );
+    // a CA's pair is never replaced silently
+    copy("pki/etcd/ca.key", "pki/ca.key");
+    lab.imgbuild(&["pki", "init"])
+        .assert_failed()
+        .assert_stderr_has("pki/ca.key is not the key of");
+}
