@@ -2,7 +2,8 @@
 leaves is corrupt and that the next run recovers.
 
 Runs against the offline lab of scripts/lab-mirror (built under the work
-dir on first use). Each trial picks a kind of run, prepares work for it,
+dir on first use). Each trial takes the next kind of run (fetch, build,
+pki, build, fetch, ...), prepares work for it,
 starts it, and sends SIGKILL at a random moment between 2% and 70% of the
 time an uninterrupted cold run of that kind takes (a trial's run has less
 to do than a cold one):
@@ -186,7 +187,8 @@ def trial(lab, kind, limit, rng):
     if killed:
         p.send_signal(signal.SIGKILL)
     p.communicate()
-    found = {"killed": killed, "cache": corrupt_cache(lab), "store": corrupt_store(lab)}
+    found = {"killed": killed, "cache": corrupt_cache(lab), "store": corrupt_store(lab),
+             "left": len(debris(lab, p.pid))}
     code, err = lab.run(args)
     found["recovery"] = None if code == 0 else err.strip()
     if kind == "fetch" and code == 0:
@@ -205,7 +207,7 @@ def report(results, seconds, trials_wall, seed, imgbuild):
         rows.append((kind, len(rs), sum(r["killed"] for r in rs),
                      sum(len(r["cache"]) for r in rs), sum(len(r["store"]) for r in rs),
                      sum(1 for r in rs if r["recovery"] or r["outputs"]),
-                     sum(len(r["debris"]) for r in rs)))
+                     sum(r["left"] for r in rs), sum(len(r["debris"]) for r in rs)))
     lines = [
         "# Chaos trials",
         "",
@@ -219,8 +221,8 @@ def report(results, seconds, trials_wall, seed, imgbuild):
         f"fetch takes {seconds['fetch']:.1f} s and a cold `cluster` {seconds['build']:.1f} s here",
         f"(`{os.path.relpath(imgbuild, REPO) if imgbuild.startswith(REPO) else imgbuild}`).",
         "",
-        "| kind | trials | killed | corrupt cache blobs | corrupt stored layers | unrecovered runs | leftovers after the next run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| kind | trials | killed | corrupt cache blobs | corrupt stored layers | unrecovered runs | leftovers after the kill | leftovers after the next run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append("| " + " | ".join(str(c) for c in row) + " |")
@@ -234,7 +236,8 @@ def report(results, seconds, trials_wall, seed, imgbuild):
         "- unrecovered: the same command run again failed, or an output",
         "  directory did not pass `imgbuild verify`.",
         "- leftovers: what the killed run had named after its pid (scratch",
-        "  directories, old outputs, temporaries) still there after the next run.",
+        "  directories, old outputs, temporaries), right after the kill and",
+        "  still there after the next run.",
     ]
     problems = [(k, r) for k, r in results
                 if r["cache"] or r["store"] or r["recovery"] or r["outputs"] or r["debris"]]
@@ -261,7 +264,7 @@ def main():
     results = []
     start = time.monotonic()
     for i in range(a.trials):
-        kind = rng.choice(["fetch", "build", "build", "pki"])
+        kind = ["fetch", "build", "pki", "build"][i % 4]
         r = trial(lab, kind, seconds[kind], rng)
         results.append((kind, r))
         bad = r["cache"] or r["store"] or r["recovery"] or r["outputs"] or r["debris"]
