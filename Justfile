@@ -49,6 +49,12 @@ plan:
     cargo run --quiet -- plan --role master01
     cargo run --quiet -- plan --role worker
 
+# kill `cluster` and `fetch` runs with SIGKILL at random points (N trials,
+# against the offline lab), re-run them and check the cache, the layer store
+# and every output with `imgbuild verify`; writes docs/chaos.md. Not in CI.
+chaos trials="30": build
+    python3 scripts/chaos.py --trials {{trials}}
+
 # measure against the guides' way and the limit; writes BENCHMARKS.md
 bench: build
     cargo build --release --locked --example deflate_limit

@@ -112,14 +112,21 @@ impl<'a> Build<'a> {
         let changes =
             pki::State::new(&settings.ctx, m, &state).ensure(pki::Renew::Needed, false)?;
         for c in changes.iter().filter(|c| c.action != pki::Action::Kept) {
-            settings
-                .reporter
-                .debug(&format!("pki: {} {:?}", c.path, c.action));
+            match &c.action {
+                pki::Action::Fixed(why) => settings.reporter.warn(&format!(
+                    "warning: {}: {why} (the state dir must be private)",
+                    state.join(&c.path).display()
+                )),
+                action => settings
+                    .reporter
+                    .debug(&format!("pki: {} {action:?}", c.path)),
+            }
         }
-        let store = layer::Store::open(&cache).map_err(|source| BuildError::Store {
-            path: cache.root.join("layers"),
-            source,
-        })?;
+        let store =
+            layer::Store::open(&cache, settings.reporter).map_err(|source| BuildError::Store {
+                path: cache.root.join("layers"),
+                source,
+            })?;
         Ok(Build {
             settings,
             m,
@@ -134,10 +141,10 @@ impl<'a> Build<'a> {
     /// Stages 5-7 for one plan: render, layer, assemble `out/<target>/`.
     pub fn target(&self, plan: &Plan, out: &Path) -> Result<(PathBuf, Outcome), BuildError> {
         let rendered = render::render(self.m, plan)?;
-        let tmp = output::scratch(out, &plan.target)?;
-        let result = self.layers_and_output(plan, &rendered, &tmp, out);
+        let scratch = output::scratch(out, &plan.target)?;
+        let result = self.layers_and_output(plan, &rendered, &scratch.path, out);
         if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_dir_all(&scratch.path);
         }
         result
     }
@@ -172,10 +179,7 @@ impl<'a> Build<'a> {
     /// returns the directories in target order. Output bytes never depend on
     /// the order the targets finish in.
     pub fn all(&self, plans: &[Plan], out: &Path) -> Result<Vec<PathBuf>, BuildError> {
-        fsutil::create_dir_all_mode(out, 0o755).map_err(|source| BuildError::OutDir {
-            path: out.to_path_buf(),
-            source,
-        })?;
+        self.out_root(out)?;
         let next = Mutex::new(plans.iter());
         let results = Mutex::new(Vec::new());
         let workers = self.settings.ctx.jobs.clamp(1, plans.len().max(1));
@@ -207,5 +211,22 @@ impl<'a> Build<'a> {
         }
         committed?;
         Ok(dirs)
+    }
+
+    /// Makes the output root (0755) unless it exists, whose mode is then
+    /// left as it is; removes what killed runs left in it.
+    fn out_root(&self, out: &Path) -> Result<(), BuildError> {
+        if !out.is_dir() {
+            fsutil::create_dir_all_mode(out, 0o755).map_err(|source| BuildError::OutDir {
+                path: out.to_path_buf(),
+                source,
+            })?;
+        }
+        for p in output::clean_debris(out) {
+            self.settings
+                .reporter
+                .info(&format!("removed {}: a killed run left it", p.display()));
+        }
+        Ok(())
     }
 }

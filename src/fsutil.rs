@@ -1,5 +1,7 @@
 //! Small file-system helpers every stage uses: atomic writes (temp file in the
-//! same directory, fsync, rename) with an explicit mode, and private dirs.
+//! same directory, fsync, rename) with an explicit mode, private dirs, and
+//! telling the leftovers of a killed run (named after its pid) from those of
+//! a live one.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -106,6 +108,21 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the
 /// new one, never a torn one. The file gets exactly `mode`, whatever the umask.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    stage(path, bytes, mode)?.commit()
+}
+
+/// A file written and fsynced beside its destination (`.<name>.tmp.<pid>.<n>`),
+/// put in place by [`Staged::commit`]; removed when dropped uncommitted. Two
+/// files staged first and committed one after the other are both in place
+/// within microseconds.
+pub struct Staged {
+    tmp: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    committed: bool,
+}
+
+/// Stages `bytes` for `path`, with exactly `mode`, whatever the umask.
+pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -114,23 +131,63 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     // unique to this process and call: two threads may write the same path
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.tmp.{}.{call}", std::process::id()));
-    let result = (|| {
-        let mut f: File = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let staged = Staged {
+        tmp: dir.join(format!(".{name}.tmp.{}.{call}", std::process::id())),
+        dest: path.to_path_buf(),
+        committed: false,
+    };
+    let mut f: File = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&staged.tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Renames the staged file into place.
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.dest)?;
+        self.committed = true;
+        Ok(())
     }
-    result
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The pid in the name of a [`write_atomic`] temporary,
+/// `.<name>.tmp.<pid>.<n>`.
+pub(crate) fn atomic_temp_pid(file_name: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp.")?;
+    let (pid, n) = tail.split_once('.')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Whether the process `pid` runs on this machine (`/proc/<pid>` exists).
+/// Without a `/proc`, every process counts as running.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
+/// Whether a leftover named after the process `pid`, found as a run starts
+/// (before it made anything of its own), was left by a process that is
+/// gone: one that no longer runs, or an earlier process that had this
+/// run's pid.
+pub(crate) fn left_by_dead_process(pid: u32) -> bool {
+    pid == std::process::id() || !process_alive(pid)
 }
 
 #[cfg(test)]
@@ -157,5 +214,21 @@ mod tests {
             1,
             "temp file left behind"
         );
+    }
+
+    #[test]
+    fn the_pid_of_an_atomic_temporary() {
+        assert_eq!(atomic_temp_pid(".abc.json.tmp.4242.7"), Some(4242));
+        assert_eq!(atomic_temp_pid(".abc.json"), None);
+        assert_eq!(atomic_temp_pid("abc.json.tmp.4242.7"), None);
+        assert_eq!(atomic_temp_pid(".abc.tmp.x.7"), None);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_its_own_leftovers_are_not() {
+        assert!(process_alive(std::process::id()));
+        // pid_max is at most 2^22 on Linux
+        assert!(!process_alive(u32::MAX - 1));
+        assert!(left_by_dead_process(std::process::id()));
     }
 }

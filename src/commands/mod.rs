@@ -64,6 +64,7 @@ fn options(s: &Settings, formats: &[Format], seed: &SeedLayers) -> output::Optio
         formats: Formats::new(formats),
         seed: seed.clone(),
         source_date_epoch: s.ctx.source_date_epoch,
+        oci_with_secrets: false,
     }
 }
 

@@ -62,6 +62,7 @@ fn report_changes(reporter: &Reporter, changes: &[Change]) -> Result<(), Error> 
                 counts[2] += 1;
                 reporter.debug(&format!("kept      {}", c.path));
             }
+            Action::Fixed(why) => reporter.info(&format!("fixed     {} ({why})", c.path)),
         }
     }
     reporter.info(&format!(

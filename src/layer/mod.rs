@@ -105,6 +105,12 @@ pub struct BuiltLayer {
     /// The PXE segment (gzip'd newc cpio), when it was asked for.
     #[serde(skip)]
     pub(crate) segment: Option<PathBuf>,
+    /// sha256 of the PXE segment, hashed while it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) segment_digest: Option<String>,
+    /// Size of the PXE segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) segment_size: Option<u64>,
 }
 
 impl BuiltLayer {
@@ -138,6 +144,7 @@ pub(crate) fn build(
     }
     // one builder per key, across threads and processes; the others wait and reuse
     let _lock = store.lock(&key, &layer.name)?;
+    // a stored layer is checked against its record before it is reused
     if let Some(built) = store.find(&key, &layer.name, inputs.cpio) {
         return Ok(built);
     }

@@ -18,6 +18,7 @@ use super::{BuiltLayer, GZIP_LEVEL, LayerError, io_err};
 use crate::fetch::Cache;
 use crate::fetch::archive;
 use crate::fetch::oci::{self, PulledImage};
+use crate::fsutil::Sha256Writer;
 use crate::newc;
 use crate::pgzip;
 use crate::plan::{Entry, LayerPlan};
@@ -26,8 +27,14 @@ use crate::tarutil;
 /// One entry with its content, resolved.
 pub(super) type Resolved<'p> = (&'p Entry, Content);
 
+/// Mode of a layer that enters the shared store: read-only, so that an
+/// output directory hard-linked to it cannot write through by accident.
+pub(super) const STORED_MODE: u32 = 0o444;
+/// Mode of the secrets layer, which never enters the store.
+const PRIVATE_MODE: u32 = 0o600;
+
 /// Writes the layer `key` to `files` (file mode 0600 when `private`, else
-/// 0644) by way of temporary files renamed into place.
+/// read-only 0444) by way of temporary files renamed into place.
 pub(super) fn write_layer(
     inputs: &Inputs<'_>,
     layer: &LayerPlan,
@@ -37,13 +44,10 @@ pub(super) fn write_layer(
     private: bool,
 ) -> Result<BuiltLayer, LayerError> {
     let dir = files.tar.parent().unwrap_or(Path::new("."));
-    let tmp = Files {
-        tar: dir.join(format!(".{key}.{}.tar.tmp", std::process::id())),
-        segment: dir.join(format!(".{key}.{}.cpio.tmp", std::process::id())),
-    };
-    let mode = if private { 0o600 } else { 0o644 };
+    let tmp = Files::temporary(dir, key);
+    let mode = if private { PRIVATE_MODE } else { STORED_MODE };
     let written = compress(inputs, layer, resolved, &tmp, mode);
-    let (tar, diff_id, cpio) = match written {
+    let w = match written {
         Ok(w) => w,
         Err(e) => {
             let _ = fs::remove_file(&tmp.tar);
@@ -52,7 +56,7 @@ pub(super) fn write_layer(
         }
     };
     let io = |op, path: &Path| io_err(&layer.name, op, path);
-    if cpio.is_some() {
+    if w.segment.is_some() {
         fs::rename(&tmp.segment, &files.segment).map_err(io("write", &files.segment))?;
     }
     fs::rename(&tmp.tar, &files.tar).map_err(io("write", &files.tar))?;
@@ -60,28 +64,37 @@ pub(super) fn write_layer(
         name: layer.name.clone(),
         kind: layer.kind,
         key: key.to_string(),
-        digest: tar.digest,
-        size: tar.size,
-        diff_id,
+        digest: w.tar.digest,
+        size: w.tar.size,
+        diff_id: w.diff_id,
         file: files.tar.clone(),
-        segment: cpio.is_some().then(|| files.segment.clone()),
+        segment: w.segment.is_some().then(|| files.segment.clone()),
+        segment_size: w.segment.as_ref().map(|s| s.size),
+        segment_digest: w.segment.map(|s| s.digest),
     })
 }
 
+/// What [`compress`] wrote.
+struct Compressed {
+    tar: pgzip::Written,
+    diff_id: String,
+    /// The PXE segment's digest and size, when there is one.
+    segment: Option<pgzip::Written>,
+}
+
 /// The gzip'd tar written to `tmp.tar` (and the segment to `tmp.segment`
-/// when `inputs.cpio`): the tar's digest and size, its diff_id, the
-/// segment's size.
+/// when `inputs.cpio`, hashed while it is written).
 fn compress(
     inputs: &Inputs<'_>,
     layer: &LayerPlan,
     resolved: Vec<Resolved<'_>>,
     tmp: &Files,
     mode: u32,
-) -> Result<(pgzip::Written, String, Option<u64>), LayerError> {
+) -> Result<Compressed, LayerError> {
     let tar = create(&tmp.tar, mode).map_err(io_err(&layer.name, "create", &tmp.tar))?;
     let cpio = inputs
         .cpio
-        .then(|| create(&tmp.segment, mode))
+        .then(|| create(&tmp.segment, mode).map(Sha256Writer::new))
         .transpose()
         .map_err(io_err(&layer.name, "create", &tmp.segment))?;
     let out = pgzip::write(
@@ -92,11 +105,29 @@ fn compress(
         |s| write_entries(s, inputs, layer, resolved),
         |e| io_err(&layer.name, "write", &tmp.tar)(e),
     )?;
-    Ok((out.tar, out.diff_id, out.cpio))
+    let segment = match (out.cpio, out.cpio_writer) {
+        (Some(size), Some(w)) => {
+            let (w, digest) = w.finish();
+            w.into_inner()
+                .map_err(|e| io_err(&layer.name, "write", &tmp.segment)(e.into_error()))?;
+            Some(pgzip::Written { digest, size })
+        }
+        _ => None,
+    };
+    out.tar_writer
+        .into_inner()
+        .map_err(|e| io_err(&layer.name, "write", &tmp.tar)(e.into_error()))?;
+    Ok(Compressed {
+        tar: out.tar,
+        diff_id: out.diff_id,
+        segment,
+    })
 }
 
 /// A new file at `path` with exactly `mode`, buffered.
 fn create(path: &Path, mode: u32) -> io::Result<BufWriter<File>> {
+    // a read-only leftover of the same name cannot be opened for writing
+    let _ = fs::remove_file(path);
     let f = fs::OpenOptions::new()
         .write(true)
         .create(true)

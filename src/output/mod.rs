@@ -4,8 +4,9 @@
 //! `cloud-init/` (user-data, meta-data, network-config, seed.iso labelled
 //! `cidata`), `pxe/` (overlay.cpio.gz, boot.ipxe) and `SHA256SUMS` over every
 //! other file. Everything is written into a temporary directory beside the
-//! target and renamed into place at the end, so no directory is ever left
-//! half-written.
+//! target (locked while a run writes it) and renamed into place at the end,
+//! so no directory is ever left half-written; what a killed run left there
+//! is removed by the next ([`clean_debris`]).
 
 pub mod cloudinit;
 pub mod image;
@@ -37,6 +38,16 @@ pub enum OutputError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "cannot create the scratch directory {path} for {target} in the output directory {out} (it must be writable)"
+    )]
+    Scratch {
+        target: String,
+        out: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// How to build: formats, seed mode, and the one timestamp.
@@ -45,6 +56,9 @@ pub struct Options {
     pub formats: Formats,
     pub seed: SeedLayers,
     pub source_date_epoch: i64,
+    /// Also write `<node>-with-secrets` (and the secrets layer's blob) into
+    /// the OCI layout (`--oci-with-secrets`).
+    pub oci_with_secrets: bool,
 }
 
 fn io_err<'a>(target: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> OutputError + 'a {
@@ -153,12 +167,87 @@ pub fn sha256sums(dir: &Path, known: &Sums) -> io::Result<Sums> {
     Ok(out)
 }
 
+/// A target's scratch directory, `out_root/.<target>.tmp.<pid>/`, locked
+/// (`flock`) while this run writes it, so that [`clean_debris`] in another
+/// run leaves it alone.
+#[derive(Debug)]
+pub struct Scratch {
+    pub path: PathBuf,
+    _lock: fs::File,
+}
+
 /// A private scratch directory beside `out_root/<target>`, for one build.
-pub fn scratch(out_root: &Path, target: &str) -> Result<PathBuf, OutputError> {
+pub fn scratch(out_root: &Path, target: &str) -> Result<Scratch, OutputError> {
     let tmp = out_root.join(format!(".{target}.tmp.{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    fsutil::create_dir_all_mode(&tmp.join("layers"), 0o755).map_err(io_err(target, &tmp))?;
-    Ok(tmp)
+    let lock = fsutil::create_dir_all_mode(&tmp.join("layers"), 0o755)
+        .and_then(|()| fs::File::open(&tmp))
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|source| OutputError::Scratch {
+            target: target.to_string(),
+            out: out_root.to_path_buf(),
+            path: tmp.clone(),
+            source,
+        })?;
+    Ok(Scratch {
+        path: tmp,
+        _lock: lock,
+    })
+}
+
+/// What a killed run can leave in an output root: its scratch directory,
+/// or the old output on its way out (which may hold a secrets layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Debris {
+    Scratch,
+    Old,
+}
+
+/// The kind and pid of a name `.<target>.tmp.<pid>` or `.<target>.old.<pid>`.
+fn debris(name: &str) -> Option<(Debris, u32)> {
+    let rest = name.strip_prefix('.')?;
+    let (rest, pid) = rest.rsplit_once('.')?;
+    let pid = pid.parse().ok()?;
+    let (target, kind) = rest.rsplit_once('.')?;
+    let kind = match kind {
+        "tmp" => Debris::Scratch,
+        "old" => Debris::Old,
+        _ => return None,
+    };
+    (!target.is_empty()).then_some((kind, pid))
+}
+
+/// Whether another run holds the lock of the scratch directory `dir`.
+fn locked(dir: &Path) -> bool {
+    fs::File::open(dir).is_ok_and(|f| f.try_lock().is_err())
+}
+
+/// Removes what killed runs left in `out_root` (called as a run starts):
+/// scratch directories of runs that are gone and whose lock is free, and
+/// old outputs of runs that are gone. Returns what it removed.
+pub fn clean_debris(out_root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(out_root) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((kind, pid)) = debris(&name) else {
+            continue;
+        };
+        let path = e.path();
+        let dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if !dir || !fsutil::left_by_dead_process(pid) {
+            continue;
+        }
+        if kind == Debris::Scratch && locked(&path) {
+            continue;
+        }
+        if fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
 }
 
 /// What [`assemble`] did.
@@ -172,10 +261,12 @@ pub enum Outcome {
 
 /// Whether `dest` already holds the build whose small files are in `tmp`:
 /// the same image.json (layer digests, inputs, formats, imgbuild's
-/// version), the same seed and boot files, and every file its SHA256SUMS
-/// lists present. The big files (seed.iso, overlay.cpio.gz, OCI blobs) are
-/// functions of those; `imgbuild verify` checks their bytes.
-fn up_to_date(tmp: &Path, dest: &Path) -> io::Result<bool> {
+/// version), the same seed, boot and OCI index files, and every file its
+/// SHA256SUMS lists present. The layer files, OCI layer blobs and PXE
+/// segments are checked by [`Assembly::same_layers`]. The other big files
+/// (seed.iso, overlay.cpio.gz) are functions of those; `imgbuild verify`
+/// checks their bytes.
+fn same_small_files(tmp: &Path, dest: &Path) -> io::Result<bool> {
     let Ok(text) = fs::read_to_string(dest.join(sums::FILE)) else {
         return Ok(false);
     };
@@ -183,8 +274,6 @@ fn up_to_date(tmp: &Path, dest: &Path) -> io::Result<bool> {
     if !bad.is_empty() || !listed.paths().all(|f| dest.join(f).is_file()) {
         return Ok(false);
     }
-    // layers (and the PXE segments made with them) are checked by their
-    // digests in image.json (and by being listed)
     for f in files_below(tmp)?
         .iter()
         .filter(|f| !f.starts_with("layers/") && !f.starts_with("pxe/segments/"))
@@ -194,6 +283,22 @@ fn up_to_date(tmp: &Path, dest: &Path) -> io::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Whether `file` holds `size` bytes with the sha256 `digest`: the same
+/// inode as `source` (a stored file this run checked, or wrote), or else
+/// hashed.
+fn holds(file: &Path, source: &Path, size: u64, digest: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(file) else {
+        return false;
+    };
+    if !meta.is_file() || meta.len() != size {
+        return false;
+    }
+    let same_inode =
+        fs::metadata(source).is_ok_and(|s| (s.dev(), s.ino()) == (meta.dev(), meta.ino()));
+    same_inode || fsutil::sha256_file(file).is_ok_and(|d| d == digest)
 }
 
 /// One target's assembly in `tmp`, on its way to `out_root/<target>/`.
@@ -206,8 +311,6 @@ struct Assembly<'a> {
     tmp: &'a Path,
     /// Digests of files hashed while they were written.
     known: Sums,
-    /// What image.json says, once written.
-    image: Option<ImageJson>,
 }
 
 /// Assembles `out_root/<target>/` from `tmp` (made by [`scratch`], holding
@@ -233,11 +336,10 @@ pub fn assemble(
         opts,
         tmp,
         known: Sums::default(),
-        image: None,
     };
     // the small files first: they decide whether anything changed
     let seed_files = a.small_files().map_err(io_err(target, tmp))?;
-    if up_to_date(tmp, &dest).map_err(io_err(target, tmp))? {
+    if same_small_files(tmp, &dest).map_err(io_err(target, tmp))? && a.same_layers(&dest) {
         a.drop_private_segments();
         fs::remove_dir_all(tmp).map_err(io_err(target, tmp))?;
         return Ok((dest, Outcome::UpToDate));
@@ -247,12 +349,8 @@ pub fn assemble(
     let sums = sha256sums(tmp, &a.known).map_err(io_err(target, tmp))?;
     let p = tmp.join(sums::FILE);
     fsutil::write_atomic(&p, sums.render().as_bytes(), 0o644).map_err(io_err(target, &p))?;
-    replace_dir(
-        tmp,
-        &dest,
-        &out_root.join(format!(".{target}.old.{}", std::process::id())),
-    )
-    .map_err(io_err(target, &dest))?;
+    let old = out_root.join(format!(".{target}.old.{}", std::process::id()));
+    replace_dir(tmp, &dest, &old).map_err(io_err(target, &dest))?;
     Ok((dest, Outcome::Built))
 }
 
@@ -298,8 +396,43 @@ impl Assembly<'_> {
                     .insert(format!("pxe/segments/{}", s.file), s.digest.clone());
             }
         }
-        self.image = Some(image);
+        if formats.has(Format::Oci) {
+            let (sde, with_secrets) = (self.opts.source_date_epoch, self.opts.oci_with_secrets);
+            oci::index(self.tmp, &image, self.layers, sde, with_secrets)?;
+        }
         Ok(seed_files)
+    }
+
+    /// Whether `dest` holds this build's layer files, OCI layer blobs and
+    /// PXE segments: each of the right size, and the very file of the store
+    /// (checked by this run) or of the right sha256.
+    fn same_layers(&self, dest: &Path) -> bool {
+        let formats = &self.opts.formats;
+        let mut want: Vec<(String, &Path, u64, &str)> = Vec::new();
+        for l in self.layers {
+            if formats.has(Format::Layers) {
+                want.push((
+                    format!("layers/{}.tar.gz", l.name),
+                    &l.file,
+                    l.size,
+                    &l.digest,
+                ));
+            }
+            let remote = formats.has(Format::Pxe) && self.opts.seed.remote(l);
+            if let (true, Some(seg), Some(size), Some(d)) =
+                (remote, &l.segment, l.segment_size, &l.segment_digest)
+            {
+                want.push((format!("pxe/segments/{}.cpio.gz", l.name), seg, size, d));
+            }
+        }
+        if formats.has(Format::Oci) {
+            for l in oci::included(self.layers, self.opts.oci_with_secrets) {
+                let blob = format!("oci/blobs/sha256/{}", l.digest);
+                want.push((blob, &l.file, l.size, &l.digest));
+            }
+        }
+        want.iter()
+            .all(|(rel, source, size, digest)| holds(&dest.join(rel), source, *size, digest))
     }
 
     /// seed.iso and overlay.cpio.gz, each hashed while it is written, side
@@ -326,13 +459,10 @@ impl Assembly<'_> {
             (iso, overlay)
         });
         self.drop_private_segments();
-        if let Some(image) = self
-            .image
-            .as_ref()
-            .filter(|_| self.opts.formats.has(Format::Oci))
-        {
-            oci::write(self.tmp, image, self.layers, self.opts.source_date_epoch)?;
-            for l in self.layers {
+        if self.opts.formats.has(Format::Oci) {
+            let with_secrets = self.opts.oci_with_secrets;
+            oci::link_blobs(self.tmp, self.layers, with_secrets)?;
+            for l in oci::included(self.layers, with_secrets) {
                 self.known
                     .insert(format!("oci/blobs/sha256/{}", l.digest), l.digest.clone());
             }
@@ -365,12 +495,17 @@ impl Assembly<'_> {
     }
 }
 
-/// Puts `tmp` at `dest`, moving an old `dest` aside to `old` and removing it.
+/// Puts `tmp` at `dest`, moving an old `dest` aside to `old` and removing
+/// it (what is already gone of it is no error).
 fn replace_dir(tmp: &Path, dest: &Path, old: &Path) -> io::Result<()> {
     if dest.exists() {
+        let _ = fs::remove_dir_all(old);
         fs::rename(dest, old)?;
         fs::rename(tmp, dest)?;
-        fs::remove_dir_all(old)
+        match fs::remove_dir_all(old) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     } else {
         fs::rename(tmp, dest)
     }

@@ -2,8 +2,11 @@
 //! layer (the `.tar.gz` files are the layer blobs, hard-linked), a config with
 //! their diff_ids, annotations for node, roles, versions and
 //! `org.opencontainers.image.created` = SOURCE_DATE_EPOCH. `index.json` names
-//! two manifests: `<node>` without the secrets layer (what may be published)
-//! and `<node>-with-secrets`. Every byte is reproducible.
+//! `<node>`, without the secrets layer (what may be published), and only
+//! when asked (`--oci-with-secrets`), `<node>-with-secrets`: generic OCI
+//! tools copy a layout whole, so the secrets layer's blob is not in it
+//! unless asked for. Every byte is reproducible. [`index`] writes the small
+//! files (config, manifests, index), [`link_blobs`] the layer blobs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -90,33 +93,56 @@ fn manifest(
     }))
 }
 
-pub fn write(out: &Path, image: &ImageJson, layers: &[BuiltLayer], sde: i64) -> io::Result<()> {
+/// The layers the layout holds: all of them `with_secrets`, else all but
+/// the secrets layer.
+pub fn included(layers: &[BuiltLayer], with_secrets: bool) -> Vec<&BuiltLayer> {
+    layers
+        .iter()
+        .filter(|l| with_secrets || l.kind != LayerKind::Secrets)
+        .collect()
+}
+
+/// The tag of the image with the secrets layer.
+pub fn with_secrets_tag(node: &str) -> String {
+    format!("{node}-with-secrets")
+}
+
+/// Whether the OCI layout of the output directory `dir` has the image with
+/// the secrets layer (for `verify --rebuild`: the layout was built with
+/// `--oci-with-secrets`).
+pub fn has_with_secrets(dir: &Path) -> bool {
+    let tag = with_secrets_tag(&dir.file_name().unwrap_or_default().to_string_lossy());
+    fs::read_to_string(dir.join("oci/index.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["manifests"].as_array().cloned())
+        .is_some_and(|ms| {
+            ms.iter().any(|m| {
+                m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag.as_str())
+            })
+        })
+}
+
+/// The small files of `out/oci/`: the config and manifest blobs of
+/// `<node>` (and of `<node>-with-secrets` when `with_secrets` and the node
+/// has a secrets layer), `index.json` and `oci-layout`.
+pub fn index(
+    out: &Path,
+    image: &ImageJson,
+    layers: &[BuiltLayer],
+    sde: i64,
+    with_secrets: bool,
+) -> io::Result<()> {
     let dir = out.join("oci");
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
-    for l in layers {
-        let dest = blobs.join(&l.digest);
-        let src = out.join("layers").join(format!("{}.tar.gz", l.name));
-        let src = if src.is_file() { src } else { l.file.clone() };
-        if fs::hard_link(&src, &dest).is_err() {
-            fs::copy(&src, &dest)?;
-        }
-    }
-    let public: Vec<&BuiltLayer> = layers
-        .iter()
-        .filter(|l| l.kind != LayerKind::Secrets)
-        .collect();
-    let all: Vec<&BuiltLayer> = layers.iter().collect();
+    let public = included(layers, false);
     let node = &image.node;
     let mut manifests = vec![manifest(&blobs, image, &public, sde, node)?];
-    if public.len() != all.len() {
-        manifests.push(manifest(
-            &blobs,
-            image,
-            &all,
-            sde,
-            &format!("{node}-with-secrets"),
-        )?);
+    if with_secrets && public.len() != layers.len() {
+        let all = included(layers, true);
+        let tag = with_secrets_tag(node);
+        manifests.push(manifest(&blobs, image, &all, sde, &tag)?);
     }
     let index = crate::json::canonical(
         &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}),
@@ -127,4 +153,50 @@ pub fn write(out: &Path, image: &ImageJson, layers: &[BuiltLayer], sde: i64) -> 
         "{\"imageLayoutVersion\":\"1.0.0\"}\n",
     )?;
     Ok(())
+}
+
+/// The layer blobs of `out/oci/` (the secrets layer only `with_secrets`):
+/// hard links to the layer files where the filesystem allows.
+pub fn link_blobs(out: &Path, layers: &[BuiltLayer], with_secrets: bool) -> io::Result<()> {
+    let blobs = out.join("oci/blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    for l in included(layers, with_secrets) {
+        let dest = blobs.join(&l.digest);
+        let src = out.join("layers").join(format!("{}.tar.gz", l.name));
+        let src = if src.is_file() { src } else { l.file.clone() };
+        super::link_or_copy(&src, &dest)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn layer(name: &str, kind: LayerKind) -> BuiltLayer {
+        BuiltLayer {
+            name: name.into(),
+            kind,
+            key: name.into(),
+            digest: format!("{:0>64}", name.len()),
+            size: 1,
+            diff_id: "0".repeat(64),
+            file: PathBuf::new(),
+            segment: None,
+            segment_digest: None,
+            segment_size: None,
+        }
+    }
+
+    #[test]
+    fn the_secrets_layer_is_in_the_layout_only_when_asked() {
+        let layers = [
+            layer("00-base", LayerKind::Base),
+            layer("01-secrets", LayerKind::Secrets),
+        ];
+        let names = |v: Vec<&BuiltLayer>| v.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(included(&layers, false)), ["00-base"]);
+        assert_eq!(names(included(&layers, true)), ["00-base", "01-secrets"]);
+    }
 }

@@ -4,7 +4,8 @@
 //! docker config (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`,
 //! `auths`), used for a bearer token or basic auth as the registry asks;
 //! without them, anonymous. The secrets layer stays out unless
-//! `include_secrets`. Produces the pushed manifest's digest.
+//! `include_secrets`, which needs a layout built with `--oci-with-secrets`.
+//! Produces the pushed manifest's digest.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::Duration;
 use crate::fetch::registry::{
     self, Descriptor, Manifest, Registry, RegistryError, docker_credentials, split_reference,
 };
+use crate::plan::LayerKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -24,6 +26,10 @@ pub enum PushError {
     },
     #[error("{dir} has no OCI image `{tag}`; build it with --format oci")]
     NoImage { dir: PathBuf, tag: String },
+    #[error(
+        "{dir} has no OCI image `{tag}`: its layout was built without the secrets layer; rebuild it with --oci-with-secrets to push it with --include-secrets"
+    )]
+    NoSecretsImage { dir: PathBuf, tag: String },
     #[error("manifest {digest} names no config blob")]
     NoConfig { digest: String },
     #[error("{url} answered HTTP {status} {body}")]
@@ -79,26 +85,41 @@ fn blob_path(layout: &Path, digest: &str) -> PathBuf {
 }
 
 /// The node's manifest in `DIR/oci/index.json`: tagged `NODE`, or
-/// `NODE-with-secrets` when asked for (falling back to `NODE`).
+/// `NODE-with-secrets` when asked for. A node without a secrets layer has
+/// only `NODE`; one with a secrets layer whose layout was built without
+/// `--oci-with-secrets` cannot be pushed with it.
 fn choose(dir: &Path, include_secrets: bool) -> Result<Descriptor, PushError> {
     let index: Manifest = parse(&read(dir.join("oci/index.json"))?, "oci/index.json".into())?;
     let node = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let want = if include_secrets {
-        format!("{node}-with-secrets")
-    } else {
-        node.clone()
-    };
     let tagged = |tag: &str| index.manifests.iter().find(|d| d.ref_name() == Some(tag));
-    tagged(&want)
-        .or_else(|| if include_secrets { tagged(&node) } else { None })
-        .cloned()
-        .ok_or_else(|| PushError::NoImage {
-            dir: dir.to_path_buf(),
-            tag: want.clone(),
-        })
+    if include_secrets {
+        let tag = super::oci::with_secrets_tag(&node);
+        if let Some(d) = tagged(&tag) {
+            return Ok(d.clone());
+        }
+        if has_secrets_layer(dir) {
+            return Err(PushError::NoSecretsImage {
+                dir: dir.to_path_buf(),
+                tag,
+            });
+        }
+    }
+    tagged(&node).cloned().ok_or_else(|| PushError::NoImage {
+        dir: dir.to_path_buf(),
+        tag: node.clone(),
+    })
+}
+
+/// Whether `DIR/image.json` names a secrets layer (when it cannot be read,
+/// it counts as naming one).
+fn has_secrets_layer(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("image.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<super::ImageJson>(&t).ok())
+        .is_none_or(|i| i.layers.iter().any(|l| l.kind() == LayerKind::Secrets))
 }
 
 /// Pushes `DIR/oci` as `reference`; returns the manifest digest.

@@ -184,6 +184,8 @@ pub(super) struct CertInfo {
     pub(super) key_algorithm: Option<KeyAlgorithm>,
     pub(super) subject_key_id: Option<Vec<u8>>,
     pub(super) authority_key_id: Option<Vec<u8>>,
+    /// The raw public key (the subjectPublicKey bits).
+    pub(super) public_key: Vec<u8>,
 }
 
 impl CertInfo {
@@ -232,7 +234,13 @@ pub(super) fn inspect(pem_text: &str) -> Option<CertInfo> {
         key_algorithm: key_algorithm(&cert),
         subject_key_id,
         authority_key_id,
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
     })
+}
+
+/// Whether the PEM private key `key_pem` is the key of the certificate `info`.
+pub(super) fn key_matches(key_pem: &str, info: &CertInfo) -> bool {
+    load_key(key_pem).is_ok_and(|kp| kp.public_key_raw() == info.public_key.as_slice())
 }
 
 /// The DNS names and IP addresses of a certificate's SANs; `None` when an

@@ -7,27 +7,28 @@ use std::collections::BTreeMap;
 use super::files::{
     bootstrap_token_secret, parse_token_csv, parse_vrrp_auth, token_csv, vrrp_auth,
 };
-use super::issue::{CertInfo, Signer, generate_key, inspect, issue_ca, issue_leaf, load_key};
+use super::issue::{
+    CertInfo, Signer, generate_key, inspect, issue_ca, issue_leaf, key_matches, load_key,
+};
 use super::kubeconfig::{self, Kubeconfig, UserEntry};
 use super::spec::{self, Ca, KubeconfigSpec, KubeconfigUser, LeafSpec, Usage};
 use super::status::Verdict;
-use super::{Action, Change, DIR_MODE, PkiError, Renew, State};
-use crate::fsutil;
+use super::{Action, Change, PkiError, Renew, State, modes};
 
 /// A CA's certificate, as PEM and as read back.
 type CaCert = (String, CertInfo);
 
 impl State<'_> {
-    /// `pki init` (`Renew::Needed`, `replace_cas` false) and `pki renew`.
+    /// `pki init` (`Renew::Needed`, `replace_cas` false) and `pki renew`,
+    /// holding the state dir's lock throughout; loose modes are set back
+    /// first.
     pub(crate) fn ensure(
         mut self,
         renew: Renew,
         replace_cas: bool,
     ) -> Result<Vec<Change>, PkiError> {
-        fsutil::create_dir_all_mode(&self.dir, DIR_MODE).map_err(|source| PkiError::Write {
-            path: self.dir.clone(),
-            source,
-        })?;
+        let _lock = modes::lock(&self.dir)?;
+        self.tighten_modes()?;
         let mut cas: BTreeMap<Ca, CaCert> = BTreeMap::new();
         for ca in Ca::ALL {
             let pem = self.ensure_ca(ca, replace_cas)?;
@@ -48,6 +49,21 @@ impl State<'_> {
         Ok(self.changes)
     }
 
+    /// Sets every file and directory whose mode lets others in back to
+    /// 0600 / 0700, noting each.
+    fn tighten_modes(&mut self) -> Result<(), PkiError> {
+        let loose = modes::loose(&self.dir).map_err(|source| PkiError::Read {
+            path: self.dir.clone(),
+            source,
+        })?;
+        modes::tighten(&self.dir, &loose)?;
+        for l in loose {
+            let why = format!("mode {:04o}, now {:04o}", l.mode, l.want);
+            self.note(&l.rel, Action::Fixed(why));
+        }
+        Ok(())
+    }
+
     /// A fresh key of the manifests' algorithm, for the file `rel`.
     fn new_key(&self, rel: &str) -> Result<rcgen::KeyPair, PkiError> {
         generate_key(self.alg()).map_err(|source| PkiError::Issue {
@@ -60,7 +76,13 @@ impl State<'_> {
         let crt = format!("{}.crt", ca.stem());
         let key = format!("{}.key", ca.stem());
         match (self.read_opt(&crt)?, self.read_opt(&key)?, replace) {
-            (Some(pem), Some(_), false) => {
+            (Some(pem), Some(key_pem), false) => {
+                if !inspect(&pem).is_some_and(|info| key_matches(&key_pem, &info)) {
+                    return Err(PkiError::CaKeyMismatch {
+                        crt: self.path(&crt),
+                        key: self.path(&key),
+                    });
+                }
                 self.note(&crt, Action::Kept);
                 Ok(pem)
             }
@@ -79,8 +101,7 @@ impl State<'_> {
                         path: self.path(&crt),
                         source,
                     })?;
-                self.write(&key, &kp.serialize_pem())?;
-                self.write(&crt, &pem)?;
+                self.write_all(&[(&key, &kp.serialize_pem()), (&crt, &pem)])?;
                 let action = if existing.is_some() {
                     Action::Reissued("CA replaced on request (--ca)".into())
                 } else {
@@ -99,8 +120,10 @@ impl State<'_> {
             return Ok(());
         }
         let kp = self.new_key(spec::SA_KEY)?;
-        self.write(spec::SA_KEY, &kp.serialize_pem())?;
-        self.write(spec::SA_PUB, &kp.public_key_pem())?;
+        self.write_all(&[
+            (spec::SA_KEY, &kp.serialize_pem()),
+            (spec::SA_PUB, &kp.public_key_pem()),
+        ])?;
         self.note(spec::SA_KEY, Action::Created);
         Ok(())
     }
@@ -152,10 +175,19 @@ impl State<'_> {
 
     /// Why the existing leaf `pem` is re-issued under `renew`; `None` when
     /// it is kept.
-    fn leaf_renewal(&self, s: &LeafSpec, pem: &str, ca: &CertInfo, renew: Renew) -> Option<String> {
+    fn leaf_renewal(
+        &self,
+        s: &LeafSpec,
+        (pem, key_pem): (&str, &str),
+        ca: &CertInfo,
+        renew: Renew,
+    ) -> Option<String> {
         let Some(info) = inspect(pem) else {
             return Some("unreadable".to_string());
         };
+        if !key_matches(key_pem, &info) {
+            return Some("the key does not match the certificate".into());
+        }
         let verdict = self.verdict(&info, &s.common_name, &s.organizations, &s.dns, &s.ips, ca);
         match (verdict, renew) {
             (Verdict::Ok, Renew::All) => Some("renewed (--all)".into()),
@@ -169,12 +201,12 @@ impl State<'_> {
         let key = format!("{}.key", s.stem);
         let (ca_pem, ca_info) = ca;
         let existing = match (self.read_opt(&crt)?, self.read_opt(&key)?) {
-            (Some(c), Some(_)) => Some(c),
+            (Some(c), Some(k)) => Some((c, k)),
             _ => None,
         };
         let reason = match &existing {
             None => None,
-            Some(pem) => match self.leaf_renewal(s, pem, ca_info, renew) {
+            Some((pem, key_pem)) => match self.leaf_renewal(s, (pem, key_pem), ca_info, renew) {
                 None => {
                     self.note(&crt, Action::Kept);
                     return Ok(());
@@ -184,8 +216,7 @@ impl State<'_> {
         };
         let kp = self.new_key(&key)?;
         let pem = self.issue_leaf(s, &kp, ca_pem, &crt)?;
-        self.write(&key, &kp.serialize_pem())?;
-        self.write(&crt, &pem)?;
+        self.write_all(&[(&key, &kp.serialize_pem()), (&crt, &pem)])?;
         self.note(&crt, reason.map_or(Action::Created, Action::Reissued));
         Ok(())
     }

@@ -6,14 +6,23 @@
 //! matches the manifests and is outside its renewal window. The state dir is
 //! 0700 and every file in it 0600, written atomically.
 //!
-//! [`State::ensure`] (`pki init`, `pki renew`) is in `lifecycle`,
-//! [`State::status`] (`pki status`) and the verdicts on existing files in
-//! `status`, the formats of the non-certificate files in `files`.
+//! [`State::ensure`] (`pki init`, `pki renew`) is in `lifecycle`, and runs
+//! holding the state dir's lock (`modes`): two runs on one state dir never
+//! generate the PKI side by side. [`State::status`] (`pki status`) and the
+//! verdicts on existing files are in `status`; a file or directory whose
+//! mode lets others in is reported there and set back by `init` (`modes`).
+//! The formats of the non-certificate files are in `files`; whether a
+//! certificate chains to the state's CA ([`chains_to_state_ca`], for
+//! `verify`) in `chain`.
 
+// `verify` calls it once it checks chains against the state dir
+#[cfg_attr(not(test), allow(dead_code))]
+mod chain;
 mod files;
 mod issue;
 mod kubeconfig;
 mod lifecycle;
+mod modes;
 mod spec;
 mod status;
 
@@ -22,6 +31,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use time::Duration;
 
+#[allow(unused_imports)] // for `verify`, which checks chains when the state is at hand
+pub(crate) use chain::chains_to_state_ca;
 pub use issue::IssueError;
 pub(crate) use spec::state_path;
 pub(crate) use status::status_table;
@@ -57,6 +68,18 @@ pub enum PkiError {
     CaIncomplete { present: PathBuf, missing: PathBuf },
     #[error("{path} is not a PEM certificate")]
     Unreadable { path: PathBuf },
+    #[error(
+        "{key} is not the key of {crt}: a CA is never replaced silently; restore the pair, or run `imgbuild pki renew --ca` to replace the CA (every node must then be rebuilt)"
+    )]
+    CaKeyMismatch { crt: PathBuf, key: PathBuf },
+    #[error("cannot lock the state dir with {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{id} is not a certificate of the cluster PKI")]
+    NotACertificate { id: String },
     #[error("{path} has no bootstrap token line (`<6>.<16>,system:bootstrapper,…`)")]
     BadTokenFile { path: PathBuf },
     #[error(transparent)]
@@ -79,6 +102,8 @@ pub(crate) enum Action {
     Created,
     Kept,
     Reissued(String),
+    /// A mode that let others in, set back: what it was.
+    Fixed(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,14 +157,35 @@ impl<'a> State<'a> {
     }
 
     fn write(&self, rel: &str, text: &str) -> Result<(), PkiError> {
-        let path = self.path(rel);
-        let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
-        fsutil::create_dir_all_mode(&parent, DIR_MODE).map_err(|source| PkiError::Write {
-            path: parent.clone(),
-            source,
-        })?;
-        fsutil::write_atomic(&path, text.as_bytes(), FILE_MODE)
-            .map_err(|source| PkiError::Write { path, source })
+        self.write_all(&[(rel, text)])
+    }
+
+    /// Writes files that belong together (a key and its certificate): all
+    /// staged (written and fsynced) before the first is renamed into place,
+    /// so a crash between them is a matter of microseconds; a key that does
+    /// not match its certificate is re-issued on the next run anyway.
+    fn write_all(&self, files: &[(&str, &str)]) -> Result<(), PkiError> {
+        let mut staged = Vec::new();
+        for (rel, text) in files {
+            let path = self.path(rel);
+            let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
+            fsutil::create_dir_all_mode(&parent, DIR_MODE).map_err(|source| PkiError::Write {
+                path: parent.clone(),
+                source,
+            })?;
+            let s = fsutil::stage(&path, text.as_bytes(), FILE_MODE).map_err(|source| {
+                PkiError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            staged.push((path, s));
+        }
+        for (path, s) in staged {
+            s.commit()
+                .map_err(|source| PkiError::Write { path, source })?;
+        }
+        Ok(())
     }
 
     fn note(&mut self, path: &str, action: Action) {

@@ -90,6 +90,28 @@ pub(super) const TOKEN_CSV: &str = "token.csv";
 pub(super) const TOKEN_SECRET: &str = "addons/bootstrap-token.yaml";
 pub(super) const KEEPALIVED_AUTH: &str = "keepalived-auth.conf";
 
+/// The CA that signs the certificate `id` (a path under the state dir,
+/// `nodes/<node>/…` for a per-node one, or under `/etc/kubernetes/`; a
+/// kubeconfig's id for its client certificate); `None` when `id` names no
+/// certificate.
+#[cfg_attr(not(test), allow(dead_code))] // used by `chain`, for `verify`
+pub(super) fn ca_of(id: &str) -> Option<Ca> {
+    let id = id.trim_start_matches("/etc/kubernetes/");
+    let id = match id.strip_prefix("nodes/") {
+        Some(rest) => rest.split_once('/')?.1,
+        None => id,
+    };
+    match id {
+        "pki/apiserver-etcd-client.crt" => Some(Ca::Etcd),
+        "pki/front-proxy-ca.crt" | "pki/front-proxy-client.crt" => Some(Ca::FrontProxy),
+        "bootstrap-kubelet.conf" => None,
+        _ if id.starts_with("pki/etcd/") && id.ends_with(".crt") => Some(Ca::Etcd),
+        _ if id.starts_with("pki/") && id.ends_with(".crt") => Some(Ca::Kubernetes),
+        _ if id.ends_with(".conf") && !id.contains('/') => Some(Ca::Kubernetes),
+        _ => None,
+    }
+}
+
 /// Where the state dir keeps a secret: per-node ones under `nodes/<node>/`.
 pub(crate) fn state_path(id: &str, node: Option<&str>) -> String {
     match node {
@@ -263,4 +285,28 @@ fn node_leaves(m: &Manifests, n: &Node) -> Vec<LeafSpec> {
         }
     }
     leaves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_leaf_and_ca_has_its_signing_ca() {
+        for l in cluster_leaves() {
+            assert_eq!(ca_of(&format!("{}.crt", l.stem)), Some(l.ca), "{}", l.stem);
+        }
+        for ca in Ca::ALL {
+            assert_eq!(ca_of(&format!("{}.crt", ca.stem())), Some(ca));
+        }
+        assert_eq!(
+            ca_of("nodes/master01/pki/apiserver.crt"),
+            Some(Ca::Kubernetes)
+        );
+        assert_eq!(ca_of("/etc/kubernetes/pki/etcd/peer.crt"), Some(Ca::Etcd));
+        assert_eq!(ca_of("admin.conf"), Some(Ca::Kubernetes));
+        assert_eq!(ca_of("bootstrap-kubelet.conf"), None);
+        assert_eq!(ca_of("pki/ca.key"), None);
+        assert_eq!(ca_of("token.csv"), None);
+    }
 }

@@ -11,6 +11,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::issue::{CertInfo, inspect};
 use super::kubeconfig::{Kubeconfig, unb64};
+use super::modes::{self, Loose};
 use super::spec::{self, Ca, KubeconfigSpec, KubeconfigUser};
 use super::{PkiError, State, renewal_window};
 
@@ -118,12 +119,18 @@ impl State<'_> {
         }
     }
 
-    /// `pki status`: every CA, leaf and kubeconfig with its verdict.
+    /// `pki status`: every CA, leaf and kubeconfig with its verdict, then
+    /// every file or directory whose mode lets others in.
     pub(crate) fn status(&self) -> Result<Vec<StatusRow>, PkiError> {
         let mut rows = Vec::new();
         let cas = self.ca_rows(&mut rows)?;
         self.leaf_rows(&cas, &mut rows)?;
         self.kubeconfig_rows(&cas, &mut rows)?;
+        let loose = modes::loose(&self.dir).map_err(|source| PkiError::Read {
+            path: self.dir.clone(),
+            source,
+        })?;
+        rows.extend(loose.iter().map(StatusRow::loose));
         Ok(rows)
     }
 
@@ -210,13 +217,28 @@ pub(crate) struct StatusRow {
     pub(crate) issuer: String,
     pub(crate) not_after: String,
     pub(crate) days_left: i64,
-    /// OK, EXPIRING, MISMATCH or MISSING
+    /// OK, EXPIRING, MISMATCH, MISSING or INSECURE (a mode that lets
+    /// others in)
     pub(crate) status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<String>,
 }
 
 impl StatusRow {
+    /// The row of a file or directory whose mode lets others in.
+    fn loose(l: &Loose) -> Self {
+        StatusRow {
+            file: l.rel.clone(),
+            subject: String::new(),
+            sans: Vec::new(),
+            issuer: String::new(),
+            not_after: String::new(),
+            days_left: 0,
+            status: "INSECURE".into(),
+            reason: Some(format!("{}; `pki init` sets it", l.reason())),
+        }
+    }
+
     fn new(now: OffsetDateTime, file: String, info: Option<&CertInfo>, v: Verdict) -> Self {
         let (status, reason) = match v {
             Verdict::Ok => ("OK", None),

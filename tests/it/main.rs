@@ -15,6 +15,7 @@ mod pki;
 mod plan;
 mod registry;
 mod scripts;
+mod stores_and_state;
 mod units;
 mod validate;
 mod verify;
