@@ -3,7 +3,8 @@
 //! [`registry`](crate::fetch::registry) client. Credentials come from the
 //! docker config (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`,
 //! `auths`), used for a bearer token or basic auth as the registry asks;
-//! without them, anonymous. The secrets layer stays out unless
+//! without them, anonymous. The client sends them to the registry's own
+//! origin alone: an upload `Location` elsewhere gets the bytes without them. The secrets layer stays out unless
 //! `include_secrets`. Produces the pushed manifest's digest.
 
 use std::collections::BTreeMap;
@@ -44,6 +45,8 @@ pub enum PushError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("cannot sign in to the registry")]
+    SignIn(#[source] RegistryError),
     #[error("cannot start the push client")]
     Client(#[source] reqwest::Error),
     #[error("cannot start the push runtime")]
@@ -59,6 +62,7 @@ impl From<RegistryError> for PushError {
                 what: format!("the token from {url}"),
                 source,
             },
+            e @ RegistryError::InsecureRealm { .. } => PushError::SignIn(e),
         }
     }
 }

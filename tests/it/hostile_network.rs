@@ -1,0 +1,277 @@
+//! Hostile servers, mirrors, archives and bundles: a registry that sends an
+//! upload or its token realm to another host gets no credentials there; a
+//! tampered mirror is named as such even when a later source fails; a local
+//! I/O error stops a fetch at once; an archive or bundle that holds a name
+//! twice, or a bundle that lists a path outside itself, is refused.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+
+use crate::artifacts::{Serve, serve};
+use crate::http::{Fault, Server};
+use crate::lab::{Lab, Run};
+
+// ---------------------------------------------------------------- push
+
+/// One request a fake registry saw: method, path, `Authorization` header.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    auth: String,
+}
+
+/// How a fake registry answers: the challenge of a 401 (none: anything
+/// goes) and the `Location` of an upload.
+#[derive(Clone, Default)]
+struct Behaviour {
+    challenge: Option<String>,
+    location: String,
+}
+
+/// A fake OCI registry on `ip` that logs every request. With a challenge,
+/// it wants `Basic user:secret` or the token `t0k` (which `/token` hands
+/// out) and answers anything else with 401.
+#[derive(Clone)]
+struct Fake {
+    addr: String,
+    log: Arc<Mutex<Vec<Seen>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+}
+
+const USER: &str = "user:secret";
+const TOKEN: &str = "t0k";
+
+fn basic() -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(USER)
+    )
+}
+
+impl Fake {
+    fn start(ip: &str) -> Fake {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let fake = Fake {
+            addr: listener.local_addr().unwrap().to_string(),
+            log: Arc::default(),
+            behaviour: Arc::default(),
+        };
+        let f = fake.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let f = f.clone();
+                std::thread::spawn(move || f.serve(conn));
+            }
+        });
+        fake
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn set(&self, challenge: Option<String>, location: String) {
+        *self.behaviour.lock().unwrap() = Behaviour {
+            challenge,
+            location,
+        };
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Reads one request (its body too, so closing does not reset it).
+    fn read(conn: &TcpStream) -> Option<Seen> {
+        let mut reader = BufReader::new(conn.try_clone().ok()?);
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let mut words = line.split_whitespace();
+        let (method, path) = (words.next()?.to_string(), words.next()?.to_string());
+        let (mut auth, mut len) = (String::new(), 0usize);
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).ok()?;
+            if h == "\r\n" || h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':')?;
+            if k.eq_ignore_ascii_case("authorization") {
+                auth = v.trim().to_string();
+            } else if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().ok()?;
+            }
+        }
+        std::io::copy(&mut reader.take(len as u64), &mut std::io::sink()).ok()?;
+        Some(Seen { method, path, auth })
+    }
+
+    fn serve(&self, mut conn: TcpStream) {
+        let Some(req) = Fake::read(&conn) else { return };
+        self.log.lock().unwrap().push(req.clone());
+        let b = self.behaviour.lock().unwrap().clone();
+        let authorized = req.auth == basic() || req.auth == format!("Bearer {TOKEN}");
+        let (status, headers, body) = match (&b.challenge, req.method.as_str()) {
+            (_, "GET") if req.path.starts_with("/token") => (
+                "200 OK",
+                String::new(),
+                format!("{{\"token\":\"{TOKEN}\"}}"),
+            ),
+            (Some(c), _) if !authorized => (
+                "401 Unauthorized",
+                format!("WWW-Authenticate: {c}\r\n"),
+                String::new(),
+            ),
+            (_, "HEAD") => ("404 Not Found", String::new(), String::new()),
+            (_, "POST") => (
+                "202 Accepted",
+                format!("Location: {}\r\n", b.location),
+                String::new(),
+            ),
+            _ => ("201 Created", String::new(), String::new()),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = conn.write_all(head.as_bytes());
+        let _ = conn.write_all(body.as_bytes());
+    }
+}
+
+/// Writes a blob into an OCI layout; its digest.
+fn put_blob(layout: &Path, bytes: &[u8]) -> String {
+    let hex = hex::encode(Sha256::digest(bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// `out/node01/oci`: a one-layer image tagged `node01`, as `node
+/// --format oci` lays it out.
+fn oci_node(lab: &Lab) -> PathBuf {
+    let dir = lab.path("out/node01");
+    let layout = dir.join("oci");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let layer = put_blob(&layout, b"not really a layer");
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let config_d = put_blob(&layout, config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 18}]
+    })
+    .to_string();
+    let manifest_d = put_blob(&layout, manifest.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_d, "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "node01"}
+        }]
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    dir
+}
+
+/// `imgbuild push out/node01 <registry>/nodes/node01:v1` with the docker
+/// config holding `user:secret` for `registry`.
+fn push_with_credentials(lab: &Lab, registry: &Fake) -> Run {
+    oci_node(lab);
+    let docker = lab.path("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(USER);
+    let config = serde_json::json!({"auths": {registry.addr.clone(): {"auth": auth}}});
+    std::fs::write(docker.join("config.json"), config.to_string()).unwrap();
+    let reference = format!("{}/nodes/node01:v1", registry.addr);
+    lab.imgbuild_env(
+        &["push", "out/node01", &reference],
+        &[("DOCKER_CONFIG", docker.to_str().unwrap())],
+    )
+}
+
+/// The registry on 127.0.0.1, the other host on 127.0.0.2: they differ by
+/// host name, not only by port.
+fn registry_and_other_host() -> (Fake, Fake) {
+    (Fake::start("127.0.0.1"), Fake::start("127.0.0.2"))
+}
+
+#[test]
+fn push_sends_no_credentials_to_an_upload_location_on_another_host() {
+    let (registry, other) = registry_and_other_host();
+    registry.set(
+        Some("Basic realm=\"registry\"".into()),
+        other.url("/uploads/1?state=abc"),
+    );
+    let lab = Lab::new();
+    push_with_credentials(&lab, &registry).assert_ok();
+    // the registry itself had the credentials…
+    assert!(
+        registry.seen().iter().any(|s| s.auth == basic()),
+        "{:?}",
+        registry.seen()
+    );
+    // …the other host got the bytes without them
+    let puts: Vec<Seen> = other.seen();
+    assert_eq!(puts.len(), 2, "config and layer: {puts:?}");
+    for s in &puts {
+        assert_eq!(s.method, "PUT");
+        assert!(s.path.starts_with("/uploads/1?state=abc&digest=sha256:"));
+        assert_eq!(s.auth, "", "credentials went to another host: {s:?}");
+    }
+}
+
+#[test]
+fn push_sends_a_token_got_with_credentials_only_to_the_registry() {
+    let (registry, other) = registry_and_other_host();
+    registry.set(
+        Some(format!(
+            "Bearer realm=\"{}\",service=\"registry\"",
+            registry.url("/token")
+        )),
+        other.url("/uploads/2"),
+    );
+    let lab = Lab::new();
+    push_with_credentials(&lab, &registry).assert_ok();
+    let seen = registry.seen();
+    // a realm on the registry itself gets the credentials, over plain http too
+    let token = seen.iter().find(|s| s.path.starts_with("/token")).unwrap();
+    assert_eq!(token.auth, basic());
+    assert!(seen.iter().any(|s| s.auth == format!("Bearer {TOKEN}")));
+    assert!(other.seen().len() == 2 && other.seen().iter().all(|s| s.auth.is_empty()));
+}
+
+#[test]
+fn push_refuses_to_send_credentials_to_a_plain_http_token_realm_on_another_host() {
+    let (registry, other) = registry_and_other_host();
+    let realm = other.url("/token");
+    registry.set(
+        Some(format!("Bearer realm=\"{realm}\",service=\"registry\"")),
+        registry.url("/uploads/3"),
+    );
+    let lab = Lab::new();
+    let run = push_with_credentials(&lab, &registry).assert_failed();
+    assert!(
+        run.stderr().contains(&format!(
+            "asks for a token from {realm}, which is neither https nor the registry itself: the credentials are not sent there"
+        )),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        other.seen().iter().all(|s| s.auth.is_empty()),
+        "credentials went to the realm: {:?}",
+        other.seen()
+    );
+    assert!(!run.stderr().contains("c2VjcmV0"), "{}", run.stderr());
+}
