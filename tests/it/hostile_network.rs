@@ -275,3 +275,112 @@ fn push_refuses_to_send_credentials_to_a_plain_http_token_realm_on_another_host(
     );
     assert!(!run.stderr().contains("c2VjcmV0"), "{}", run.stderr());
 }
+
+// ---------------------------------------------------------------- fetch
+
+/// A name that never resolves (RFC 6761).
+const NOWHERE: &str = "https://upstream.invalid/";
+
+/// A lab whose pins point at an upstream that never resolves, with every
+/// artifact in the mirror layout on a local server (`server.url("mirror")`).
+/// Per artifact: its path in the mirror, checksum hex, bytes.
+fn unreachable_upstream(member_size: usize) -> (Server, Lab, Vec<(String, String, String)>) {
+    let server = Server::start();
+    let lab = Lab::new().without_images();
+    let served = serve(&lab, &server, Serve::Direct, member_size);
+    let up = server.url("up/");
+    let pins = lab.read("pins.toml").replace(&up, NOWHERE);
+    std::fs::write(lab.path("manifests/pins.toml"), pins).unwrap();
+    let mut files = Vec::new();
+    for ((name, _), (path, sha, bytes)) in served.files {
+        let host_path = path.strip_prefix("up/").unwrap();
+        let mirrored = format!("mirror/upstream.invalid/{host_path}");
+        server.put(&mirrored, bytes);
+        files.push((name, mirrored, sha));
+    }
+    (server, lab, files)
+}
+
+#[test]
+fn a_tampered_mirror_is_named_even_when_upstream_fails_after_it() {
+    let (server, lab, files) = unreachable_upstream(4 << 10);
+    let (_, etcd, sha) = files.iter().find(|(n, _, _)| n == "etcd").unwrap();
+    server.fault(etcd, Fault::WrongBytes);
+    let mirror = server.url("mirror");
+    let run = lab
+        .imgbuild(&["fetch", "--cache", "cache", "--mirror", &mirror])
+        .assert_failed();
+    let err = run.stderr();
+    // the headline says a source served the wrong bytes…
+    assert!(
+        err.contains("etcd v3.6.14: no source worked, and 1 of 2 served bytes that do not match the pin (CHECKSUM MISMATCH"),
+        "{err}"
+    );
+    // …each source is named with what went wrong there…
+    assert!(
+        err.contains(&format!(
+            "  mirror {}: CHECKSUM MISMATCH: expected sha256:{sha}, got sha256:",
+            server.url(etcd)
+        )),
+        "{err}"
+    );
+    let upstream = etcd.replace("mirror/upstream.invalid/", NOWHERE);
+    assert!(
+        err.contains(&format!("  upstream {upstream}: cannot download: ")),
+        "{err}"
+    );
+    // …and the mismatch is the cause
+    assert!(
+        err.contains(&format!(
+            "caused by: checksum mismatch for etcd v3.6.14 from {}",
+            server.url(etcd)
+        )),
+        "{err}"
+    );
+}
+
+/// A 1 MiB tmpfs mounted over a directory until dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` where mounting is not allowed (not root).
+    fn mount(dir: PathBuf) -> Option<Tmpfs> {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_fetch_stops_at_once_naming_the_cache() {
+    let (server, lab, _) = unreachable_upstream(512 << 10);
+    let Some(_disk) = Tmpfs::mount(lab.path("cache")) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let mirror = server.url("mirror");
+    let run = lab
+        .imgbuild(&["fetch", "--cache", "cache", "--mirror", &mirror])
+        .assert_failed();
+    let err = run.stderr();
+    assert!(
+        err.contains("cannot store the download in the cache cache: stopped, this is a local problem, not a network one"),
+        "{err}"
+    );
+    assert!(err.contains("caused by: cannot write cache/tmp/"), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    // upstream was not tried after the disk filled up
+    assert!(!err.contains("upstream.invalid"), "{err}");
+    assert!(!err.contains("no source worked"), "{err}");
+}
