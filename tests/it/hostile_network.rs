@@ -384,3 +384,63 @@ fn a_full_disk_during_fetch_stops_at_once_naming_the_cache() {
     assert!(!err.contains("upstream.invalid"), "{err}");
     assert!(!err.contains("no source worked"), "{err}");
 }
+
+// ---------------------------------------------------------------- archives
+
+/// A `.tar.gz` of regular files whose names are written raw into the
+/// header (the tar crate would tidy `./x` to `x`).
+fn raw_targz(entries: &[(&str, &[u8])]) -> tempfile::NamedTempFile {
+    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    for (name, data) in entries {
+        b.append(
+            &raw_header(name, data.len(), tar::EntryType::Regular),
+            *data,
+        )
+        .unwrap();
+    }
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), b.into_inner().unwrap().finish().unwrap()).unwrap();
+    f
+}
+
+fn raw_header(name: &str, size: usize, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_mtime(0);
+    h.set_size(size as u64);
+    h.set_entry_type(kind);
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_cksum();
+    h
+}
+
+/// The members of `wanted` read out of `f`, or the error.
+fn members(f: &tempfile::NamedTempFile, wanted: &[&str]) -> Result<Vec<String>, String> {
+    let wanted: BTreeSet<String> = wanted.iter().map(|s| s.to_string()).collect();
+    let mut got = Vec::new();
+    imgbuild::fetch::archive::read_members(f.path(), "crictl v1.35.0", &wanted, |n, _, _, r| {
+        std::io::copy(r, &mut std::io::sink())?;
+        got.push(n.to_string());
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(got)
+}
+
+#[test]
+fn an_archive_holding_a_member_twice_under_two_spellings_is_refused() {
+    let f = raw_targz(&[("crictl", b"the real one"), ("./crictl", b"the other one")]);
+    assert_eq!(
+        members(&f, &["crictl"]),
+        Err("archive crictl v1.35.0 is refused: it holds member `crictl` twice (as `crictl` and `./crictl`)".into())
+    );
+    // a member no manifest asks for counts too, and so do `//` and `/./`
+    let f = raw_targz(&[("crictl", b"x"), ("bin/tool", b"x"), ("bin//./tool", b"y")]);
+    assert_eq!(
+        members(&f, &["crictl"]),
+        Err("archive crictl v1.35.0 is refused: it holds member `bin/tool` twice (as `bin/tool` and `bin//./tool`)".into())
+    );
+    // one spelling alone is read under its normal name
+    let f = raw_targz(&[("./bin//crictl", b"x")]);
+    assert_eq!(members(&f, &["bin/crictl"]), Ok(vec!["bin/crictl".into()]));
+}
