@@ -444,3 +444,73 @@ fn an_archive_holding_a_member_twice_under_two_spellings_is_refused() {
     let f = raw_targz(&[("./bin//crictl", b"x")]);
     assert_eq!(members(&f, &["bin/crictl"]), Ok(vec!["bin/crictl".into()]));
 }
+
+// ---------------------------------------------------------------- bundles
+
+/// A bundle: SHA256SUMS (listing `listed`) first, then `entries` with raw
+/// names and types.
+fn raw_bundle(lab: &Lab, listed: &[&str], entries: &[(&str, tar::EntryType)]) -> PathBuf {
+    let sums: String = listed
+        .iter()
+        .map(|p| format!("{}  {p}\n", hex::encode(Sha256::digest(b"x"))))
+        .collect();
+    let mut b = tar::Builder::new(Vec::new());
+    let h = raw_header("SHA256SUMS", sums.len(), tar::EntryType::Regular);
+    b.append(&h, sums.as_bytes()).unwrap();
+    for (name, kind) in entries {
+        let data: &[u8] = if kind.is_file() { b"x" } else { b"" };
+        b.append(&raw_header(name, data.len(), *kind), data)
+            .unwrap();
+    }
+    let path = lab.path("hostile.tar");
+    std::fs::write(&path, b.into_inner().unwrap()).unwrap();
+    path
+}
+
+fn import(lab: &Lab) -> Run {
+    lab.imgbuild(&["bundle", "import", "hostile.tar", "--cache", "cache"])
+}
+
+const FILE: tar::EntryType = tar::EntryType::Regular;
+
+#[test]
+fn a_bundle_whose_sha256sums_lists_a_path_outside_it_is_refused() {
+    let lab = Lab::new();
+    for bad in ["../x", "/etc/passwd", "a/../../x", "./x", "a//b"] {
+        raw_bundle(&lab, &["manifests/ok", bad], &[("manifests/ok", FILE)]);
+        import(&lab).assert_failed().assert_stderr_has(&format!(
+            "bundle hostile.tar is refused: its SHA256SUMS lists `{bad}`, which is not a plain relative path inside the bundle"
+        ));
+    }
+}
+
+#[test]
+fn a_bundle_with_an_entry_outside_it_twice_or_not_a_file_is_refused() {
+    let lab = Lab::new();
+    raw_bundle(
+        &lab,
+        &["manifests/x"],
+        &[("manifests/x", FILE), ("manifests/x", FILE)],
+    );
+    import(&lab)
+        .assert_failed()
+        .assert_stderr_has("bundle hostile.tar is refused: it holds `manifests/x` twice");
+    raw_bundle(&lab, &["manifests/x"], &[("../x", FILE)]);
+    import(&lab).assert_failed().assert_stderr_has(
+        "bundle hostile.tar is refused: it holds `../x`, which is not a plain relative path inside the bundle",
+    );
+    raw_bundle(&lab, &[], &[("dl.k8s.io", tar::EntryType::Symlink)]);
+    import(&lab).assert_failed().assert_stderr_has(
+        "bundle hostile.tar is refused: `dl.k8s.io` is a link; a bundle holds only files and directories",
+    );
+    // directories are fine
+    raw_bundle(
+        &lab,
+        &["manifests/x"],
+        &[
+            ("manifests/", tar::EntryType::Directory),
+            ("manifests/x", FILE),
+        ],
+    );
+    import(&lab).assert_ok();
+}
