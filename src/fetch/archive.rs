@@ -1,9 +1,10 @@
 //! Reading the members a role manifest names straight out of a cached
 //! `.tar.gz`, without unpacking it to disk. An archive holding an absolute
-//! path, a `..` component, a link that points outside the archive or a device
-//! node is refused whole.
+//! path, a `..` component, a link that points outside the archive, a device
+//! node, or the same member twice (`crictl` and `./crictl` are one name:
+//! names are normalised) is refused whole.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -25,6 +26,15 @@ pub enum ArchiveError {
         member: String,
         why: &'static str,
     },
+    #[error(
+        "archive {archive} is refused: it holds member `{member}` twice (as `{first}` and `{second}`)"
+    )]
+    Duplicate {
+        archive: String,
+        member: String,
+        first: String,
+        second: String,
+    },
     #[error("archive {archive} has no member {}", missing.join(", "))]
     Missing {
         archive: String,
@@ -41,9 +51,41 @@ pub enum ArchiveError {
     },
 }
 
-/// `./a/b` and `a/b` name the same member.
+/// `./a/b`, `a//b`, `a/./b/` and `a/b` name the same member: empty and `.`
+/// components go (a leading `/` stays, for the caller to refuse).
 pub fn normalize(name: &str) -> String {
-    name.trim_start_matches("./").to_string()
+    let parts: Vec<&str> = name
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let joined = parts.join("/");
+    if name.starts_with('/') {
+        format!("/{joined}")
+    } else {
+        joined
+    }
+}
+
+/// Every non-directory member seen so far, by normalised name, with the
+/// name it had: a second one with the same name refuses the archive.
+#[derive(Default)]
+struct Seen(BTreeMap<String, String>);
+
+impl Seen {
+    fn check(&mut self, label: &str, norm: &str, raw: &str) -> Result<(), ArchiveError> {
+        match self.0.get(norm) {
+            Some(first) => Err(ArchiveError::Duplicate {
+                archive: label.to_string(),
+                member: norm.to_string(),
+                first: first.clone(),
+                second: raw.to_string(),
+            }),
+            None => {
+                self.0.insert(norm.to_string(), raw.to_string());
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Whether `target`, a link inside `member`'s directory, stays in the archive.
@@ -129,11 +171,16 @@ where
     let file = File::open(path).map_err(io)?;
     let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(1 << 20, file)));
     let mut found: BTreeSet<String> = BTreeSet::new();
+    let mut seen = Seen::default();
     for entry in archive.entries().map_err(io)? {
         let mut entry = entry.map_err(io)?;
         let raw = entry.path().map_err(io)?.into_owned();
         check_member(&entry, &raw, label, io)?;
-        let norm = normalize(&raw.to_string_lossy());
+        let raw = raw.to_string_lossy();
+        let norm = normalize(&raw);
+        if !entry.header().entry_type().is_dir() {
+            seen.check(label, &norm, &raw)?;
+        }
         if !wanted.contains(&norm) {
             continue;
         }

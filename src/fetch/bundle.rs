@@ -5,9 +5,12 @@
 //! static HTTP server or read through `file://`, is a `--mirror`. `import`
 //! takes such a tar and adds its artifacts and image blobs to the cache, each
 //! verified against the local pins (and SHA256SUMS) by the cache's verified
-//! writer before it enters the cache.
+//! writer before it enters the cache. A bundle is hostile input: one whose
+//! SHA256SUMS or entries name a path outside it (absolute, `..`, `.`, empty
+//! components), that holds a name twice, or that holds anything but files
+//! and directories, is refused whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -47,6 +50,24 @@ pub enum BundleError {
     BadSums { bundle: PathBuf, problems: String },
     #[error("bundle {bundle}: {file} is not listed in its SHA256SUMS")]
     Unlisted { bundle: PathBuf, file: String },
+    #[error(
+        "bundle {bundle} is refused: {place} `{name}`, which is not a plain relative path inside the bundle"
+    )]
+    BadName {
+        bundle: PathBuf,
+        place: &'static str,
+        name: String,
+    },
+    #[error("bundle {bundle} is refused: it holds `{name}` twice")]
+    Duplicate { bundle: PathBuf, name: String },
+    #[error(
+        "bundle {bundle} is refused: `{name}` is a {kind}; a bundle holds only files and directories"
+    )]
+    NotAFile {
+        bundle: PathBuf,
+        name: String,
+        kind: &'static str,
+    },
     #[error("bundle {bundle}: artifact {artifact} is not in the cache; run `imgbuild fetch` first")]
     NotCached { bundle: PathBuf, artifact: String },
     #[error(transparent)]
@@ -271,11 +292,13 @@ pub(crate) fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Impo
     .ok_or_else(|| BundleError::NotABundle {
         path: bundle.to_path_buf(),
     })?;
+    check_sums(bundle, &sums)?;
     let mut done = Imported::default();
+    let mut seen = BTreeSet::from([sums::FILE.to_string()]);
     for entry in entries {
         let mut entry = entry.map_err(read)?;
         let name = entry.path().map_err(read)?.to_string_lossy().into_owned();
-        if !entry.header().entry_type().is_file() {
+        if !check_entry(bundle, &entry, &name, &mut seen)? {
             continue;
         }
         let listed = sums.get(&name).ok_or_else(|| BundleError::Unlisted {
@@ -296,6 +319,77 @@ pub(crate) fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Impo
         }
     }
     Ok(done)
+}
+
+/// A name for an error message: escaped, and at most 100 characters.
+fn shown(name: &str) -> String {
+    let escaped: String = name.chars().flat_map(char::escape_debug).collect();
+    match escaped.char_indices().nth(100) {
+        Some((at, _)) => format!("{}…", &escaped[..at]),
+        None => escaped,
+    }
+}
+
+/// `a/b/c`: relative, with no empty, `.` or `..` component.
+fn is_plain(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// Every path the SHA256SUMS lists must be a plain relative path.
+fn check_sums(bundle: &Path, sums: &Sums) -> Result<(), BundleError> {
+    match sums.paths().find(|p| !is_plain(p)) {
+        Some(bad) => Err(BundleError::BadName {
+            bundle: bundle.to_path_buf(),
+            place: "its SHA256SUMS lists",
+            name: shown(bad),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks one entry after SHA256SUMS: a plain name, a file or directory,
+/// no file twice. Whether it is a file (to import).
+fn check_entry<R: Read>(
+    bundle: &Path,
+    entry: &tar::Entry<R>,
+    name: &str,
+    seen: &mut BTreeSet<String>,
+) -> Result<bool, BundleError> {
+    let kind = entry.header().entry_type();
+    let plain = if kind.is_dir() {
+        name.strip_suffix('/').unwrap_or(name)
+    } else {
+        name
+    };
+    if !is_plain(plain) {
+        return Err(BundleError::BadName {
+            bundle: bundle.to_path_buf(),
+            place: "it holds",
+            name: shown(name),
+        });
+    }
+    let not_a_file = |kind| BundleError::NotAFile {
+        bundle: bundle.to_path_buf(),
+        name: shown(name),
+        kind,
+    };
+    if kind.is_dir() {
+        return Ok(false);
+    } else if kind.is_symlink() || kind.is_hard_link() {
+        return Err(not_a_file("link"));
+    } else if !kind.is_file() {
+        return Err(not_a_file("device node, fifo or special entry"));
+    }
+    if !seen.insert(name.to_string()) {
+        return Err(BundleError::Duplicate {
+            bundle: bundle.to_path_buf(),
+            name: shown(name),
+        });
+    }
+    Ok(true)
 }
 
 /// The SHA256SUMS of a bundle, its first entry: `None` if it is not.

@@ -2,16 +2,19 @@
 //! the cache. Mirrors are tried in order, then upstream (unless offline);
 //! each HTTP source gets [`ATTEMPTS`] attempts with a doubling backoff, and a
 //! body that broke off is resumed with `Range` from the partial file;
-//! `file://` mirrors are copied.
+//! `file://` mirrors are copied. When every source fails, each one is
+//! named with what went wrong there, a checksum mismatch first; a local I/O
+//! error (a full disk, a read-only cache) stops at once, naming the cache.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
 use indicatif::ProgressBar;
 
 use super::cache::{BlobWriter, Cache, CacheError};
-use super::{FetchError, Fetched, Mismatch, Origin};
+use super::{FetchError, Fetched, Mismatch, Origin, SourceFailure};
 use crate::manifest::ArtifactPin;
 
 /// Attempts per source, and the first backoff (doubling, at most 4 s).
@@ -76,18 +79,28 @@ impl Fetcher {
         if self.cache.has(&pin.checksum) {
             return self.fetched(pin, Origin::Cached);
         }
-        let mut errors = Vec::new();
+        let mut failed = Vec::new();
         for origin in self.sources(pin) {
-            let url = match &origin {
-                Origin::Mirror(u) | Origin::Downloaded(u) => u.clone(),
+            let (kind, url) = match &origin {
+                Origin::Mirror(u) => ("mirror", u.clone()),
+                Origin::Downloaded(u) => ("upstream", u.clone()),
                 Origin::Cached => continue,
             };
             match self.fetch_from(pin, &url, bar).await {
                 Ok(()) => return self.fetched(pin, origin),
-                Err(e) => errors.push((url, e)),
+                // the cache, not the source: no other source would do better
+                Err(FetchError::Cache(source)) => {
+                    return Err(FetchError::Local {
+                        artifact: pin.name.clone(),
+                        version: pin.version.clone(),
+                        cache: self.cache.root.clone(),
+                        source: Box::new(source),
+                    });
+                }
+                Err(error) => failed.push((kind, url, error)),
             }
         }
-        Err(self.all_failed(pin, errors))
+        Err(self.all_failed(pin, failed))
     }
 
     fn fetched(&self, pin: &ArtifactPin, origin: Origin) -> Result<Fetched, FetchError> {
@@ -111,21 +124,41 @@ impl Fetcher {
         sources
     }
 
-    /// The last error alone if there was one source, else every URL tried.
-    fn all_failed(&self, pin: &ArtifactPin, mut errors: Vec<(String, FetchError)>) -> FetchError {
-        let tried: Vec<String> = errors.iter().map(|(u, _)| u.clone()).collect();
-        match errors.pop() {
-            Some((_, e)) if tried.len() == 1 => e,
-            Some((_, e)) => FetchError::AllSourcesFailed {
-                artifact: pin.name.clone(),
-                version: pin.version.clone(),
-                tried,
-                last: Box::new(e),
-            },
-            None => FetchError::Offline {
-                cache: self.cache.root.clone(),
-                missing: vec![missing(pin)],
-            },
+    /// The error alone if there was one source, else every source with what
+    /// went wrong there, the first checksum mismatch (else the last error)
+    /// kept as the cause.
+    fn all_failed(
+        &self,
+        pin: &ArtifactPin,
+        mut failed: Vec<(&'static str, String, FetchError)>,
+    ) -> FetchError {
+        if failed.len() <= 1 {
+            return match failed.pop() {
+                Some((_, _, e)) => e,
+                None => FetchError::Offline {
+                    cache: self.cache.root.clone(),
+                    missing: vec![missing(pin)],
+                },
+            };
+        }
+        let failures: Vec<SourceFailure> = failed
+            .iter()
+            .map(|(kind, url, e)| SourceFailure {
+                kind,
+                url: url.clone(),
+                reason: reason(e),
+                mismatch: matches!(e, FetchError::Checksum(_)),
+            })
+            .collect();
+        let main = failures
+            .iter()
+            .position(|f| f.mismatch)
+            .unwrap_or(failed.len() - 1);
+        FetchError::AllSourcesFailed {
+            artifact: pin.name.clone(),
+            version: pin.version.clone(),
+            failures,
+            cause: Box::new(failed.swap_remove(main).2),
         }
     }
 
@@ -181,25 +214,60 @@ impl Fetcher {
     }
 }
 
-/// A `file://` source: copied whole into the partial file.
+/// A `file://` source: copied whole into the partial file. Reading the
+/// source is the source's problem; writing the partial file the cache's.
 fn copy_local(
     src: &Path,
     part: &mut BlobWriter,
     pin: &ArtifactPin,
     url: &str,
 ) -> Result<(), FetchError> {
-    let mut input = File::open(src).map_err(|source| match source.kind() {
+    let unreadable = |source| FetchError::ReadSource {
+        artifact: pin.name.clone(),
+        version: pin.version.clone(),
+        url: url.to_string(),
+        source,
+    };
+    let mut input = File::open(src).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => http_error(pin, url, 404),
-        _ => CacheError::Io {
-            action: "open",
-            path: src.to_path_buf(),
-            source,
-        }
-        .into(),
+        _ => unreadable(e),
     })?;
     part.restart()?;
-    part.fill_from(&mut input, src)?;
-    Ok(())
+    let mut buf = vec![0u8; crate::fsutil::BLOCK];
+    loop {
+        match input.read(&mut buf).map_err(unreadable)? {
+            0 => return Ok(()),
+            n => part.write(&buf[..n])?,
+        }
+    }
+}
+
+/// What went wrong at one source, in a line (its URL is named beside it).
+fn reason(e: &FetchError) -> String {
+    match e {
+        FetchError::Checksum(m) => format!(
+            "CHECKSUM MISMATCH: expected {algo}:{}, got {algo}:{}",
+            m.expected,
+            m.actual,
+            algo = m.algo
+        ),
+        FetchError::Http { status, .. } => format!("answered HTTP {status}"),
+        FetchError::Transport { source, .. } => format!("cannot download: {}", chain(source)),
+        FetchError::ReadSource { source, .. } => format!("cannot read: {}", chain(source)),
+        other => chain(other),
+    }
+}
+
+/// An error and its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 fn http_error(pin: &ArtifactPin, url: &str, status: u16) -> FetchError {

@@ -56,13 +56,38 @@ pub enum FetchError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("{artifact} {version}: no source worked (tried {})", tried.join(", "))]
+    #[error("{artifact} {version}: cannot read {url}")]
+    ReadSource {
+        artifact: String,
+        version: String,
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{artifact} {version}: no source worked{}:\n{}",
+        headline(failures),
+        lines(failures)
+    )]
     AllSourcesFailed {
         artifact: String,
         version: String,
-        tried: Vec<String>,
+        /// Every source tried, in order, with what went wrong there.
+        failures: Vec<SourceFailure>,
+        /// The failure that matters most: a checksum mismatch if a source
+        /// served the wrong bytes, else the last one.
         #[source]
-        last: Box<FetchError>,
+        cause: Box<FetchError>,
+    },
+    #[error(
+        "{artifact} {version}: cannot store the download in the cache {cache}: stopped, this is a local problem, not a network one"
+    )]
+    Local {
+        artifact: String,
+        version: String,
+        cache: PathBuf,
+        #[source]
+        source: Box<CacheError>,
     },
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -74,6 +99,38 @@ pub enum FetchError {
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Archive(#[from] archive::ArchiveError),
+}
+
+/// One source that failed, as [`FetchError::AllSourcesFailed`] lists it.
+#[derive(Debug)]
+pub struct SourceFailure {
+    /// `mirror` or `upstream`.
+    pub kind: &'static str,
+    pub url: String,
+    /// What went wrong, in a line.
+    pub reason: String,
+    /// The source served bytes that do not match the pin.
+    pub mismatch: bool,
+}
+
+/// Says so first when a source served the wrong bytes.
+fn headline(failures: &[SourceFailure]) -> String {
+    match failures.iter().filter(|f| f.mismatch).count() {
+        0 => String::new(),
+        n => format!(
+            ", and {n} of {} served bytes that do not match the pin (CHECKSUM MISMATCH: a tampered or corrupt source)",
+            failures.len()
+        ),
+    }
+}
+
+/// One indented line per source: kind, URL, what went wrong.
+fn lines(failures: &[SourceFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("  {} {}: {}", f.kind, f.url, f.reason))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// What a checksum mismatch names.

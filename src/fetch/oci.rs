@@ -72,6 +72,12 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("image {image}: cannot sign in to the registry")]
+    SignIn {
+        image: String,
+        #[source]
+        source: RegistryError,
+    },
     #[error("cannot start the image download client")]
     Client(#[source] reqwest::Error),
     #[error("cannot start the image download runtime")]
@@ -251,6 +257,7 @@ impl Puller<'_> {
                 what: format!("the token from {url}"),
                 source,
             },
+            source @ RegistryError::InsecureRealm { .. } => ImageError::SignIn { image, source },
         }
     }
 

@@ -8,8 +8,16 @@
 //! token (anonymous, or asked for with the docker config's credentials) or
 //! basic auth, then the request sent again. No token or credential is ever
 //! put in an error or a log line.
+//!
+//! Credentials stay with the registry: an `Authorization` header (basic
+//! auth, or a token) goes only to the registry's own origin (scheme, host
+//! and port), so an upload `Location` on another host gets the bytes
+//! without it; a token realm gets the credentials only over https or on the
+//! registry's own origin. Only a loopback registry (127.0.0.0/8, `[::1]`,
+//! `localhost`, each with an optional port) is spoken to over plain http.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use base64::Engine;
@@ -35,6 +43,10 @@ pub enum RegistryError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "{registry} asks for a token from {realm}, which is neither https nor the registry itself: the credentials are not sent there"
+    )]
+    InsecureRealm { registry: String, realm: String },
 }
 
 /// A blob, manifest or index named by digest, as manifests and indexes list
@@ -105,20 +117,68 @@ pub fn split_reference(image: &str) -> (String, String, String) {
     (registry, repo, tag.to_string())
 }
 
+/// `HOST[:PORT]` or `[IPV6][:PORT]` -> (host, whether bracketed); `None`
+/// if the port is not a number.
+fn split_host_port(registry: &str) -> Option<(&str, bool)> {
+    let (host, port, bracketed) = match registry.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']')?;
+            match after {
+                "" => (host, None, true),
+                p => (host, Some(p.strip_prefix(':')?), true),
+            }
+        }
+        None => match registry.split_once(':') {
+            Some((h, p)) => (h, Some(p), false),
+            None => (registry, None, false),
+        },
+    };
+    let port_ok = |p: &str| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    };
+    port.is_none_or(port_ok).then_some((host, bracketed))
+}
+
+/// Whether a registry name is a loopback address: an address in
+/// 127.0.0.0/8, `[::1]` or the name `localhost`, each with an optional port.
+fn is_loopback(registry: &str) -> bool {
+    match split_host_port(registry) {
+        Some((host, true)) => host.parse::<Ipv6Addr>().is_ok_and(|a| a.is_loopback()),
+        Some((host, false)) => {
+            host == "localhost" || host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        }
+        None => false,
+    }
+}
+
 /// The API base URL of a registry: its mirror if one is set, plain HTTP for
 /// a loopback registry, else HTTPS.
 fn base_url(registry: &str, mirrors: &BTreeMap<String, String>) -> String {
     if let Some(m) = mirrors.get(registry) {
         return m.trim_end_matches('/').to_string();
     }
-    let loopback = registry.starts_with("127.")
-        || registry.starts_with("localhost")
-        || registry.starts_with("[::1]");
     match registry {
         "docker.io" => "https://registry-1.docker.io".to_string(),
-        r if loopback => format!("http://{r}"),
+        r if is_loopback(r) => format!("http://{r}"),
         r => format!("https://{r}"),
     }
+}
+
+/// Where a request to `url` goes: scheme, host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+fn origin(url: &str) -> Option<Origin> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some(Origin {
+        scheme: u.scheme().to_string(),
+        host: u.host_str()?.to_ascii_lowercase(),
+        port: u.port_or_known_default(),
+    })
 }
 
 /// The parameters of a `WWW-Authenticate: Bearer realm="…",service="…",scope="…"`.
@@ -157,16 +217,41 @@ pub(crate) fn docker_credentials(registry: &str) -> Option<String> {
     String::from_utf8(raw).ok()
 }
 
-/// Turns an answer that is not a success into [`RegistryError::Http`].
+/// How much of an error answer's body an error shows, in characters.
+const SHOWN_BODY: usize = 200;
+
+/// Turns an answer that is not a success into [`RegistryError::Http`],
+/// with the start of its body (read no further, control characters
+/// escaped): a server's answer is not trusted to be short or printable.
 pub(crate) async fn check(
-    resp: reqwest::Response,
+    mut resp: reqwest::Response,
     url: &str,
 ) -> Result<reqwest::Response, RegistryError> {
     if resp.status().is_success() {
         return Ok(resp);
     }
     let status = resp.status().as_u16();
-    let body = resp.text().await.unwrap_or_default();
+    let mut bytes = Vec::new();
+    while bytes.len() < SHOWN_BODY * 4 {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let body = text
+        .trim()
+        .chars()
+        .take(SHOWN_BODY)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
     Err(RegistryError::Http {
         url: url.to_string(),
         status,
@@ -179,6 +264,8 @@ pub(crate) async fn check(
 pub(crate) struct Registry {
     http: reqwest::Client,
     base: String,
+    /// The origin of `base`: the one place an `Authorization` header goes.
+    origin: Option<Origin>,
     repo: String,
     /// `user:password`, sent as basic auth or with the token request.
     credentials: Option<String>,
@@ -196,9 +283,11 @@ impl Registry {
         repo: &str,
         mirrors: &BTreeMap<String, String>,
     ) -> Registry {
+        let base = base_url(registry, mirrors);
         Registry {
             http,
-            base: base_url(registry, mirrors),
+            origin: origin(&base),
+            base,
             repo: repo.to_string(),
             credentials: None,
             scope: None,
@@ -226,10 +315,15 @@ impl Registry {
         format!("{}/v2/{}/blobs/uploads/", self.base, self.repo)
     }
 
+    /// Whether `url` is on the registry's own origin (scheme, host, port).
+    fn is_own(&self, url: &str) -> bool {
+        self.origin.is_some() && origin(url) == self.origin
+    }
+
     /// Where to `PUT` an upload's bytes: its `Location` (absolute, or a
     /// path on the registry) with `digest=` added.
     pub(crate) fn upload_put_url(&self, location: &str, digest: &str) -> String {
-        let location = if location.starts_with("http") {
+        let location = if reqwest::Url::parse(location).is_ok() {
             location.to_string()
         } else {
             format!("{}{location}", self.base)
@@ -240,13 +334,15 @@ impl Registry {
 
     /// Sends the request `make` builds; on a first 401, authorizes as the
     /// challenge asks and sends it again. The answer, whatever its status.
+    /// A `url` on another origin (an upload `Location` elsewhere) is sent
+    /// as it is: no `Authorization`, no challenge answered.
     pub(crate) async fn send(
         &mut self,
         make: &dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder,
         url: &str,
     ) -> Result<reqwest::Response, RegistryError> {
         let resp = self.send_once(make, url).await?;
-        if resp.status().as_u16() != 401 || self.authorization.is_some() {
+        if resp.status().as_u16() != 401 || self.authorization.is_some() || !self.is_own(url) {
             return Ok(resp);
         }
         match self.authorize(&www_authenticate(&resp)).await? {
@@ -262,7 +358,7 @@ impl Registry {
         url: &str,
     ) -> Result<reqwest::Response, RegistryError> {
         let mut req = make(&self.http);
-        if let Some(a) = &self.authorization {
+        if let Some(a) = self.authorization.as_ref().filter(|_| self.is_own(url)) {
             req = req.header(reqwest::header::AUTHORIZATION, a);
         }
         req.send().await.map_err(|source| RegistryError::Transport {
@@ -297,6 +393,12 @@ impl Registry {
             status: 401,
             body: "bad realm".into(),
         })?;
+        if basic.is_some() && url.scheme() != "https" && !self.is_own(url.as_str()) {
+            return Err(RegistryError::InsecureRealm {
+                registry: self.base.clone(),
+                realm: url.to_string(),
+            });
+        }
         if let Some(s) = params.get("service") {
             url.query_pairs_mut().append_pair("service", s);
         }
@@ -377,6 +479,38 @@ mod tests {
             "http://127.0.0.1:5000"
         );
         assert_eq!(base_url("quay.io", &mirrors), "https://quay.io");
+    }
+
+    #[test]
+    fn only_loopback_addresses_are_plain_http_registries() {
+        let none = BTreeMap::new();
+        for r in [
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.1.2.3:5000",
+            "localhost",
+            "localhost:5000",
+            "[::1]",
+            "[::1]:5000",
+        ] {
+            assert_eq!(base_url(r, &none), format!("http://{r}"), "{r}");
+        }
+        for r in [
+            "127.evil.com",
+            "127.evil.com:5000",
+            "127.0.0.1.evil.com",
+            "localhost.evil.com",
+            "localhost.evil.com:5000",
+            "localhostevil.com",
+            "localhost:5000@evil.com",
+            "localhost:+5000",
+            "127.0.0.1:",
+            "[::1].evil.com",
+            "[::2]:5000",
+            "10.0.0.1:5000",
+        ] {
+            assert_eq!(base_url(r, &none), format!("https://{r}"), "{r}");
+        }
     }
 
     #[test]
@@ -494,6 +628,39 @@ mod tests {
                 "Basic dXNlcjpwdw==".into()
             )
         );
+    }
+
+    #[test]
+    fn an_error_answer_shows_only_the_start_of_its_body_escaped() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v2/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let _ = conn.read(&mut [0u8; 4096]);
+            let body = format!("\x1b[2Jbad\n{}", "x".repeat(1 << 20));
+            let head = format!(
+                "HTTP/1.1 500 Oops\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(body.as_bytes());
+        });
+        let http = crate::fetch::http_client(std::time::Duration::from_secs(5)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(async { check(http.get(&url).send().await.unwrap(), &url).await })
+            .err()
+            .unwrap()
+            .to_string();
+        let want = format!(
+            "{url} answered HTTP 500 \\u{{1b}}[2Jbad\\n{}",
+            "x".repeat(192)
+        );
+        assert_eq!(err, want);
     }
 
     #[test]

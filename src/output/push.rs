@@ -3,9 +3,10 @@
 //! [`registry`](crate::fetch::registry) client. Credentials come from the
 //! docker config (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`,
 //! `auths`), used for a bearer token or basic auth as the registry asks;
-//! without them, anonymous. The secrets layer stays out unless
-//! `include_secrets`, which needs a layout built with `--oci-with-secrets`.
-//! Produces the pushed manifest's digest.
+//! without them, anonymous. The client sends them to the registry's own
+//! origin alone: an upload `Location` elsewhere gets the bytes without them.
+//! The secrets layer stays out unless `include_secrets`, which needs a layout
+//! built with `--oci-with-secrets`. Produces the pushed manifest's digest.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ pub enum PushError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("cannot sign in to the registry")]
+    SignIn(#[source] RegistryError),
     #[error("cannot start the push client")]
     Client(#[source] reqwest::Error),
     #[error("cannot start the push runtime")]
@@ -65,6 +68,7 @@ impl From<RegistryError> for PushError {
                 what: format!("the token from {url}"),
                 source,
             },
+            e @ RegistryError::InsecureRealm { .. } => PushError::SignIn(e),
         }
     }
 }
