@@ -108,6 +108,10 @@ pub struct NodeArgs {
     /// shared ones out: cloud-init fetches them and boot.ipxe loads their segments from BASE.
     #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
     pub seed_layers: SeedLayers,
+    /// With --format oci: also write `<node>-with-secrets`, the image with the
+    /// secrets layer (never written otherwise; `push --include-secrets` needs it).
+    #[arg(long)]
+    pub oci_with_secrets: bool,
     /// Arch of a role's generic image when its nodes differ.
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
@@ -125,6 +129,10 @@ pub struct ClusterArgs {
     /// shared ones out: cloud-init fetches them and boot.ipxe loads their segments from BASE.
     #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
     pub seed_layers: SeedLayers,
+    /// With --format oci: also write `<node>-with-secrets`, the image with the
+    /// secrets layer (never written otherwise; `push --include-secrets` needs it).
+    #[arg(long)]
+    pub oci_with_secrets: bool,
 }
 
 #[derive(Debug, Args)]

@@ -59,12 +59,17 @@ pub enum Error {
 }
 
 /// The build options of a command line.
-fn options(s: &Settings, formats: &[Format], seed: &SeedLayers) -> output::Options {
+fn options(
+    s: &Settings,
+    formats: &[Format],
+    seed: &SeedLayers,
+    oci_with_secrets: bool,
+) -> output::Options {
     output::Options {
         formats: Formats::new(formats),
         seed: seed.clone(),
         source_date_epoch: s.ctx.source_date_epoch,
-        oci_with_secrets: false,
+        oci_with_secrets,
     }
 }
 

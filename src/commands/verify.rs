@@ -12,7 +12,17 @@ use crate::settings::Settings;
 use crate::verify;
 
 pub fn run(s: &Settings, m: &Manifests, args: &VerifyArgs) -> Result<(), Error> {
-    let image = verify::check(m, &args.dir)?;
+    // certificates are checked against the state's CAs when the state is here
+    let state = s.state_dir(m);
+    let state = state.join("pki/ca.crt").is_file().then_some(state);
+    let image = verify::check(m, &args.dir, state.as_deref())?;
+    if let Some(st) = &state {
+        s.reporter.debug(&format!(
+            "{}: certificates checked against the CAs in {}",
+            args.dir.display(),
+            st.display()
+        ));
+    }
     if let Some(wanted) = args.arch.filter(|a| *a != image.arch) {
         return Err(Error::ArchMismatch {
             dir: args.dir.clone(),

@@ -15,8 +15,6 @@
 //! certificate chains to the state's CA ([`chains_to_state_ca`], for
 //! `verify`) in `chain`.
 
-// `verify` calls it once it checks chains against the state dir
-#[cfg_attr(not(test), allow(dead_code))]
 mod chain;
 mod files;
 mod issue;
@@ -31,7 +29,6 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use time::Duration;
 
-#[allow(unused_imports)] // for `verify`, which checks chains when the state is at hand
 pub(crate) use chain::chains_to_state_ca;
 pub use issue::IssueError;
 pub(crate) use spec::state_path;

@@ -67,8 +67,9 @@ fn read_image_json(dir: &Path, tree: &Tree) -> Result<ImageJson, String> {
     serde_json::from_str(&text).map_err(|e| format!("image.json: {e}"))
 }
 
-/// Every check but the rebuild; all problems at once.
-pub fn check(m: &Manifests, dir: &Path) -> Result<ImageJson, VerifyError> {
+/// Every check but the rebuild; all problems at once. With `state`, every
+/// certificate of the secrets layer must chain to that state's CA.
+pub fn check(m: &Manifests, dir: &Path, state: Option<&Path>) -> Result<ImageJson, VerifyError> {
     let tree = Tree::walk(dir).map_err(|source| VerifyError::Io {
         path: dir.to_path_buf(),
         source,
@@ -86,7 +87,7 @@ pub fn check(m: &Manifests, dir: &Path) -> Result<ImageJson, VerifyError> {
         check_layer_files(dir, image, &tree, &digests, &mut p);
         check_inputs(m, image, &mut p);
         for l in image.layers.iter().filter(|l| tree.has(&l.file)) {
-            check_secrets(dir, image, l, &mut p);
+            check_secrets(dir, image, l, state, &mut p);
         }
         check_published(dir, &tree, &mut p);
     }
@@ -225,7 +226,13 @@ fn check_inputs(m: &Manifests, image: &ImageJson, p: &mut Problems) {
 }
 
 /// Secrets in one layer: where they are and their modes.
-fn check_secrets(dir: &Path, image: &ImageJson, l: &LayerJson, p: &mut Problems) {
+fn check_secrets(
+    dir: &Path,
+    image: &ImageJson,
+    l: &LayerJson,
+    state: Option<&Path>,
+    p: &mut Problems,
+) {
     let path = dir.join(&l.file);
     let secret_layer = l.kind() == LayerKind::Secrets;
     if secret_layer
@@ -249,6 +256,11 @@ fn check_secrets(dir: &Path, image: &ImageJson, l: &LayerJson, p: &mut Problems)
             let mode = e.header().mode()? & 0o7777;
             if secret_layer {
                 secret_file_problems(image, l, &name, mode, p);
+                if let Some(state) = state.filter(|_| name.ends_with(".crt")) {
+                    let mut pem = Vec::new();
+                    e.read_to_end(&mut pem)?;
+                    chain_problem(state, l, &name, &pem, p);
+                }
             } else if let Some(what) = scan::scan(&mut e)? {
                 p.push(format!(
                     "{}: /{name} holds {what} outside the secrets layer",
@@ -278,6 +290,19 @@ fn secret_file_problems(image: &ImageJson, l: &LayerJson, path: &str, mode: u32,
                 l.file, image.node
             ));
         }
+    }
+}
+
+/// A certificate of the secrets layer that does not chain to the state's CA.
+fn chain_problem(state: &Path, l: &LayerJson, name: &str, pem: &[u8], p: &mut Problems) {
+    match crate::pki::chains_to_state_ca(state, &format!("/{name}"), pem) {
+        Ok(true) | Err(crate::pki::PkiError::NotACertificate { .. }) => {}
+        Ok(false) => p.push(format!(
+            "{}: /{name} does not chain to the CA in {}",
+            l.file,
+            state.display()
+        )),
+        Err(e) => p.push(format!("{}: /{name}: cannot check its chain: {e}", l.file)),
     }
 }
 

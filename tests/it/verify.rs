@@ -135,3 +135,27 @@ fn verify_goes_on_past_an_unreadable_layer_and_checks_published_segments() {
     );
     assert!(err.contains("layers/00-base.tar.gz: sha256 is"), "{err}");
 }
+
+#[test]
+fn verify_names_a_certificate_that_does_not_chain_to_the_states_ca() {
+    let (lab, server) = synthetic();
+    build(
+        &lab,
+        &server,
+        &["node", "--role", "master01", "--format", "layers"],
+        &[],
+    )
+    .assert_ok();
+    build(&lab, &server, &["verify", "out/master01"], &[]).assert_ok();
+    // the state's CAs replaced after the build: the node's certificates are
+    // no longer the state's
+    build(&lab, &server, &["pki", "renew", "--ca"], &[]).assert_ok();
+    build(&lab, &server, &["verify", "out/master01"], &[])
+        .assert_failed()
+        .assert_stderr_has(
+            "/etc/kubernetes/pki/apiserver.crt does not chain to the CA in state/lab",
+        )
+        .assert_stderr_has(
+            "/etc/kubernetes/pki/etcd/server.crt does not chain to the CA in state/lab",
+        );
+}
