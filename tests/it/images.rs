@@ -117,7 +117,7 @@ fn a_tampered_image_blob_is_refused_naming_both_digests() {
     let actual = hex::encode(sha2::Sha256::digest(&bytes));
     let run = run(&lab, &server, &reg, &["node", "--role", "node01"]).assert_failed();
     let err = run.stderr();
-    assert!(err.contains(&format!("image registry.k8s.io/coredns/coredns:v1.12.4: blob {layer} does not match its digest: the registry served sha256:{actual}")), "{err}");
+    assert!(err.contains(&format!("image registry.k8s.io/coredns/coredns:v1.13.1: blob {layer} does not match its digest: the registry served sha256:{actual}")), "{err}");
     assert!(
         !lab.path(&format!(
             "cache/blobs/sha256/{}",
