@@ -5,6 +5,7 @@ mod artifacts;
 mod build;
 mod etcd;
 mod fetch;
+mod hostile_inputs;
 mod http;
 mod images;
 mod judge;
