@@ -156,11 +156,14 @@ impl Diagnostic {
         let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
         let text = err.without_snippet().to_string();
         let suffix = format!(" at line {line}, column {column}");
-        let message = text.strip_suffix(&suffix).unwrap_or(&text);
+        let message = text
+            .strip_suffix(&suffix)
+            .unwrap_or(&text)
+            .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
         Diagnostic {
             severity: Severity::Error,
             loc: Loc::new(file, line.max(1), column.max(1)),
-            message: cap_quoted(message),
+            message: cap_quoted(&message),
         }
     }
 

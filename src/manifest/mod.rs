@@ -7,6 +7,8 @@
 
 mod derive;
 mod diag;
+#[cfg(test)]
+mod fuzz;
 mod raw;
 pub(crate) mod read;
 pub(crate) mod secrets;
