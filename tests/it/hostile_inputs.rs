@@ -95,7 +95,8 @@ fn a_symlinked_roles_directory_is_refused() {
 
 #[test]
 fn links_fifos_and_sockets_inside_a_layer_tree_are_refused() {
-    let cases: [(&str, &str, fn(&std::path::Path)); 3] = [
+    type Make = fn(&std::path::Path);
+    let cases: [(&str, &str, Make); 3] = [
         ("passwd-link", "symbolic link", |p| {
             symlink("/etc/passwd", p).unwrap()
         }),
