@@ -58,6 +58,10 @@ pub enum PlanError {
     },
     #[error("{path}: file name is not UTF-8")]
     NonUtf8 { path: PathBuf },
+    #[error(
+        "cannot take {path} into a layer: it is a {kind}, and a layer tree holds only directories and regular files (a link or device a node needs is not shipped through layers/)"
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
 }
 
 /// Where an entry's bytes come from.
@@ -587,9 +591,23 @@ fn secrets_layer(
 
 /// Every file under `layers/<dir>/`, as entries at the same path on the node.
 /// `*.tera` files are templates (suffix dropped); an executable file keeps
-/// 0755, everything else is 0644; owners are root.
+/// 0755, everything else is 0644; owners are root. The tree is taken as it
+/// is: a symbolic link (the root itself included), FIFO, socket or device in
+/// it is an error, never followed and never dropped in silence.
 fn walk_layer_dir(layers_dir: &Path, dir: &str) -> Result<Vec<Entry>, PlanError> {
     let root = layers_dir.join(dir);
+    let root_type = std::fs::symlink_metadata(&root)
+        .map_err(|source| PlanError::Walk {
+            path: root.clone(),
+            source,
+        })?
+        .file_type();
+    if !root_type.is_dir() {
+        return Err(PlanError::NotRegular {
+            path: root,
+            kind: crate::manifest::read::kind_of(root_type),
+        });
+    }
     let mut files = Vec::new();
     collect_files(&root, &mut files)?;
     files.sort();
@@ -601,7 +619,7 @@ fn walk_layer_dir(layers_dir: &Path, dir: &str) -> Result<Vec<Entry>, PlanError>
             .and_then(Path::to_str)
             .ok_or_else(|| PlanError::NonUtf8 { path: file.clone() })?
             .to_string();
-        let meta = std::fs::metadata(&file).map_err(|source| PlanError::Walk {
+        let meta = std::fs::symlink_metadata(&file).map_err(|source| PlanError::Walk {
             path: file.clone(),
             source,
         })?;
@@ -639,11 +657,14 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PlanError> {
         })?;
         if ft.is_dir() {
             collect_files(&path, out)?;
-        } else if ft.is_file() {
+        } else if !ft.is_file() {
+            return Err(PlanError::NotRegular {
+                kind: crate::manifest::read::kind_of(ft),
+                path,
+            });
+        } else if path.file_name().is_some_and(|n| n != ".gitkeep") {
             // .gitkeep keeps an empty directory in git; it is not content.
-            if path.file_name().is_some_and(|n| n != ".gitkeep") {
-                out.push(path);
-            }
+            out.push(path);
         }
     }
     Ok(())

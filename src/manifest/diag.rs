@@ -1,4 +1,7 @@
-//! Diagnostics: a problem found in the manifests, with its file, line and column.
+//! Diagnostics: a problem found in the manifests, with its file, line and
+//! column. A message never carries a control character (it is escaped), and a
+//! parser's message quotes at most [`QUOTE_LIMIT`] characters of the file: a
+//! parse error may stand at whatever file sits at a manifest path.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,8 +40,84 @@ impl Loc {
 
 impl fmt::Display for Loc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        let file = escape_controls(&self.file.display().to_string());
+        write!(f, "{file}:{}:{}", self.line, self.column)
     }
+}
+
+/// The most characters of a file's text a parser's message may quote.
+pub(crate) const QUOTE_LIMIT: usize = 40;
+
+/// Whether `c` would change what a terminal shows (a control character, or
+/// a bidirectional override that reorders the text around it).
+fn is_hidden_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with every control character escaped (`\n`, `\u{1b}`).
+pub(crate) fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if is_hidden_control(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether the character after a closing quote ends a quoted token.
+fn ends_token(next: Option<&char>) -> bool {
+    next.is_none_or(|c| matches!(c, ',' | ' ' | ':' | ';' | ')' | '.'))
+}
+
+/// The index of the quote `q` that closes the token starting at `from`
+/// (`chars.len()` when none does); `\` escapes inside `"…"`, as serde
+/// quotes a string.
+fn closing_quote(chars: &[char], from: usize, q: char) -> usize {
+    let mut j = from;
+    while j < chars.len() {
+        match chars[j] {
+            '\\' if q == '"' => j += 2,
+            c if c == q && ends_token(chars.get(j + 1)) => return j,
+            _ => j += 1,
+        }
+    }
+    chars.len()
+}
+
+/// A parser's message with each quoted token (`…` or "…") cut to
+/// [`QUOTE_LIMIT`] characters, and control characters escaped.
+pub(crate) fn cap_quoted(message: &str) -> String {
+    let chars: Vec<char> = message.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c != '`' && c != '"' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let end = closing_quote(&chars, i + 1, c);
+        let inner = escape_controls(
+            &chars[i + 1..end.min(chars.len())]
+                .iter()
+                .collect::<String>(),
+        );
+        out.push(c);
+        out.extend(inner.chars().take(QUOTE_LIMIT));
+        if inner.chars().count() > QUOTE_LIMIT {
+            out.push('…');
+        }
+        if end < chars.len() {
+            out.push(c);
+        }
+        i = end + 1;
+    }
+    escape_controls(&out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,7 +139,7 @@ impl Diagnostic {
         Diagnostic {
             severity: Severity::Error,
             loc,
-            message: message.into(),
+            message: escape_controls(&message.into()),
         }
     }
 
@@ -68,7 +147,7 @@ impl Diagnostic {
         Diagnostic {
             severity: Severity::Warning,
             loc,
-            message: message.into(),
+            message: escape_controls(&message.into()),
         }
     }
 
@@ -77,11 +156,14 @@ impl Diagnostic {
         let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
         let text = err.without_snippet().to_string();
         let suffix = format!(" at line {line}, column {column}");
-        let message = text.strip_suffix(&suffix).unwrap_or(&text).to_string();
+        let message = text
+            .strip_suffix(&suffix)
+            .unwrap_or(&text)
+            .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
         Diagnostic {
             severity: Severity::Error,
-            loc: Loc::new(file, line, column),
-            message,
+            loc: Loc::new(file, line.max(1), column.max(1)),
+            message: cap_quoted(&message),
         }
     }
 
@@ -91,7 +173,7 @@ impl Diagnostic {
         Diagnostic {
             severity: Severity::Error,
             loc: Loc::offset(file, text, offset),
-            message: err.message().to_string(),
+            message: cap_quoted(err.message()),
         }
     }
 }
@@ -180,5 +262,43 @@ mod tests {
         assert_eq!(d.loc.line, 2);
         assert!(d.message.starts_with("unknown field `b`"), "{}", d.message);
         assert!(!d.message.contains("at line"), "{}", d.message);
+    }
+
+    #[test]
+    fn a_parse_error_quotes_a_short_escaped_token_only() {
+        let hash = format!("root:$6$saltsalt${}:19000:0:99999:7:::", "A".repeat(86));
+        let err =
+            serde_saphyr::from_str::<std::collections::BTreeMap<String, u8>>(&format!("{hash}\n"))
+                .unwrap_err();
+        let d = Diagnostic::from_yaml(Path::new("c.yaml"), err);
+        assert!(
+            !d.message.contains(&"A".repeat(QUOTE_LIMIT)),
+            "{}",
+            d.message
+        );
+        let capped = cap_quoted("unknown field `a`b `c`, expected x");
+        assert_eq!(capped, "unknown field `a`b `c`, expected x");
+        let long = format!(
+            "invalid type: string \"{}\\\"\", expected u8",
+            "s".repeat(99)
+        );
+        assert_eq!(
+            cap_quoted(&long),
+            format!("invalid type: string \"{}…\", expected u8", "s".repeat(40))
+        );
+        assert_eq!(cap_quoted("field `\u{1b}[2J`"), "field `\\u{1b}[2J`");
+        assert_eq!(cap_quoted("unclosed `abc"), "unclosed `abc");
+    }
+
+    #[test]
+    fn every_message_and_path_has_its_controls_escaped() {
+        let d = Diagnostic::error(
+            Loc::new(Path::new("roles/\u{1b}[31m.yaml"), 1, 1),
+            "name `a\nb\u{202e}`",
+        );
+        assert_eq!(
+            d.to_string(),
+            "roles/\\u{1b}[31m.yaml:1:1: error: name `a\\nb\\u{202e}`"
+        );
     }
 }

@@ -1,12 +1,16 @@
 //! Stage 1, `manifest`: reads `manifests/` (cluster.yaml, roles/*.yaml,
-//! pins.toml), rejects unknown fields, and validates everything into the typed
-//! [`Manifests`] model, reporting every problem at once with its file, line and
-//! column. Derived values (first service IP, etcd initial-cluster, apiserver
+//! pins.toml; regular files only, bounded: [`read`]), rejects unknown
+//! fields, and validates everything into the typed [`Manifests`] model,
+//! reporting every problem at once with its file, line and column; every
+//! string rendered into a config is checked against that config's syntax. Derived values (first service IP, etcd initial-cluster, apiserver
 //! SANs, haproxy backends, keepalived priorities) are computed here, never typed.
 
 mod derive;
 mod diag;
+#[cfg(test)]
+mod fuzz;
 mod raw;
+pub(crate) mod read;
 pub(crate) mod secrets;
 mod validate;
 
@@ -20,6 +24,7 @@ use serde::Serialize;
 
 pub use derive::Derived;
 pub use diag::Diagnostics;
+pub use read::FileRefusal;
 use secrets::SecretSpec;
 
 /// The oldest Kubernetes minor imgbuild renders configuration for.
@@ -33,6 +38,12 @@ pub enum ManifestError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("cannot read manifest {path}")]
+    Refused {
+        path: PathBuf,
+        #[source]
+        reason: FileRefusal,
     },
     #[error("cannot list the role manifests in {path}")]
     ListRoles {

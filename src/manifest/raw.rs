@@ -2,9 +2,10 @@
 //! rejected; values that later rules check keep their YAML/TOML location.
 //! Nothing outside `manifest` sees these types.
 
-use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
 /// `manifests/cluster.yaml`
@@ -160,9 +161,34 @@ pub(crate) struct RawNode {
     pub(crate) arch: Spanned<String>,
     pub(crate) roles: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
-    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) labels: SpannedMap,
     #[serde(default)]
     pub(crate) taints: Vec<Spanned<String>>,
+}
+
+/// A YAML mapping of strings in file order, each key and value keeping its
+/// location (node labels: every key and value is checked where it stands).
+#[derive(Debug, Default)]
+pub(crate) struct SpannedMap(pub(crate) Vec<(Spanned<String>, Spanned<String>)>);
+
+impl<'de> Deserialize<'de> for SpannedMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = SpannedMap;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of strings to strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SpannedMap, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(SpannedMap(pairs))
+            }
+        }
+        deserializer.deserialize_map(Pairs)
+    }
 }
 
 fn default_arch() -> Spanned<String> {

@@ -35,6 +35,8 @@ pub enum IssueError {
         #[source]
         source: rcgen::Error,
     },
+    #[error("cannot date a certificate {days} days after {now}: X.509 ends at the year 9999")]
+    Validity { days: u32, now: OffsetDateTime },
     #[error("cannot read the key")]
     Key(#[source] rcgen::Error),
     #[error("cannot read the CA certificate")]
@@ -71,10 +73,21 @@ fn serial(ctx: &Context) -> Result<SerialNumber, IssueError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-fn validity(ctx: &Context, params: &mut CertificateParams, days: u32) {
+/// Sets notBefore and notAfter; a date past 9999 is an error, not a panic
+/// (the manifests and the context bound both ends, so none should come).
+fn validity(ctx: &Context, params: &mut CertificateParams, days: u32) -> Result<(), IssueError> {
     let now = ctx.now.replace_nanosecond(0).unwrap_or(ctx.now);
-    params.not_before = now - BACKDATE;
-    params.not_after = now + Duration::days(i64::from(days));
+    let not_after = now
+        .checked_add(Duration::days(i64::from(days)))
+        .filter(|t| t.year() <= 9999);
+    match (now.checked_sub(BACKDATE), not_after) {
+        (Some(not_before), Some(not_after)) => {
+            params.not_before = not_before;
+            params.not_after = not_after;
+            Ok(())
+        }
+        _ => Err(IssueError::Validity { days, now }),
+    }
 }
 
 fn name(cn: &str, orgs: &[String]) -> DistinguishedName {
@@ -103,7 +116,7 @@ pub(super) fn issue_ca(
         KeyUsagePurpose::CrlSign,
     ];
     p.serial_number = Some(serial(ctx)?);
-    validity(ctx, &mut p, days);
+    validity(ctx, &mut p, days)?;
     let cert = p.self_signed(key).map_err(|source| IssueError::Sign {
         subject: ca.common_name().to_string(),
         source,
@@ -162,7 +175,7 @@ pub(super) fn issue_leaf(
         p.subject_alt_names.push(SanType::IpAddress(*ip));
     }
     p.serial_number = Some(serial(ctx)?);
-    validity(ctx, &mut p, days);
+    validity(ctx, &mut p, days)?;
     let cert = p
         .signed_by(key, &signer.issuer)
         .map_err(|source| IssueError::Sign {
@@ -293,4 +306,27 @@ fn key_ids(cert: &X509Certificate<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
         }
     }
     (subject_key_id, authority_key_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_validity_past_the_year_9999_is_an_error_not_a_panic() {
+        let mut ctx = Context::from_env(Some(1)).unwrap();
+        ctx.now = OffsetDateTime::new_utc(
+            ::time::Date::from_calendar_date(9000, ::time::Month::January, 1).unwrap(),
+            ::time::Time::MIDNIGHT,
+        );
+        let mut p = CertificateParams::default();
+        assert!(validity(&ctx, &mut p, 36_500).is_ok());
+        assert!(matches!(
+            validity(&ctx, &mut p, 2_920_000),
+            Err(IssueError::Validity {
+                days: 2_920_000,
+                ..
+            })
+        ));
+    }
 }

@@ -7,6 +7,7 @@ mod containerd;
 mod etcd;
 mod fetch;
 mod first_boot;
+mod hostile_inputs;
 mod hostile_network;
 mod http;
 mod images;

@@ -11,6 +11,7 @@ use ipnet::Ipv4Net;
 use serde_saphyr::Spanned;
 
 use super::cross::{self, NodeChecks};
+use super::syntax::is_interface_name;
 use super::{Known, at, is_dns_label, is_dns_subdomain, nodes, parse_ipv4};
 use crate::manifest::derive::nth_address;
 use crate::manifest::diag::Diagnostics;
@@ -135,7 +136,21 @@ fn validate_api(file: &Path, api: &RawApi, d: &mut Diagnostics) -> Option<Ipv4Ad
             "vrrp_router_id must be 1 to 255",
         );
     }
+    check_interface(file, &api.vrrp_interface, "api.vrrp_interface", d);
     vip
+}
+
+/// An interface name, as keepalived.conf and network-config take it.
+fn check_interface(file: &Path, name: &Spanned<String>, what: &str, d: &mut Diagnostics) {
+    if !is_interface_name(&name.value) {
+        d.error(
+            at(file, name),
+            format!(
+                "{what} `{}` is not a network interface name (1 to 15 of A-Z a-z 0-9 _ . : -, not `.` or `..`)",
+                name.value
+            ),
+        );
+    }
 }
 
 fn validate_network(file: &Path, n: &RawNetwork, d: &mut Diagnostics) -> NetworkParts {
@@ -257,6 +272,10 @@ fn proxy_mode(file: &Path, mode: &Spanned<String>, d: &mut Diagnostics) -> Optio
     }
 }
 
+/// The longest certificate validity: with the build time at most in the year
+/// 9000 (`context`), every notAfter stays inside X.509's four-digit years.
+const MAX_VALIDITY_DAYS: u32 = 36_500;
+
 /// The PKI settings; gives the key algorithm.
 fn validate_pki(file: &Path, pki: &RawPki, d: &mut Diagnostics) -> Option<KeyAlgorithm> {
     let key_algorithm = key_algorithm(file, &pki.key_algorithm, d);
@@ -265,6 +284,14 @@ fn validate_pki(file: &Path, pki: &RawPki, d: &mut Diagnostics) -> Option<KeyAlg
             d.error(
                 at(file, days),
                 "a validity of 0 days would issue certificates that are already expired",
+            );
+        } else if days.value > MAX_VALIDITY_DAYS {
+            d.error(
+                at(file, days),
+                format!(
+                    "a validity of {} days is more than {MAX_VALIDITY_DAYS} (100 years), the longest imgbuild issues",
+                    days.value
+                ),
             );
         }
     }
@@ -296,6 +323,7 @@ fn key_algorithm(file: &Path, alg: &Spanned<String>, d: &mut Diagnostics) -> Opt
 }
 
 fn validate_host_network(file: &Path, hn: &RawHostNetwork, d: &mut Diagnostics) -> HostParts {
+    check_interface(file, &hn.interface, "host_network.interface", d);
     if !(1..=32).contains(&hn.prefix_length.value) {
         d.error(
             at(file, &hn.prefix_length),

@@ -10,6 +10,7 @@ mod cross;
 mod nodes;
 mod pins;
 mod roles;
+mod syntax;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -21,7 +22,9 @@ use serde_saphyr::Spanned;
 use super::derive;
 use super::diag::{Diagnostic, Diagnostics, Loc};
 use super::raw::{RawCluster, RawPins, RawRole};
+use super::read::{check_directory, read_manifest};
 use super::{BASE_ROLE, ManifestError, Manifests, Pins, Role};
+use syntax::{is_dns_label, is_dns_subdomain};
 
 /// What cluster.yaml is checked against: the roles and pins read before it.
 struct Known<'a> {
@@ -65,11 +68,22 @@ pub(super) fn load(
     }
 }
 
-fn read(path: &Path) -> Result<String, ManifestError> {
-    std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+/// A manifest's text; `None` (and a diagnostic at the first bad byte) when
+/// it is not UTF-8.
+fn read(path: &Path, d: &mut Diagnostics) -> Result<Option<String>, ManifestError> {
+    match String::from_utf8(read_manifest(path)?) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let bytes = e.into_bytes();
+            let before = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+            d.error(
+                Loc::offset(path, before, valid),
+                "the file is not UTF-8 text",
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Parses YAML text; a syntax or shape error becomes a diagnostic.
@@ -84,13 +98,14 @@ fn parse_yaml<T: DeserializeOwned>(path: &Path, text: &str, d: &mut Diagnostics)
 }
 
 fn parse_cluster(path: &Path, d: &mut Diagnostics) -> Result<Option<RawCluster>, ManifestError> {
-    let text = read(path)?;
-    Ok(parse_yaml(path, &text, d))
+    Ok(read(path, d)?.and_then(|text| parse_yaml(path, &text, d)))
 }
 
 /// Reads pins.toml and validates it at once: roles and cluster check against it.
 fn parse_pins(path: &Path, d: &mut Diagnostics) -> Result<Option<Pins>, ManifestError> {
-    let text = read(path)?;
+    let Some(text) = read(path, d)? else {
+        return Ok(None);
+    };
     Ok(match toml::from_str::<RawPins>(&text) {
         Ok(raw) => Some(pins::validate_pins(path, &text, raw, d)),
         Err(e) => {
@@ -105,8 +120,8 @@ fn parse_roles(roles_dir: &Path, d: &mut Diagnostics) -> Result<RawRoles, Manife
     let mut roles = RawRoles::default();
     for path in role_files(roles_dir)? {
         let name = role_name(&path, d);
-        let text = read(&path)?;
-        match parse_yaml::<RawRole>(&path, &text, d) {
+        let text = read(&path, d)?;
+        match text.and_then(|text| parse_yaml::<RawRole>(&path, &text, d)) {
             Some(raw) => {
                 roles.parsed.insert(name, (path, raw));
             }
@@ -124,6 +139,7 @@ fn role_files(roles_dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
         path: roles_dir.to_path_buf(),
         source,
     };
+    check_directory(roles_dir)?;
     let mut files = Vec::new();
     for entry in std::fs::read_dir(roles_dir).map_err(list_error)? {
         let path = entry.map_err(list_error)?.path();
@@ -209,21 +225,6 @@ fn at<T>(file: &Path, s: &Spanned<T>) -> Loc {
     }
 }
 
-/// RFC 1123 label, as Kubernetes requires for node names.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
 /// A YAML string that must be an IPv4 address; `what` names it in the error.
 fn parse_ipv4(
     file: &Path,
@@ -240,22 +241,5 @@ fn parse_ipv4(
             );
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_labels() {
-        assert!(is_dns_label("master01"));
-        assert!(is_dns_label("a-b"));
-        assert!(!is_dns_label("Master01"));
-        assert!(!is_dns_label("-a"));
-        assert!(!is_dns_label("a_b"));
-        assert!(!is_dns_label(&"a".repeat(64)));
-        assert!(is_dns_subdomain("kubeapi.ilinux.io"));
-        assert!(!is_dns_subdomain("kubeapi..io"));
     }
 }

@@ -1,17 +1,17 @@
 //! One inventory entry of cluster.yaml on its own: its name, IP, arch, roles
-//! (each defined, none twice, not `base`) and taints, giving the typed
-//! [`Node`]. What a node must agree with elsewhere is in [`super::cross`].
+//! (each defined, none twice, not `base`), labels and taints (Kubernetes
+//! syntax: they are pasted into the kubelet's EnvironmentFile), giving the
+//! typed [`Node`]. What a node must agree with elsewhere is in [`super::cross`].
 
 use std::path::Path;
 
 use serde_saphyr::Spanned;
 
+use super::syntax::{TAINT_EFFECTS, is_label_key, is_label_value, is_taint};
 use super::{Known, at, is_dns_label, parse_ipv4};
 use crate::manifest::diag::Diagnostics;
 use crate::manifest::raw::RawNode;
 use crate::manifest::{Arch, BASE_ROLE, Node};
-
-const TAINT_EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
 
 /// The node, or `None` when any of its values is in error.
 pub(super) fn validate_node(
@@ -24,6 +24,7 @@ pub(super) fn validate_node(
     let ip = parse_ipv4(file, &rn.ip, &format!("node `{}` ip", rn.name.value), d);
     let arch = node_arch(file, rn, d);
     let roles = node_roles(file, rn, known, d);
+    ok &= check_labels(file, rn, d);
     ok &= check_taints(file, rn, d);
     if !ok {
         return None;
@@ -33,7 +34,12 @@ pub(super) fn validate_node(
         ip: ip?,
         arch: arch?,
         roles: roles?,
-        labels: rn.labels.clone(),
+        labels: rn
+            .labels
+            .0
+            .iter()
+            .map(|(k, v)| (k.value.clone(), v.value.clone()))
+            .collect(),
         taints: rn.taints.iter().map(|t| t.value.clone()).collect(),
     })
 }
@@ -123,13 +129,41 @@ fn check_node_role(
     false
 }
 
+/// Every label key and value in Kubernetes syntax.
+fn check_labels(file: &Path, rn: &RawNode, d: &mut Diagnostics) -> bool {
+    let mut ok = true;
+    for (key, value) in &rn.labels.0 {
+        if !is_label_key(&key.value) {
+            d.error(
+                at(file, key),
+                format!(
+                    "node `{}`: label key `{}` is not a Kubernetes label key ([prefix/]name: name at most 63 of A-Z a-z 0-9 - _ . starting and ending alphanumeric, prefix a DNS subdomain)",
+                    rn.name.value, key.value
+                ),
+            );
+            ok = false;
+        }
+        if !is_label_value(&value.value) {
+            d.error(
+                at(file, value),
+                format!(
+                    "node `{}`: label value `{}` is not a Kubernetes label value (empty, or at most 63 of A-Z a-z 0-9 - _ . starting and ending alphanumeric)",
+                    rn.name.value, value.value
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok
+}
+
 fn check_taints(file: &Path, rn: &RawNode, d: &mut Diagnostics) -> bool {
     let mut ok = true;
-    for t in rn.taints.iter().filter(|t| !valid_taint(&t.value)) {
+    for t in rn.taints.iter().filter(|t| !is_taint(&t.value)) {
         d.error(
             at(file, t),
             format!(
-                "taint `{}` must be `key[=value]:Effect` with Effect one of {}",
+                "taint `{}` must be `key[=value]:Effect` with a Kubernetes label key and value and Effect one of {}",
                 t.value,
                 TAINT_EFFECTS.join(", ")
             ),
@@ -137,28 +171,4 @@ fn check_taints(file: &Path, rn: &RawNode, d: &mut Diagnostics) -> bool {
         ok = false;
     }
     ok
-}
-
-/// `key[=value]:Effect`, with a non-empty key and a known effect.
-fn valid_taint(t: &str) -> bool {
-    let Some((kv, effect)) = t.rsplit_once(':') else {
-        return false;
-    };
-    let key = kv.split_once('=').map_or(kv, |(k, _)| k);
-    !key.is_empty() && TAINT_EFFECTS.contains(&effect)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn taints() {
-        assert!(valid_taint(
-            "node-role.kubernetes.io/control-plane:NoSchedule"
-        ));
-        assert!(valid_taint("dedicated=infra:NoExecute"));
-        assert!(!valid_taint("dedicated=infra"));
-        assert!(!valid_taint("x:Sometimes"));
-    }
 }

@@ -1,12 +1,15 @@
 //! pins.toml: each `[[artifact]]` and `[[image]]` entry checked on its own
 //! (arch, URL or image reference, checksum or digest, source) and against the
 //! entries before it (no pin defined twice), giving the typed [`Pins`]. An
-//! entry with an error is left out of them.
+//! entry with an error is left out of them. Names, versions, URLs and image
+//! references end up in file names, bundles and rendered configs, so each
+//! must be what its syntax allows ([`super::syntax`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::Path;
 
+use super::syntax::{is_download_url, is_image_reference, is_pin_name, is_version};
 use crate::manifest::diag::{Diagnostics, Loc};
 use crate::manifest::raw::{RawArtifactPin, RawImagePin, RawPins};
 use crate::manifest::{Arch, ArtifactPin, Checksum, ImagePin, Pins};
@@ -52,11 +55,7 @@ fn validate_artifact_pin(
 ) -> Option<ArtifactPin> {
     let loc = f.at(&a.name);
     let name = a.name.get_ref().clone();
-    let mut ok = true;
-    if name.is_empty() {
-        d.error(loc.clone(), "artifact pin has an empty name");
-        ok = false;
-    }
+    let mut ok = check_name_and_version(f, &a.name, &a.version, d);
     let arch = artifact_arch(f, &a, d);
     ok &= check_url(f, &a, d);
     if a.source.get_ref().trim().is_empty() {
@@ -100,17 +99,47 @@ fn artifact_arch(f: &PinsFile, a: &RawArtifactPin, d: &mut Diagnostics) -> Optio
     arch
 }
 
-/// Whether the download's URL has a scheme imgbuild fetches.
+/// A pin's name and version, each in its syntax.
+fn check_name_and_version(
+    f: &PinsFile,
+    name: &toml::Spanned<String>,
+    version: &toml::Spanned<String>,
+    d: &mut Diagnostics,
+) -> bool {
+    let mut ok = true;
+    if !is_pin_name(name.get_ref()) {
+        d.error(
+            f.at(name),
+            format!(
+                "pin name `{}` must be 1 to 63 of a-z 0-9 . _ -, starting and ending with a letter or digit",
+                name.get_ref()
+            ),
+        );
+        ok = false;
+    }
+    if !is_version(version.get_ref()) {
+        d.error(
+            f.at(version),
+            format!(
+                "pin `{}`: version `{}` must be 1 to 128 of A-Z a-z 0-9 . _ + ~ -, starting with a letter or digit",
+                name.get_ref(),
+                version.get_ref()
+            ),
+        );
+        ok = false;
+    }
+    ok
+}
+
+/// Whether the download's URL is one imgbuild fetches and a bundle can hold.
 fn check_url(f: &PinsFile, a: &RawArtifactPin, d: &mut Diagnostics) -> bool {
     let url = a.url.get_ref();
-    let ok = ["https://", "http://", "file://"]
-        .iter()
-        .any(|scheme| url.starts_with(scheme));
+    let ok = is_download_url(url);
     if !ok {
         d.error(
             f.at(&a.url),
             format!(
-                "pin `{}`: url `{url}` must start with https://, http:// or file://",
+                "pin `{}`: url `{url}` must be https://, http:// or file:// with a path of plain segments (no `.`, `..`, empty segment, space, quote, query or control character)",
                 a.name.get_ref()
             ),
         );
@@ -185,7 +214,8 @@ fn validate_image_pin(
 ) -> Option<ImagePin> {
     let loc = f.at(&i.name);
     let name = i.name.get_ref().clone();
-    let mut ok = check_digest(f, &i, d);
+    let mut ok = check_name_and_version(f, &i.name, &i.version, d);
+    ok &= check_digest(f, &i, d);
     ok &= check_image_reference(f, &i, d);
     let arches = image_arches(f, &i, d);
     if i.source.get_ref().trim().is_empty() {
@@ -232,8 +262,7 @@ fn check_digest(f: &PinsFile, i: &RawImagePin, d: &mut Diagnostics) -> bool {
 /// The image must be `registry/repository:tag`, without a digest.
 fn check_image_reference(f: &PinsFile, i: &RawImagePin, d: &mut Diagnostics) -> bool {
     let image = i.image.get_ref();
-    let last = image.rsplit('/').next().unwrap_or_default();
-    let ok = image.contains('/') && last.contains(':') && !image.contains('@');
+    let ok = is_image_reference(image);
     if !ok {
         d.error(
             f.at(&i.image),

@@ -1,12 +1,15 @@
 //! One role file, `roles/<role>.yaml`: its artifacts (each naming a pin and
 //! the files taken from it), images, layer directories, systemd units and
 //! secrets, checked against pins.toml, `layers/` and the secret catalog,
-//! giving the typed [`Role`].
+//! giving the typed [`Role`]. A layer directory must be a real directory: a
+//! symbolic link there could bake any directory of the build host (the state
+//! dir with its CA keys) into a world-readable layer.
 
 use std::path::Path;
 
 use serde_saphyr::Spanned;
 
+use super::syntax::{has_control, is_unit_name};
 use super::{at, is_dns_label};
 use crate::manifest::diag::Diagnostics;
 use crate::manifest::raw::{RawInstall, RawRole, RawRoleArtifact};
@@ -94,7 +97,9 @@ fn validate_install(
     if !is_clean_absolute(&to) {
         d.error(
             at(file, &i.to),
-            format!("`to: {to}` must be an absolute path without `.`, `..` or a trailing `/`"),
+            format!(
+                "`to: {to}` must be an absolute path without `.`, `..`, a trailing `/` or a control character"
+            ),
         );
     }
     check_install_source(file, pin_name, archive, &i, d);
@@ -226,31 +231,51 @@ fn layer_dirs(
                     dir.value
                 ),
             );
-        } else if !layers_dir.join(&dir.value).is_dir() {
-            d.error(
-                at(file, &dir),
-                format!(
-                    "layer directory `{}` does not exist under {}",
-                    dir.value,
-                    layers_dir.display()
-                ),
-            );
+        } else if let Some(problem) = layer_dir_problem(layers_dir, &dir.value) {
+            d.error(at(file, &dir), problem);
         }
         names.push(dir.value);
     }
     names
 }
 
+/// What is wrong with `layers_dir/name` as a layer directory, if anything:
+/// it must be a directory itself, not a symbolic link to one.
+fn layer_dir_problem(layers_dir: &Path, name: &str) -> Option<String> {
+    let path = layers_dir.join(name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => None,
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::read_link(&path).unwrap_or_default();
+            Some(format!(
+                "layer directory `{name}` is a symbolic link ({} -> {}): imgbuild does not follow links out of layers/, so a layer holds only what the tree shows; make it a directory",
+                path.display(),
+                target.display()
+            ))
+        }
+        Ok(m) => Some(format!(
+            "layer directory `{name}` is a {}, not a directory ({})",
+            crate::manifest::read::kind_of(m.file_type()),
+            path.display()
+        )),
+        Err(_) => Some(format!(
+            "layer directory `{name}` does not exist under {}",
+            layers_dir.display()
+        )),
+    }
+}
+
 /// The systemd units the role enables.
 fn role_services(file: &Path, services: Vec<Spanned<String>>, d: &mut Diagnostics) -> Vec<String> {
     let mut names = Vec::new();
     for svc in services {
-        if !UNIT_SUFFIXES.iter().any(|s| svc.value.ends_with(s)) {
+        if !UNIT_SUFFIXES.iter().any(|s| is_unit_name(&svc.value, s)) {
             d.error(
                 at(file, &svc),
                 format!(
-                    "service `{}` must be a systemd unit name such as `etcd.service`",
-                    svc.value
+                    "service `{}` must be a systemd unit name such as `etcd.service` (A-Z a-z 0-9 : _ . @ -, ending in {})",
+                    svc.value,
+                    UNIT_SUFFIXES.join(", ")
                 ),
             );
         }
@@ -300,9 +325,11 @@ fn parse_owner(s: &str) -> Option<(u32, u32)> {
     Some((u.parse().ok()?, g.parse().ok()?))
 }
 
-/// An absolute, normalised path: no `.`/`..`/empty components, no trailing `/`.
+/// An absolute, normalised path: no `.`/`..`/empty components, no trailing
+/// `/`, no control character.
 fn is_clean_absolute(p: &str) -> bool {
     p.len() > 1
+        && !has_control(p)
         && p.starts_with('/')
         && p[1..]
             .split('/')
@@ -312,6 +339,7 @@ fn is_clean_absolute(p: &str) -> bool {
 fn is_clean_relative(p: &str) -> bool {
     let p = p.strip_prefix("./").unwrap_or(p);
     !p.is_empty()
+        && !has_control(p)
         && !p.starts_with('/')
         && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
@@ -334,5 +362,7 @@ mod tests {
         assert!(!is_clean_absolute("/usr/bin/"));
         assert!(is_clean_relative("./bridge"));
         assert!(!is_clean_relative("../evil"));
+        assert!(!is_clean_absolute("/etc/a\nb"));
+        assert!(!is_clean_relative("bin/a\tb"));
     }
 }
