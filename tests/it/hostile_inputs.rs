@@ -266,7 +266,7 @@ fn a_taint_outside_kubernetes_syntax_is_refused() {
         "    labels:\n",
         "    taints: [\"a=b\\\" --anonymous-auth=true:NoSchedule\"]\n    labels:\n",
     );
-    let loc = lab.at("cluster.yaml", "taints:", "\"a=b");
+    let loc = lab.at("cluster.yaml", "anonymous-auth", "\"a=b");
     lab.plan("master01").assert_error(
         &loc,
         "taint `a=b\" --anonymous-auth=true:NoSchedule` must be `key[=value]:Effect`",
