@@ -27,11 +27,13 @@ check:
     ! grep -rnE 'crate::canonical_json|use crate::\{' src
     cargo test --locked --all-targets
 
-# the manifest loader's mutation harness (src/manifest/fuzz.rs) for SECONDS
-# or CASES, whichever ends first, from a fresh seed (printed; a failure says
-# how to replay it with IMGBUILD_FUZZ_SEED); the normal test run tries 3000
+# the mutation harnesses of the manifest loader (src/manifest/fuzz.rs) and of
+# template rendering (src/render/fuzz.rs), each for SECONDS or CASES,
+# whichever ends first, from a fresh seed (printed; a failure says how to
+# replay it with IMGBUILD_FUZZ_SEED); the normal test run tries a few thousand
 fuzz SECONDS="300" CASES="10000000":
     PROPTEST_CASES={{CASES}} IMGBUILD_FUZZ_SECONDS={{SECONDS}} cargo test --locked --release --lib manifest::fuzz -- --nocapture
+    PROPTEST_CASES=2000 IMGBUILD_FUZZ_SECONDS={{SECONDS}} cargo test --locked --release --lib render::fuzz -- --nocapture
 
 # the main job, offline: build the lab mirror, build every lab node, verify
 # each, then start etcd on the three etcd nodes from their built layers

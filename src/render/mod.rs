@@ -6,6 +6,8 @@
 //! bounded language ([`guard`]): no function reads the host, and size,
 //! nesting, loops and run time are capped.
 
+#[cfg(test)]
+mod fuzz;
 mod guard;
 
 use std::collections::BTreeMap;
