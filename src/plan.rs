@@ -171,6 +171,9 @@ pub struct Plan {
     pub roles: Vec<String>,
     /// systemd units enabled at boot.
     pub services: Vec<String>,
+    /// The Debian packages the roles need from the node's OS, sorted; the
+    /// first-boot script checks them before it changes anything.
+    pub os_packages: Vec<String>,
     pub layers: Vec<LayerPlan>,
     pub derived: Derived,
 }
@@ -224,6 +227,15 @@ impl Plan {
             self.arch,
             self.kubernetes_version,
             self.roles.join(", ")
+        );
+        let _ = writeln!(
+            out,
+            "OS packages: {}",
+            if self.os_packages.is_empty() {
+                "none".to_string()
+            } else {
+                self.os_packages.join(", ")
+            }
         );
         let width = self
             .layers
@@ -425,6 +437,7 @@ fn build(
             entries,
         })
         .collect();
+    let os_packages = os_packages(m, &roles);
     Ok(Plan {
         target: target.to_string(),
         kind,
@@ -433,9 +446,17 @@ fn build(
         arch,
         roles,
         services,
+        os_packages,
         layers,
         derived: m.derived.clone(),
     })
+}
+
+/// Every OS package the roles name, each once, sorted.
+fn os_packages(m: &Manifests, roles: &[String]) -> Vec<String> {
+    let all: std::collections::BTreeSet<&String> =
+        roles.iter().flat_map(|r| &m.roles[r].os_packages).collect();
+    all.into_iter().cloned().collect()
 }
 
 /// A role's layer: its pinned artifacts' files, its images, its layer

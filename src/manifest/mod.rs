@@ -132,6 +132,61 @@ pub(crate) enum ProxyMode {
     Nftables,
 }
 
+/// The systemd unit whose role needs the proxy mode's OS packages.
+pub(crate) const KUBE_PROXY_UNIT: &str = "kube-proxy.service";
+
+impl ProxyMode {
+    pub(crate) fn parse(s: &str) -> Option<ProxyMode> {
+        match s {
+            "ipvs" => Some(ProxyMode::Ipvs),
+            "iptables" => Some(ProxyMode::Iptables),
+            "nftables" => Some(ProxyMode::Nftables),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Ipvs => "ipvs",
+            ProxyMode::Iptables => "iptables",
+            ProxyMode::Nftables => "nftables",
+        }
+    }
+
+    /// The Debian packages whose programs kube-proxy runs in this mode: `nft`
+    /// (nftables, through sigs.k8s.io/knftables), `iptables-restore`
+    /// (iptables), and for ipvs `ipset` and `iptables` (pkg/proxy/ipvs
+    /// refuses to start without them). Since v1.32 kube-proxy clears
+    /// conntrack entries over netlink, without the `conntrack` program.
+    pub(crate) fn os_packages(self) -> &'static [&'static str] {
+        match self {
+            ProxyMode::Nftables => &["nftables"],
+            ProxyMode::Iptables => &["iptables"],
+            ProxyMode::Ipvs => &["ipset", "iptables"],
+        }
+    }
+}
+
+/// How an etcd member starts with an empty data directory: in a cluster
+/// formed by the whole inventory (`new`), or joining a running one it has
+/// been added to with `etcdctl member add` (`existing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum EtcdJoin {
+    New,
+    Existing,
+}
+
+impl EtcdJoin {
+    pub(crate) fn parse(s: &str) -> Option<EtcdJoin> {
+        match s {
+            "new" => Some(EtcdJoin::New),
+            "existing" => Some(EtcdJoin::Existing),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
@@ -196,6 +251,14 @@ pub(crate) struct Node {
     pub(crate) roles: Vec<String>,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) taints: Vec<String>,
+    /// The MAC address of the NIC network-config configures (lowercase);
+    /// `None`: matched by `host_network.interface`'s name.
+    pub(crate) mac: Option<String>,
+    /// The interface keepalived binds on this node (`api.vrrp_interface`
+    /// unless the node names its own).
+    pub(crate) vrrp_interface: String,
+    /// etcd's initial cluster state on this node.
+    pub(crate) etcd_join: EtcdJoin,
 }
 
 impl Node {
@@ -215,6 +278,8 @@ pub(crate) struct Role {
     pub(crate) node_layers: Vec<String>,
     pub(crate) services: Vec<String>,
     pub(crate) secrets: Vec<&'static SecretSpec>,
+    /// Debian packages the role's programs need from the node's OS.
+    pub(crate) os_packages: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -164,6 +164,16 @@ pub(crate) struct RawNode {
     pub(crate) labels: SpannedMap,
     #[serde(default)]
     pub(crate) taints: Vec<Spanned<String>>,
+    /// The NIC's MAC address: network-config matches it and names the
+    /// interface `host_network.interface`.
+    #[serde(default)]
+    pub(crate) mac: Option<Spanned<String>>,
+    /// keepalived's interface on this node; `api.vrrp_interface` if absent.
+    #[serde(default)]
+    pub(crate) vrrp_interface: Option<Spanned<String>>,
+    /// `new` (the default) or `existing`: etcd's initial cluster state.
+    #[serde(default)]
+    pub(crate) etcd_join: Option<Spanned<String>>,
 }
 
 /// A YAML mapping of strings in file order, each key and value keeping its
@@ -213,6 +223,9 @@ pub(crate) struct RawRole {
     pub(crate) services: Vec<Spanned<String>>,
     #[serde(default)]
     pub(crate) secrets: Vec<Spanned<String>>,
+    /// Debian packages the role needs installed on the node's OS.
+    #[serde(default)]
+    pub(crate) os_packages: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,11 +1,14 @@
 //! `cloud-init/`: a NoCloud seed. `user-data` (`#cloud-config`) writes and
-//! runs a script that finds the seed volume (label `cidata`), checks every
-//! layer's sha256 against the values written into the script, extracts the
-//! layers in order at `/`, reloads systemd and starts the role's services.
+//! runs a script that checks the OS has the plan's packages and units, finds
+//! the seed volume (label `cidata`), checks every layer's sha256 against the
+//! values written into the script, extracts the layers in order at `/`, adds
+//! the node's `127.0.1.1` line to `/etc/hosts`, reloads systemd and starts
+//! the role's services.
 //! With `--seed-layers url=BASE` the shared layers are fetched from
 //! `BASE/sha256/<digest>.tar.gz` (same checks) and the seed holds only the
-//! node's own layers. `meta-data` and `network-config` (v2, static) carry the
-//! node's identity; `seed.iso` holds them all.
+//! node's own layers. `meta-data` and `network-config` (v2, static; the NIC
+//! matched by MAC and renamed when the node has one) carry the node's
+//! identity; `seed.iso` holds them all.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -56,11 +59,62 @@ fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
          echo \"imgbuild: the layers of {} are applied already\"\n  exit 0\nfi",
         plan.target
     );
+    package_check(&mut s, plan, layers, seed);
     os_check(&mut s, plan);
     fetch_layers(&mut s, layers, seed);
     apply_layers(&mut s, layers);
+    hosts_line(&mut s, plan);
     start_services(&mut s, plan);
     s
+}
+
+/// The Debian packages the script checks: the plan's, and curl when it
+/// downloads layers.
+fn packages<'a>(plan: &'a Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> Vec<&'a str> {
+    let mut packages: Vec<&str> = plan.os_packages.iter().map(String::as_str).collect();
+    if seed.base().is_some() && layers.iter().any(|l| seed.remote(l)) {
+        packages.push("curl");
+    }
+    packages.sort_unstable();
+    packages.dedup();
+    packages
+}
+
+/// Fails on the console, before anything changes, when a package the roles
+/// need is not installed (dpkg's status is `<want> ok installed`; a held
+/// package is installed too). The names are Debian package names, plain
+/// words to the shell.
+fn package_check(s: &mut String, plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) {
+    let packages = packages(plan, layers, seed);
+    if packages.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "missing=");
+    let _ = writeln!(s, "for p in {}; do", packages.join(" "));
+    let _ = writeln!(
+        s,
+        "  case \"$(dpkg-query -W -f='${{Status}}' \"$p\" 2>/dev/null || true)\" in\n    \
+         *' ok installed') ;;\n    *) missing=\"$missing $p\" ;;\n  esac"
+    );
+    let _ = writeln!(s, "done");
+    fail_if_missing(
+        s,
+        &format!(
+            "{}: the OS lacks the packages$missing, which its roles need; install them first (apt-get install$missing).",
+            plan.target
+        ),
+    );
+}
+
+/// Prints `imgbuild: <what> Nothing was changed.` on stderr and the console
+/// and exits 1 when `$missing` is not empty.
+fn fail_if_missing(s: &mut String, what: &str) {
+    let _ = writeln!(s, "if [ -n \"$missing\" ]; then");
+    let _ = writeln!(s, "  msg=\"imgbuild: {what} Nothing was changed.\"");
+    let _ = writeln!(s, "  echo \"$msg\" >&2");
+    let _ = writeln!(s, "  echo \"$msg\" >/dev/console 2>/dev/null || true");
+    let _ = writeln!(s, "  exit 1");
+    let _ = writeln!(s, "fi");
 }
 
 /// Fails on the console, before anything changes, when a unit the OS must
@@ -77,15 +131,34 @@ fn os_check(s: &mut String, plan: &Plan) {
         "  [ -e \"/usr/lib/systemd/system/$u\" ] || [ -e \"/lib/systemd/system/$u\" ] || missing=\"$missing $u\""
     );
     let _ = writeln!(s, "done");
-    let _ = writeln!(s, "if [ -n \"$missing\" ]; then");
+    fail_if_missing(
+        s,
+        &format!(
+            "{}: the OS lacks the units$missing; install their packages first.",
+            plan.target
+        ),
+    );
+}
+
+/// Debian's `127.0.1.1 <hostname>` line, added to the base layer's shared
+/// /etc/hosts once it is extracted: a node's own name (a generic image's:
+/// the host name its provisioning set), replacing any such line.
+fn hosts_line(s: &mut String, plan: &Plan) {
+    let name = match plan.kind {
+        TargetKind::Node => quote::sh(&plan.target),
+        TargetKind::Role => "\"$(hostname 2>/dev/null || true)\"".to_string(),
+    };
+    let _ = writeln!(s, "host={name}");
+    let _ = writeln!(s, "if [ -n \"$host\" ]; then");
+    // rewritten in place (no rename): /etc/hosts may be a mount point
     let _ = writeln!(
         s,
-        "  msg=\"imgbuild: {}: the OS lacks the units$missing; install their packages first. Nothing was changed.\"",
-        plan.target
+        "  hosts=$(grep -v '^127\\.0\\.1\\.1[[:space:]]' /etc/hosts || true)"
     );
-    let _ = writeln!(s, "  echo \"$msg\" >&2");
-    let _ = writeln!(s, "  echo \"$msg\" >/dev/console 2>/dev/null || true");
-    let _ = writeln!(s, "  exit 1");
+    let _ = writeln!(
+        s,
+        "  printf '%s\\n127.0.1.1\\t%s\\n' \"$hosts\" \"$host\" >/etc/hosts"
+    );
     let _ = writeln!(s, "fi");
 }
 
@@ -210,6 +283,12 @@ pub fn network_config(m: &Manifests, plan: &Plan) -> Option<String> {
     let hn = &m.cluster.host_network;
     let mut s = String::from("version: 2\nethernets:\n");
     let _ = writeln!(s, "  {}:", hn.interface);
+    if let Some(mac) = &node.mac {
+        // quoted: YAML 1.1 (cloud-init's PyYAML) reads 52:54:00:12:34:56
+        // unquoted as a base-60 number
+        let _ = writeln!(s, "    match:\n      macaddress: \"{mac}\"");
+        let _ = writeln!(s, "    set-name: {}", hn.interface);
+    }
     let _ = writeln!(s, "    dhcp4: false");
     let _ = writeln!(s, "    addresses: [{}/{}]", node.ip, hn.prefix_length);
     if let Some(gw) = hn.gateway {

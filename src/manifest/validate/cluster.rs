@@ -258,18 +258,17 @@ fn explicit_cluster_dns(
 }
 
 fn proxy_mode(file: &Path, mode: &Spanned<String>, d: &mut Diagnostics) -> Option<ProxyMode> {
-    match mode.value.as_str() {
-        "ipvs" => Some(ProxyMode::Ipvs),
-        "iptables" => Some(ProxyMode::Iptables),
-        "nftables" => Some(ProxyMode::Nftables),
-        other => {
-            d.error(
-                at(file, mode),
-                format!("kube_proxy_mode `{other}` is not one of ipvs, iptables, nftables"),
-            );
-            None
-        }
+    let parsed = ProxyMode::parse(&mode.value);
+    if parsed.is_none() {
+        d.error(
+            at(file, mode),
+            format!(
+                "kube_proxy_mode `{}` is not one of ipvs, iptables, nftables",
+                mode.value
+            ),
+        );
     }
+    parsed
 }
 
 /// The longest certificate validity: with the build time at most in the year
@@ -356,7 +355,8 @@ fn validate_nodes(
     let mut checks = NodeChecks::new(file, &raw.api, checked.vip, net.service, net.pod, known);
     let mut nodes = Vec::new();
     for rn in &raw.nodes.value {
-        if let Some(node) = nodes::validate_node(file, rn, known, d) {
+        let vrrp_default = &raw.api.vrrp_interface.value;
+        if let Some(node) = nodes::validate_node(file, rn, vrrp_default, known, d) {
             checks.check(rn, &node, d);
             nodes.push(node);
         }

@@ -1,5 +1,5 @@
 //! Cross-checks: what one manifest's values demand of another's. Each node
-//! against the nodes before it (name and IP unique), the cluster's networks,
+//! against the nodes before it (name, IP and MAC unique), the cluster's networks,
 //! VIP and ports, and the roles it has (their pins exist for its arch; a CA
 //! key only on a control-plane node); the inventory as a whole (an etcd
 //! quorum, a control plane, a load balancer); the Kubernetes pins against
@@ -30,6 +30,8 @@ pub(super) struct NodeChecks<'a> {
     names: HashMap<String, u64>,
     /// The node first given each IP, and its line.
     ips: HashMap<Ipv4Addr, (String, u64)>,
+    /// The node first given each MAC, and its line.
+    macs: HashMap<String, (String, u64)>,
 }
 
 impl<'a> NodeChecks<'a> {
@@ -50,6 +52,7 @@ impl<'a> NodeChecks<'a> {
             known,
             names: HashMap::new(),
             ips: HashMap::new(),
+            macs: HashMap::new(),
         }
     }
 
@@ -58,6 +61,7 @@ impl<'a> NodeChecks<'a> {
         self.check_unique_name(rn, node, d);
         let ip_loc = at(self.file, &rn.ip);
         self.check_unique_ip(&ip_loc, node, d);
+        self.check_unique_mac(rn, node, d);
         self.check_outside_cluster_networks(&ip_loc, node, d);
         self.check_api_endpoint(node, d);
         check_node_needs(self.file, rn, node, self.known, d);
@@ -89,6 +93,24 @@ impl<'a> NodeChecks<'a> {
             );
         } else {
             self.ips.insert(node.ip, (node.name.clone(), ip_loc.line));
+        }
+    }
+
+    fn check_unique_mac(&mut self, rn: &RawNode, node: &Node, d: &mut Diagnostics) {
+        let (Some(mac), Some(raw)) = (&node.mac, &rn.mac) else {
+            return;
+        };
+        let loc = at(self.file, raw);
+        if let Some((other, line)) = self.macs.get(mac) {
+            d.error(
+                loc,
+                format!(
+                    "node `{}` has MAC {mac}, already used by `{other}` at line {line}",
+                    node.name
+                ),
+            );
+        } else {
+            self.macs.insert(mac.clone(), (node.name.clone(), loc.line));
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod cross;
+mod node_settings;
 mod nodes;
 mod pins;
 mod roles;
@@ -23,7 +24,7 @@ use super::derive;
 use super::diag::{Diagnostic, Diagnostics, Loc};
 use super::raw::{RawCluster, RawPins, RawRole};
 use super::read::{check_directory, read_manifest};
-use super::{BASE_ROLE, ManifestError, Manifests, Pins, Role};
+use super::{BASE_ROLE, ManifestError, Manifests, Pins, ProxyMode, Role};
 use syntax::{is_dns_label, is_dns_subdomain};
 
 /// What cluster.yaml is checked against: the roles and pins read before it.
@@ -51,7 +52,11 @@ pub(super) fn load(
     let raw_cluster = parse_cluster(&cluster_path, &mut d)?;
     let pins = parse_pins(&dir.join("pins.toml"), &mut d)?;
     let RawRoles { parsed, unparsed } = parse_roles(&dir.join("roles"), &mut d)?;
-    let roles = validate_roles(parsed, pins.as_ref(), layers_dir, &mut d);
+    // the roles are checked against the proxy mode; cluster.yaml reports a bad one
+    let proxy_mode = raw_cluster
+        .as_ref()
+        .and_then(|c| ProxyMode::parse(&c.network.kube_proxy_mode.value));
+    let roles = validate_roles(parsed, pins.as_ref(), layers_dir, proxy_mode, &mut d);
     let known = Known {
         roles: &roles,
         unparsed_roles: &unparsed,
@@ -181,12 +186,13 @@ fn validate_roles(
     parsed: BTreeMap<String, (PathBuf, RawRole)>,
     pins: Option<&Pins>,
     layers_dir: &Path,
+    proxy_mode: Option<ProxyMode>,
     d: &mut Diagnostics,
 ) -> BTreeMap<String, Role> {
     parsed
         .into_iter()
         .map(|(name, (path, raw))| {
-            let role = roles::validate_role(&name, &path, raw, pins, layers_dir, d);
+            let role = roles::validate_role(&name, &path, raw, pins, layers_dir, proxy_mode, d);
             (name, role)
         })
         .collect()

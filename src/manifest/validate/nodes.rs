@@ -1,22 +1,30 @@
 //! One inventory entry of cluster.yaml on its own: its name, IP, arch, roles
 //! (each defined, none twice, not `base`), labels and taints (Kubernetes
-//! syntax: they are pasted into the kubelet's EnvironmentFile), giving the
-//! typed [`Node`]. What a node must agree with elsewhere is in [`super::cross`].
+//! syntax: they are pasted into the kubelet's EnvironmentFile; labels also
+//! ones the kubelet may set on itself) and its own settings
+//! ([`super::node_settings`]), giving the typed [`Node`]. What a node must
+//! agree with elsewhere is in [`super::cross`].
 
 use std::path::Path;
 
 use serde_saphyr::Spanned;
 
-use super::syntax::{TAINT_EFFECTS, is_label_key, is_label_value, is_taint};
+use super::node_settings::node_settings;
+use super::syntax::{
+    KUBELET_LABEL_NAMESPACES, TAINT_EFFECTS, is_label_key, is_label_value, is_refused_by_kubelet,
+    is_taint,
+};
 use super::{Known, at, is_dns_label, parse_ipv4};
 use crate::manifest::diag::Diagnostics;
 use crate::manifest::raw::RawNode;
 use crate::manifest::{Arch, BASE_ROLE, Node};
 
-/// The node, or `None` when any of its values is in error.
+/// The node, or `None` when any of its values is in error; `vrrp_default`
+/// is `api.vrrp_interface`.
 pub(super) fn validate_node(
     file: &Path,
     rn: &RawNode,
+    vrrp_default: &str,
     known: &Known,
     d: &mut Diagnostics,
 ) -> Option<Node> {
@@ -26,9 +34,11 @@ pub(super) fn validate_node(
     let roles = node_roles(file, rn, known, d);
     ok &= check_labels(file, rn, d);
     ok &= check_taints(file, rn, d);
+    let settings = node_settings(file, rn, vrrp_default, d);
     if !ok {
         return None;
     }
+    let settings = settings?;
     Some(Node {
         name: rn.name.value.clone(),
         ip: ip?,
@@ -41,6 +51,9 @@ pub(super) fn validate_node(
             .map(|(k, v)| (k.value.clone(), v.value.clone()))
             .collect(),
         taints: rn.taints.iter().map(|t| t.value.clone()).collect(),
+        mac: settings.mac,
+        vrrp_interface: settings.vrrp_interface,
+        etcd_join: settings.etcd_join,
     })
 }
 
@@ -129,11 +142,25 @@ fn check_node_role(
     false
 }
 
-/// Every label key and value in Kubernetes syntax.
+/// Every label key and value in Kubernetes syntax, and a key the kubelet
+/// may set on its own Node.
 fn check_labels(file: &Path, rn: &RawNode, d: &mut Diagnostics) -> bool {
     let mut ok = true;
     for (key, value) in &rn.labels.0 {
-        if !is_label_key(&key.value) {
+        if is_refused_by_kubelet(&key.value) {
+            d.error(
+                at(file, key),
+                format!(
+                    "node `{}`: the kubelet refuses to set label `{}` on its own Node (--node-labels takes a kubernetes.io or k8s.io key only under {} or from its short list such as topology.kubernetes.io/zone, and exits otherwise); apply it with `kubectl label node {} {}=<value>` once the node has joined",
+                    rn.name.value,
+                    key.value,
+                    KUBELET_LABEL_NAMESPACES.join(" or "),
+                    rn.name.value,
+                    key.value
+                ),
+            );
+            ok = false;
+        } else if !is_label_key(&key.value) {
             d.error(
                 at(file, key),
                 format!(

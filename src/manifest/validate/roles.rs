@@ -3,18 +3,20 @@
 //! secrets, checked against pins.toml, `layers/` and the secret catalog,
 //! giving the typed [`Role`]. A layer directory must be a real directory: a
 //! symbolic link there could bake any directory of the build host (the state
-//! dir with its CA keys) into a world-readable layer.
+//! dir with its CA keys) into a world-readable layer. The OS packages are
+//! Debian package names, and a role running kube-proxy lists the packages
+//! its mode needs (cluster.yaml's `kube_proxy_mode`).
 
 use std::path::Path;
 
 use serde_saphyr::Spanned;
 
-use super::syntax::{has_control, is_unit_name};
+use super::syntax::{has_control, is_debian_package, is_unit_name};
 use super::{at, is_dns_label};
 use crate::manifest::diag::Diagnostics;
 use crate::manifest::raw::{RawInstall, RawRole, RawRoleArtifact};
 use crate::manifest::secrets::{self, SecretSpec};
-use crate::manifest::{Install, Pins, Role, RoleArtifact};
+use crate::manifest::{Install, KUBE_PROXY_UNIT, Pins, ProxyMode, Role, RoleArtifact};
 
 /// The endings of the systemd unit names a role may start.
 const UNIT_SUFFIXES: [&str; 5] = [".service", ".timer", ".socket", ".path", ".target"];
@@ -28,19 +30,26 @@ pub(super) fn empty_role() -> Role {
         node_layers: Vec::new(),
         services: Vec::new(),
         secrets: Vec::new(),
+        os_packages: Vec::new(),
     }
 }
 
 /// Validates the role `name` read from `file`; `pins` is `None` when
-/// pins.toml did not parse, and references to it are then not checked.
+/// pins.toml did not parse, and references to it are then not checked, as
+/// the proxy mode's packages are not when `proxy_mode` is `None`.
 pub(super) fn validate_role(
     name: &str,
     file: &Path,
     raw: RawRole,
     pins: Option<&Pins>,
     layers_dir: &Path,
+    proxy_mode: Option<ProxyMode>,
     d: &mut Diagnostics,
 ) -> Role {
+    let os_packages = role_os_packages(name, file, &raw.os_packages, d);
+    if let Some(mode) = proxy_mode {
+        check_proxy_packages(name, file, &raw.services, &os_packages, mode, d);
+    }
     Role {
         artifacts: raw
             .artifacts
@@ -52,6 +61,70 @@ pub(super) fn validate_role(
         node_layers: layer_dirs(file, raw.layers.node, layers_dir, d),
         services: role_services(file, raw.services, d),
         secrets: role_secrets(file, raw.secrets, d),
+        os_packages,
+    }
+}
+
+/// The Debian packages the role needs from the OS: each a package name,
+/// none twice.
+fn role_os_packages(
+    name: &str,
+    file: &Path,
+    packages: &[Spanned<String>],
+    d: &mut Diagnostics,
+) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for p in packages {
+        if !is_debian_package(&p.value) {
+            d.error(
+                at(file, p),
+                format!(
+                    "os_packages: `{}` is not a Debian package name (at least 2 of a-z 0-9 + . -, starting with a letter or digit, at most {})",
+                    p.value,
+                    super::syntax::MAX_PACKAGE_NAME
+                ),
+            );
+        } else if names.contains(&p.value) {
+            d.error(
+                at(file, p),
+                format!("role `{name}` lists OS package `{}` twice", p.value),
+            );
+            continue;
+        }
+        names.push(p.value.clone());
+    }
+    names
+}
+
+/// A role that runs kube-proxy lists the OS packages of the cluster's proxy
+/// mode; the error stands at its `kube-proxy.service`.
+fn check_proxy_packages(
+    name: &str,
+    file: &Path,
+    services: &[Spanned<String>],
+    os_packages: &[String],
+    mode: ProxyMode,
+    d: &mut Diagnostics,
+) {
+    let Some(unit) = services.iter().find(|s| s.value == KUBE_PROXY_UNIT) else {
+        return;
+    };
+    let missing: Vec<&str> = mode
+        .os_packages()
+        .iter()
+        .copied()
+        .filter(|p| !os_packages.iter().any(|o| o == p))
+        .collect();
+    if !missing.is_empty() {
+        d.error(
+            at(file, unit),
+            format!(
+                "role `{name}` runs {KUBE_PROXY_UNIT}, and kube_proxy_mode {} (cluster.yaml) needs the OS packages {}: add {} to the role's os_packages",
+                mode.as_str(),
+                mode.os_packages().join(", "),
+                missing.join(", ")
+            ),
+        );
     }
 }
 

@@ -29,6 +29,17 @@ pub(super) fn is_interface_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
+/// A MAC address as network-config's `macaddress` takes it: six pairs of
+/// hex digits joined by `:`; returned in lowercase.
+pub(super) fn parse_mac(s: &str) -> Option<String> {
+    let pairs: Vec<&str> = s.split(':').collect();
+    let ok = pairs.len() == 6
+        && pairs
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then(|| s.to_ascii_lowercase())
+}
+
 /// The name part of a Kubernetes qualified name, and a label value when not
 /// empty: at most 63 of `[A-Za-z0-9_.-]`, alphanumeric at both ends.
 fn is_qualified_name_part(s: &str) -> bool {
@@ -49,6 +60,54 @@ pub(super) fn is_label_key(s: &str) -> bool {
         }
         None => is_qualified_name_part(s),
     }
+}
+
+/// The labels a kubelet may give its own Node outside its namespaces
+/// (k8s.io/kubelet pkg/apis/well_known_labels.go, `kubeletLabels`).
+const KUBELET_LABELS: [&str; 11] = [
+    "kubernetes.io/hostname",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/region",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "kubernetes.io/os",
+    "kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+];
+
+/// The label namespaces (and their subdomains) a kubelet may set labels in
+/// (the same file, `kubeletLabelNamespaces`).
+pub(super) const KUBELET_LABEL_NAMESPACES: [&str; 2] =
+    ["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+/// Whether `namespace` is `domain` or a subdomain of it.
+fn in_domain(namespace: &str, domain: &str) -> bool {
+    namespace == domain
+        || namespace
+            .strip_suffix(domain)
+            .is_some_and(|sub| sub.ends_with('.'))
+}
+
+/// Whether the kubelet refuses the label key in `--node-labels` and exits:
+/// a key in the kubernetes.io or k8s.io namespace (or a subdomain of one)
+/// that is neither one of [`KUBELET_LABELS`] nor in
+/// [`KUBELET_LABEL_NAMESPACES`] (kubernetes cmd/kubelet/app/options/options.go,
+/// `ValidateKubeletFlags`). `node-role.kubernetes.io/*` is such a key.
+pub(super) fn is_refused_by_kubelet(key: &str) -> bool {
+    let Some((namespace, _)) = key.split_once('/') else {
+        return false;
+    };
+    let kubernetes = ["kubernetes.io", "k8s.io"]
+        .iter()
+        .any(|d| in_domain(namespace, d));
+    kubernetes
+        && !KUBELET_LABELS.contains(&key)
+        && !KUBELET_LABEL_NAMESPACES
+            .iter()
+            .any(|d| in_domain(namespace, d))
 }
 
 /// A Kubernetes label (or taint) value: empty, or a qualified name part.
@@ -207,6 +266,23 @@ pub(super) fn is_download_url(s: &str) -> bool {
             .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg.bytes().all(url_char))
 }
 
+/// The longest OS package name taken (Debian sets no limit; its longest
+/// names are under 80).
+pub(super) const MAX_PACKAGE_NAME: usize = 128;
+
+/// A Debian package name (Debian Policy 5.6.1, `Package`): at least two of
+/// `[a-z0-9+.-]`, starting with a letter or digit. Such a name is also one
+/// plain word to the first-boot script's shell.
+pub(super) fn is_debian_package(s: &str) -> bool {
+    (2..=MAX_PACKAGE_NAME).contains(&s.len())
+        && s.as_bytes()
+            .first()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'.' | b'-')
+        })
+}
+
 /// Whether `s` holds a control character (a newline, a tab, an escape).
 pub(super) fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
@@ -256,6 +332,26 @@ mod tests {
     }
 
     #[test]
+    fn macs_are_six_hex_pairs() {
+        assert_eq!(
+            parse_mac("52:54:00:AB:cd:01").as_deref(),
+            Some("52:54:00:ab:cd:01")
+        );
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:01:02",
+            "52-54-00-ab-cd-01",
+            "525400abcd01",
+            "52:54:00:ab:cd:0g",
+            "52:54:00:ab:cd:1",
+            "52:54:00:ab:cd:01\n",
+        ] {
+            assert!(parse_mac(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn label_keys_and_values_follow_kubernetes() {
         assert!(is_label_key("topology.kubernetes.io/zone"));
         assert!(is_label_key("node-role.kubernetes.io/control-plane"));
@@ -273,6 +369,35 @@ mod tests {
     }
 
     #[test]
+    fn kubelet_refuses_labels_in_kubernetes_namespaces_outside_its_list() {
+        for refused in [
+            "node-role.kubernetes.io/control-plane",
+            "node-role.kubernetes.io/worker",
+            "kubernetes.io/role",
+            "app.kubernetes.io/name",
+            "k8s.io/x",
+            "example.k8s.io/x",
+            "node-restriction.kubernetes.io/x",
+        ] {
+            assert!(is_refused_by_kubelet(refused), "{refused}");
+        }
+        for allowed in [
+            "topology.kubernetes.io/zone",
+            "kubernetes.io/arch",
+            "node.kubernetes.io/instance-type",
+            "node.kubernetes.io/anything",
+            "example.node.kubernetes.io/x",
+            "kubelet.kubernetes.io/x",
+            "example.com/role",
+            "zone",
+            "notkubernetes.io/x",
+            "xnode.kubernetes.io.example.com/x",
+        ] {
+            assert!(!is_refused_by_kubelet(allowed), "{allowed}");
+        }
+    }
+
+    #[test]
     fn taints() {
         assert!(is_taint("node-role.kubernetes.io/control-plane:NoSchedule"));
         assert!(is_taint("dedicated=infra:NoExecute"));
@@ -282,6 +407,36 @@ mod tests {
         assert!(!is_taint(":NoSchedule"));
         assert!(!is_taint("a=b\" --x=y:NoSchedule"));
         assert!(!is_taint("a=b,c=d:NoSchedule"));
+    }
+
+    #[test]
+    fn debian_package_names_follow_policy() {
+        for ok in [
+            "haproxy",
+            "libc6",
+            "g++",
+            "iproute2",
+            "libstdc++6",
+            "0ad",
+            "python3.11",
+        ] {
+            assert!(is_debian_package(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "Haproxy",
+            "-x",
+            "+x",
+            ".x",
+            "a_b",
+            "a b",
+            "curl;reboot",
+            "é1",
+        ] {
+            assert!(!is_debian_package(bad), "{bad:?}");
+        }
+        assert!(!is_debian_package(&"a".repeat(MAX_PACKAGE_NAME + 1)));
     }
 
     #[test]
