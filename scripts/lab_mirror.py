@@ -133,6 +133,8 @@ man = os.path.join(out, "manifests")
 if os.path.isdir(man):
     shutil.rmtree(man)
 shutil.copytree(os.path.join(repo, "manifests/roles"), os.path.join(man, "roles"))
+# The lab roles are the shipped ones, their os_packages included (the lab
+# cluster keeps kube_proxy_mode nftables, which the worker's list matches).
 # The lab has no registry: its roles bake in no container images.
 for f in sorted(os.listdir(os.path.join(man, "roles"))):
     p = os.path.join(man, "roles", f)

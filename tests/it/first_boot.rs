@@ -1,9 +1,7 @@
 //! The first-boot script a seed carries (cloud-init's apply-layers), run by
-//! dash in a mount namespace where /run/imgbuild, /var/lib/imgbuild and the
-//! seed are the test's own, and `systemctl`, `tar`, `sysctl` and
-//! `mountpoint` are stand-ins that log what they were asked: the script
-//! checks the OS before it changes anything, applies once, and restarts the
-//! services when the layers change.
+//! dash in a mount namespace with stand-in commands ([`crate::seed_script`]):
+//! the script checks the OS before it changes anything, applies once, and
+//! restarts the services when the layers change.
 
 use crate::build::{build, synthetic};
 use crate::seed_script::{Os, apply_layers, run};
