@@ -192,9 +192,10 @@ pub struct BundleImportArgs {
 pub enum PkiCommand {
     /// Create what is missing; keep what still matches the manifests (never replaces a CA).
     Init,
-    /// Table of every certificate: subject, SANs, issuer, expiry, OK / EXPIRING / MISMATCH.
+    /// Table of every certificate and the bootstrap token: subject, SANs, issuer, expiry,
+    /// OK / EXPIRING / EXPIRED / MISMATCH / MISSING.
     Status(PkiStatusArgs),
-    /// Re-issue leaf certificates (and CAs with --ca).
+    /// Re-issue leaf certificates and the bootstrap token (and CAs with --ca).
     Renew(PkiRenewArgs),
 }
 
@@ -208,7 +209,8 @@ pub struct PkiStatusArgs {
 #[derive(Debug, Args)]
 pub struct PkiRenewArgs {
     /// Re-issue only what is missing, mismatched or inside the renewal window (a
-    /// third of a leaf's validity, at most 30 days): the default, said explicitly.
+    /// third of a leaf's validity, at most 30 days; the last third of the
+    /// bootstrap token's TTL): the default, said explicitly.
     #[arg(long, conflicts_with = "all")]
     pub expiring: bool,
     /// Every leaf.

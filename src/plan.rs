@@ -591,6 +591,11 @@ fn secrets_layer(
             {
                 continue; // two roles may both need, say, ca.crt
             }
+            let node = match (spec.scope, node) {
+                (Scope::PerNode | Scope::PerNodeOptional, Some(n)) => Some(n.name.clone()),
+                (Scope::PerNodeOptional, None) => continue, // a generic image goes without
+                _ => None,
+            };
             let e = Entry {
                 path: spec.node_path(),
                 mode: spec.mode(),
@@ -598,10 +603,7 @@ fn secrets_layer(
                 gid: 0,
                 source: Source::Secret {
                     id: spec.id.to_string(),
-                    node: match (spec.scope, node) {
-                        (Scope::PerNode, Some(n)) => Some(n.name.clone()),
-                        _ => None,
-                    },
+                    node,
                 },
             };
             lb.add(e, "secrets".to_string(), owners)?;

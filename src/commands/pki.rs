@@ -45,7 +45,8 @@ fn renew(
     report_changes(&s.reporter, &state.ensure(mode, args.ca)?)
 }
 
-/// One line per file on stderr: created, re-issued (why), kept (with -v).
+/// One line per file on stderr: created, re-issued (why), fixed and removed
+/// (why), kept (with -v).
 fn report_changes(reporter: &Reporter, changes: &[Change]) -> Result<(), Error> {
     let mut counts = [0usize; 3];
     for c in changes {
@@ -63,6 +64,7 @@ fn report_changes(reporter: &Reporter, changes: &[Change]) -> Result<(), Error> 
                 reporter.debug(&format!("kept      {}", c.path));
             }
             Action::Fixed(why) => reporter.info(&format!("fixed     {} ({why})", c.path)),
+            Action::Removed(why) => reporter.info(&format!("removed   {} ({why})", c.path)),
         }
     }
     reporter.info(&format!(

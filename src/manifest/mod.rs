@@ -241,6 +241,8 @@ pub(crate) struct PkiSettings {
     pub(crate) key_algorithm: KeyAlgorithm,
     pub(crate) ca_validity_days: u32,
     pub(crate) leaf_validity_days: u32,
+    /// How long a bootstrap token is valid after `pki` makes it.
+    pub(crate) bootstrap_token_ttl_hours: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -128,6 +128,8 @@ pub(crate) struct RawPki {
     pub(crate) ca_validity_days: Spanned<u32>,
     #[serde(default = "default_leaf_days")]
     pub(crate) leaf_validity_days: Spanned<u32>,
+    #[serde(default = "default_token_ttl_hours")]
+    pub(crate) bootstrap_token_ttl_hours: Spanned<u32>,
 }
 
 impl Default for RawPki {
@@ -136,6 +138,7 @@ impl Default for RawPki {
             key_algorithm: default_key_algorithm(),
             ca_validity_days: default_ca_days(),
             leaf_validity_days: default_leaf_days(),
+            bootstrap_token_ttl_hours: default_token_ttl_hours(),
         }
     }
 }
@@ -150,6 +153,12 @@ fn default_ca_days() -> Spanned<u32> {
 
 fn default_leaf_days() -> Spanned<u32> {
     unspanned(365)
+}
+
+/// kubeadm's default TTL of a bootstrap token (cmd/kubeadm/app/constants:
+/// `DefaultTokenDuration = 24 * time.Hour`).
+fn default_token_ttl_hours() -> Spanned<u32> {
+    unspanned(24)
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,5 @@
 //! The catalog of secrets imgbuild generates: the kubeadm-style PKI set, the
-//! kubeconfigs and the bootstrap token. Role manifests name entries of this
+//! kubeconfigs, the bootstrap token and the key that encrypts Secrets at rest. Role manifests name entries of this
 //! catalog; the plan places them in a node's `secrets` layer and the `pki`
 //! stage makes them. The id is the path under the state dir and under
 //! `/etc/kubernetes/` on a node.
@@ -11,6 +11,10 @@ pub(crate) enum Scope {
     Cluster,
     /// Issued per node (its name and IP are in the certificate or kubeconfig).
     PerNode,
+    /// Issued per node for a node's image; a role's generic image goes
+    /// without it (a kubelet's serving certificate: a generic worker asks
+    /// the cluster CA for one instead).
+    PerNodeOptional,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -21,6 +25,8 @@ pub(crate) enum SecretKind {
     PublicKey,
     Kubeconfig,
     Token,
+    /// A key that encrypts data (kube-apiserver's EncryptionConfiguration).
+    EncryptionKey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +43,10 @@ impl SecretSpec {
     pub(crate) fn is_private(&self) -> bool {
         matches!(
             self.kind,
-            SecretKind::PrivateKey | SecretKind::Kubeconfig | SecretKind::Token
+            SecretKind::PrivateKey
+                | SecretKind::Kubeconfig
+                | SecretKind::Token
+                | SecretKind::EncryptionKey
         )
     }
 
@@ -61,8 +70,10 @@ const fn s(id: &'static str, kind: SecretKind, scope: Scope, ca_key: bool) -> Se
     }
 }
 
-use Scope::{Cluster, PerNode};
-use SecretKind::{Certificate as Cert, Kubeconfig, PrivateKey as Key, PublicKey, Token};
+use Scope::{Cluster, PerNode, PerNodeOptional};
+use SecretKind::{
+    Certificate as Cert, EncryptionKey, Kubeconfig, PrivateKey as Key, PublicKey, Token,
+};
 
 pub(crate) const CATALOG: &[SecretSpec] = &[
     s("pki/ca.crt", Cert, Cluster, false),
@@ -87,14 +98,16 @@ pub(crate) const CATALOG: &[SecretSpec] = &[
     s("pki/etcd/peer.key", Key, PerNode, false),
     s("pki/etcd/healthcheck-client.crt", Cert, Cluster, false),
     s("pki/etcd/healthcheck-client.key", Key, Cluster, false),
+    s("pki/kubelet.crt", Cert, PerNodeOptional, false),
+    s("pki/kubelet.key", Key, PerNodeOptional, false),
     s("admin.conf", Kubeconfig, Cluster, false),
     s("controller-manager.conf", Kubeconfig, Cluster, false),
     s("scheduler.conf", Kubeconfig, Cluster, false),
     s("kube-proxy.conf", Kubeconfig, Cluster, false),
     s("bootstrap-kubelet.conf", Kubeconfig, Cluster, false),
-    s("token.csv", Token, Cluster, false),
     s("addons/bootstrap-token.yaml", Token, Cluster, false),
     s("keepalived-auth.conf", Token, Cluster, false),
+    s("encryption-config.yaml", EncryptionKey, Cluster, false),
 ];
 
 pub(crate) fn lookup(id: &str) -> Option<&'static SecretSpec> {
@@ -110,9 +123,9 @@ mod tests {
         for spec in CATALOG {
             if spec.id.ends_with(".key")
                 || spec.id.ends_with(".conf")
-                || spec.id == "token.csv"
                 || spec.id.starts_with("addons/")
                 || spec.id == "keepalived-auth.conf"
+                || spec.id == "encryption-config.yaml"
             {
                 assert!(spec.is_private(), "{}", spec.id);
                 assert_eq!(spec.mode(), 0o600, "{}", spec.id);

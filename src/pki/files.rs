@@ -1,24 +1,6 @@
-//! The state dir's files that are not certificates: takes a token or a
-//! password and produces the text of `token.csv`, of the bootstrap-token
-//! Secret and of keepalived's `authentication` block; reads the first and
-//! the last back.
-
-/// `<token>,system:bootstrapper,10001,"system:bootstrappers"`
-pub(super) fn token_csv(token: &str) -> String {
-    format!("{token},system:bootstrapper,10001,\"system:bootstrappers\"\n")
-}
-
-/// The token of a `token.csv`, when its first line holds a valid one.
-pub(super) fn parse_token_csv(text: &str) -> Option<String> {
-    let token = text.lines().next()?.split(',').next()?.trim().to_string();
-    let (id, secret) = token.split_once('.')?;
-    let ok = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
-    (ok(id, 6) && ok(secret, 16)).then_some(token)
-}
+//! keepalived's VRRP password in the state dir: takes a password and
+//! produces keepalived's `authentication` block; reads it back. (The
+//! bootstrap token is in `token`, the encryption key in `encryption`.)
 
 /// keepalived's `authentication` block, included by keepalived.conf.
 pub(super) fn vrrp_auth(pass: &str) -> String {
@@ -37,37 +19,4 @@ pub(super) fn parse_vrrp_auth(text: &str) -> Option<String> {
         .trim()
         .to_string();
     (!pass.is_empty() && pass.len() <= 8).then_some(pass)
-}
-
-/// The bootstrap-token Secret (kube-system), same token as token.csv.
-pub(super) fn bootstrap_token_secret(token: &str) -> String {
-    let (id, secret) = token.split_once('.').unwrap_or((token, ""));
-    format!(
-        "# The TLS bootstrap token of imgbuild, also in /etc/kubernetes/token.csv.\n\
-apiVersion: v1\n\
-kind: Secret\n\
-metadata:\n  name: bootstrap-token-{id}\n  namespace: kube-system\n\
-type: bootstrap.kubernetes.io/token\n\
-stringData:\n  description: \"imgbuild: kubelet TLS bootstrap\"\n  token-id: {id}\n  token-secret: {secret}\n  usage-bootstrap-authentication: \"true\"\n  usage-bootstrap-signing: \"true\"\n"
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_csv_round_trip() {
-        let line = token_csv("abcdef.0123456789abcdef");
-        assert_eq!(
-            line,
-            "abcdef.0123456789abcdef,system:bootstrapper,10001,\"system:bootstrappers\"\n"
-        );
-        assert_eq!(
-            parse_token_csv(&line).as_deref(),
-            Some("abcdef.0123456789abcdef")
-        );
-        assert_eq!(parse_token_csv("ABCDEF.0123456789abcdef,x"), None);
-        assert_eq!(parse_token_csv("abc.def"), None);
-    }
 }

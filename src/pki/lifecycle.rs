@@ -4,9 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::files::{
-    bootstrap_token_secret, parse_token_csv, parse_vrrp_auth, token_csv, vrrp_auth,
-};
+use super::files::{parse_vrrp_auth, vrrp_auth};
 use super::issue::{
     CertInfo, Signer, generate_key, inspect, issue_ca, issue_leaf, key_matches, load_key,
 };
@@ -38,8 +36,9 @@ impl State<'_> {
             cas.insert(ca, (pem, info));
         }
         self.ensure_sa()?;
-        let token = self.ensure_token()?;
+        let token = self.ensure_token()?.value();
         self.ensure_vrrp_password()?;
+        self.ensure_encryption_config()?;
         for leaf in self.spec.leaves.clone() {
             self.ensure_leaf(&leaf, &cas[&leaf.ca], renew)?;
         }
@@ -126,36 +125,6 @@ impl State<'_> {
         ])?;
         self.note(spec::SA_KEY, Action::Created);
         Ok(())
-    }
-
-    /// The bootstrap token: `token.csv` (the guides' static token file) and a
-    /// bootstrap-token Secret for the addons. Returns the token.
-    fn ensure_token(&mut self) -> Result<String, PkiError> {
-        let token = match self.read_opt(spec::TOKEN_CSV)? {
-            Some(text) => {
-                let token = parse_token_csv(&text).ok_or_else(|| PkiError::BadTokenFile {
-                    path: self.path(spec::TOKEN_CSV),
-                })?;
-                self.note(spec::TOKEN_CSV, Action::Kept);
-                token
-            }
-            None => {
-                let token = format!(
-                    "{}.{}",
-                    self.ctx.random_token(6)?,
-                    self.ctx.random_token(16)?
-                );
-                self.write(spec::TOKEN_CSV, &token_csv(&token))?;
-                self.note(spec::TOKEN_CSV, Action::Created);
-                token
-            }
-        };
-        let secret = bootstrap_token_secret(&token);
-        if self.read_opt(spec::TOKEN_SECRET)?.as_deref() != Some(secret.as_str()) {
-            self.write(spec::TOKEN_SECRET, &secret)?;
-            self.note(spec::TOKEN_SECRET, Action::Created);
-        }
-        Ok(token)
     }
 
     /// keepalived's VRRP password (PASS auth takes at most 8 characters), as

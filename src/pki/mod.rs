@@ -1,7 +1,9 @@
 //! Stage 4, `pki`: takes the validated manifests and the state dir, and makes
 //! every secret the plans need present there: the three CAs, the leaf
 //! certificates (per node where they name a node), the kubeconfigs, the
-//! service-account keypair and the bootstrap token. An existing CA is never
+//! service-account keypair, the bootstrap token (`token`: it expires, and is
+//! renewed like a leaf) and the key that encrypts Secrets at rest
+//! (`encryption`). An existing CA is never
 //! replaced (unless `renew --ca`); an existing leaf is kept while it still
 //! matches the manifests and is outside its renewal window. The state dir is
 //! 0700 and every file in it 0600, written atomically.
@@ -16,6 +18,7 @@
 //! `verify`) in `chain`.
 
 mod chain;
+mod encryption;
 mod files;
 mod issue;
 mod kubeconfig;
@@ -23,6 +26,7 @@ mod lifecycle;
 mod modes;
 mod spec;
 mod status;
+mod token;
 
 use std::path::{Path, PathBuf};
 
@@ -77,8 +81,15 @@ pub enum PkiError {
     },
     #[error("{id} is not a certificate of the cluster PKI")]
     NotACertificate { id: String },
-    #[error("{path} has no bootstrap token line (`<6>.<16>,system:bootstrapper,…`)")]
-    BadTokenFile { path: PathBuf },
+    #[error(
+        "{path} is not an EncryptionConfiguration with a secretbox or aescbc key of 32 bytes: imgbuild never replaces the key that Secrets at rest are encrypted with; restore the file"
+    )]
+    BadEncryptionConfig { path: PathBuf },
+    #[error("cannot date a bootstrap token {hours} hours after {now}: past the year 9999")]
+    TokenTtl {
+        hours: u32,
+        now: time::OffsetDateTime,
+    },
     #[error(transparent)]
     Random(#[from] crate::context::ContextError),
 }
@@ -101,6 +112,8 @@ pub(crate) enum Action {
     Reissued(String),
     /// A mode that let others in, set back: what it was.
     Fixed(String),
+    /// A file no longer used, removed from the state dir: why.
+    Removed(String),
 }
 
 #[derive(Debug, Clone, Serialize)]

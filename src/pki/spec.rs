@@ -1,6 +1,7 @@
 //! What the cluster PKI consists of, computed from the manifests: every CA,
-//! leaf certificate, kubeconfig, the service-account keypair and the bootstrap
-//! token, each with its place in the state dir. This follows the Kubernetes
+//! leaf certificate, kubeconfig, the service-account keypair, the bootstrap
+//! token and the encryption configuration, each with its place in the state
+//! dir. This follows the Kubernetes
 //! "PKI certificates and requirements" table and kubeadm's file names.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -86,9 +87,12 @@ pub(super) struct PkiSpec {
 
 pub(super) const SA_KEY: &str = "pki/sa.key";
 pub(super) const SA_PUB: &str = "pki/sa.pub";
-pub(super) const TOKEN_CSV: &str = "token.csv";
 pub(super) const TOKEN_SECRET: &str = "addons/bootstrap-token.yaml";
 pub(super) const KEEPALIVED_AUTH: &str = "keepalived-auth.conf";
+pub(super) const ENCRYPTION_CONFIG: &str = "encryption-config.yaml";
+/// The static token file of imgbuild before bootstrap tokens expired: removed
+/// from a state dir that still has it.
+pub(super) const OLD_TOKEN_CSV: &str = "token.csv";
 
 /// The CA that signs the certificate `id` (a path under the state dir,
 /// `nodes/<node>/…` for a per-node one, or under `/etc/kubernetes/`; a
@@ -250,6 +254,23 @@ fn kubeconfigs(m: &Manifests) -> Vec<KubeconfigSpec> {
     ]
 }
 
+/// The kubelet's serving certificate of `n`, as kubelet's own CSR for the
+/// `kubernetes.io/kubelet-serving` signer asks for it (CN
+/// `system:node:<name>`, O `system:nodes`, server auth; the node's name and
+/// IP): kube-apiserver checks it with `--kubelet-certificate-authority`.
+fn kubelet_serving(n: &Node) -> LeafSpec {
+    let cn = format!("system:node:{}", n.name);
+    leaf(
+        state_path("pki/kubelet", Some(&n.name)),
+        &cn,
+        &["system:nodes"],
+        Usage::Server,
+        Ca::Kubernetes,
+        vec![n.name.clone()],
+        vec![ip(n.ip)],
+    )
+}
+
 /// The per-node leaves of `n`: those its roles' secrets name.
 fn node_leaves(m: &Manifests, n: &Node) -> Vec<LeafSpec> {
     use Usage::*;
@@ -273,6 +294,9 @@ fn node_leaves(m: &Manifests, n: &Node) -> Vec<LeafSpec> {
             sans.dns.clone(),
             sans.ips.iter().copied().map(ip).collect(),
         ));
+    }
+    if needs("pki/kubelet.crt") {
+        leaves.push(kubelet_serving(n));
     }
     for (id, stem, cn) in [
         ("pki/etcd/server.crt", "pki/etcd/server", "kube-etcd"),
@@ -307,6 +331,11 @@ mod tests {
         assert_eq!(ca_of("admin.conf"), Some(Ca::Kubernetes));
         assert_eq!(ca_of("bootstrap-kubelet.conf"), None);
         assert_eq!(ca_of("pki/ca.key"), None);
-        assert_eq!(ca_of("token.csv"), None);
+        assert_eq!(ca_of("addons/bootstrap-token.yaml"), None);
+        assert_eq!(ca_of("encryption-config.yaml"), None);
+        assert_eq!(
+            ca_of("/etc/kubernetes/pki/kubelet.crt"),
+            Some(Ca::Kubernetes)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Judging what the state dir holds (`pki status`, and `init`/`renew`
 //! deciding what to keep): takes the [`State`] and produces a [`Verdict`]
-//! per certificate and kubeconfig, the rows of `pki status` and its table.
+//! per certificate, kubeconfig and the bootstrap token, the rows of `pki
+//! status` and its table.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,14 +14,17 @@ use super::issue::{CertInfo, inspect};
 use super::kubeconfig::{Kubeconfig, unb64};
 use super::modes::{self, Loose};
 use super::spec::{self, Ca, KubeconfigSpec, KubeconfigUser};
+use super::token::{parse_secret, rfc3339};
 use super::{PkiError, State, renewal_window};
 
 /// Whether an existing certificate or kubeconfig still serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Verdict {
     Ok,
-    /// Inside its renewal window: days left.
-    Expiring(i64),
+    /// Inside its renewal window: the time left.
+    Expiring(Duration),
+    /// Past its expiry.
+    Expired,
     Mismatch(String),
     Missing,
 }
@@ -29,10 +33,25 @@ impl Verdict {
     pub(super) fn reason(self) -> String {
         match self {
             Verdict::Ok => "ok".into(),
-            Verdict::Expiring(d) => format!("expires in {d} days"),
+            Verdict::Expiring(left) if left >= Duration::DAY => {
+                format!("expires in {} days", left.whole_days())
+            }
+            Verdict::Expiring(left) => format!("expires in {} hours", left.whole_hours()),
+            Verdict::Expired => "expired".into(),
             Verdict::Mismatch(r) => r,
             Verdict::Missing => "missing".into(),
         }
+    }
+}
+
+/// `Expired` when `left` is none, `Expiring` when it is less than `window`.
+fn by_time_left(left: Duration, window: Duration) -> Verdict {
+    if left <= Duration::ZERO {
+        Verdict::Expired
+    } else if left < window {
+        Verdict::Expiring(left)
+    } else {
+        Verdict::Ok
     }
 }
 
@@ -80,10 +99,7 @@ impl State<'_> {
             return Verdict::Mismatch(format!("key algorithm is not {:?}", self.alg()));
         }
         let left = info.not_after - self.ctx.now;
-        if left < renewal_window(self.m.cluster.pki.leaf_validity_days) {
-            return Verdict::Expiring(left.whole_days());
-        }
-        Verdict::Ok
+        by_time_left(left, renewal_window(self.m.cluster.pki.leaf_validity_days))
     }
 
     /// Why an existing kubeconfig no longer serves, if it does not.
@@ -106,7 +122,7 @@ impl State<'_> {
                 if kc.user().and_then(|u| u.token.as_deref()) == Some(token) {
                     Verdict::Ok
                 } else {
-                    Verdict::Mismatch("token differs from token.csv".into())
+                    Verdict::Mismatch("token differs from the bootstrap-token Secret".into())
                 }
             }
             KubeconfigUser::Certificate {
@@ -119,13 +135,15 @@ impl State<'_> {
         }
     }
 
-    /// `pki status`: every CA, leaf and kubeconfig with its verdict, then
-    /// every file or directory whose mode lets others in.
+    /// `pki status`: every CA, leaf and kubeconfig with its verdict, the
+    /// bootstrap token with its expiry, then every file or directory whose
+    /// mode lets others in.
     pub(crate) fn status(&self) -> Result<Vec<StatusRow>, PkiError> {
         let mut rows = Vec::new();
         let cas = self.ca_rows(&mut rows)?;
         self.leaf_rows(&cas, &mut rows)?;
         self.kubeconfig_rows(&cas, &mut rows)?;
+        rows.push(self.token_row()?);
         let loose = modes::loose(&self.dir).map_err(|source| PkiError::Read {
             path: self.dir.clone(),
             source,
@@ -142,14 +160,7 @@ impl State<'_> {
             let info = self.read_opt(&crt)?.and_then(|p| inspect(&p));
             let verdict = match &info {
                 None => Verdict::Missing,
-                Some(i) => {
-                    let left = i.not_after - self.ctx.now;
-                    if left < Duration::days(365) {
-                        Verdict::Expiring(left.whole_days())
-                    } else {
-                        Verdict::Ok
-                    }
-                }
+                Some(i) => by_time_left(i.not_after - self.ctx.now, Duration::days(365)),
             };
             rows.push(StatusRow::new(self.ctx.now, crt, info.as_ref(), verdict));
             if let Some(i) = info {
@@ -184,8 +195,9 @@ impl State<'_> {
         rows: &mut Vec<StatusRow>,
     ) -> Result<(), PkiError> {
         let token = self
-            .read_opt(spec::TOKEN_CSV)?
-            .and_then(|t| super::files::parse_token_csv(&t))
+            .read_opt(spec::TOKEN_SECRET)?
+            .and_then(|t| parse_secret(&t))
+            .map(|t| t.value())
             .unwrap_or_default();
         let ca_pem = self.read_opt("pki/ca.crt")?.unwrap_or_default();
         for s in &self.spec.kubeconfigs {
@@ -217,8 +229,8 @@ pub(crate) struct StatusRow {
     pub(crate) issuer: String,
     pub(crate) not_after: String,
     pub(crate) days_left: i64,
-    /// OK, EXPIRING, MISMATCH, MISSING or INSECURE (a mode that lets
-    /// others in)
+    /// OK, EXPIRING, EXPIRED, MISMATCH, MISSING or INSECURE (a mode that
+    /// lets others in)
     pub(crate) status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<String>,
@@ -240,27 +252,37 @@ impl StatusRow {
     }
 
     fn new(now: OffsetDateTime, file: String, info: Option<&CertInfo>, v: Verdict) -> Self {
+        let subject = info.map(CertInfo::subject).unwrap_or_default();
+        let mut row = StatusRow::dated(now, file, subject, info.map(|i| i.not_after), v);
+        row.sans = info.map(CertInfo::sans).unwrap_or_default();
+        row.issuer = info
+            .map(|i| format!("CN={}", i.issuer_cn))
+            .unwrap_or_default();
+        row
+    }
+
+    /// A row of something that expires at `expiry` (no SANs, no issuer).
+    pub(super) fn dated(
+        now: OffsetDateTime,
+        file: String,
+        subject: String,
+        expiry: Option<OffsetDateTime>,
+        v: Verdict,
+    ) -> Self {
         let (status, reason) = match v {
             Verdict::Ok => ("OK", None),
             Verdict::Expiring(_) => ("EXPIRING", None),
+            Verdict::Expired => ("EXPIRED", None),
             Verdict::Mismatch(r) => ("MISMATCH", Some(r)),
             Verdict::Missing => ("MISSING", None),
         };
         StatusRow {
             file,
-            subject: info.map(CertInfo::subject).unwrap_or_default(),
-            sans: info.map(CertInfo::sans).unwrap_or_default(),
-            issuer: info
-                .map(|i| format!("CN={}", i.issuer_cn))
-                .unwrap_or_default(),
-            not_after: info
-                .map(|i| {
-                    i.not_after
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default()
-                })
-                .unwrap_or_default(),
-            days_left: info.map(|i| (i.not_after - now).whole_days()).unwrap_or(0),
+            subject,
+            sans: Vec::new(),
+            issuer: String::new(),
+            not_after: expiry.and_then(rfc3339).unwrap_or_default(),
+            days_left: expiry.map(|t| (t - now).whole_days()).unwrap_or(0),
             status: status.into(),
             reason,
         }

@@ -1,16 +1,22 @@
 //! Private material in bytes that are not the secrets layer: a streaming
 //! search for the markers of a PEM private key, a kubeconfig's client key, a
-//! bootstrap token, a token.csv line and a VRRP password, through files of
-//! any size (a key appended to a 100 MB binary is found too).
+//! bootstrap token, a token.csv line (imgbuild makes none any more; one is
+//! still private), a VRRP password and an EncryptionConfiguration (its keys
+//! decrypt every Secret at rest), through files of any size (a key appended
+//! to a 100 MB binary is found too).
 
 use std::io::{self, Read};
 
-const MARKERS: [(&str, &str); 5] = [
+const MARKERS: [(&str, &str); 6] = [
     ("PRIVATE KEY-----", "a PEM private key"),
     ("client-key-data:", "a kubeconfig with a client key"),
     ("token-secret:", "a bootstrap token"),
     ("system:bootstrapper,", "a token.csv line"),
     ("auth_pass ", "a VRRP password"),
+    (
+        "kind: EncryptionConfiguration",
+        "an EncryptionConfiguration (the key to Secrets at rest)",
+    ),
 ];
 
 /// What private material `r` holds, if any, reading it once in chunks.
@@ -65,6 +71,11 @@ mod tests {
         let mut big = vec![0u8; 5 << 20];
         big.extend_from_slice(b"token-secret: abc");
         assert_eq!(scan(&big[..]).unwrap(), Some("a bootstrap token"));
+        let config = b"apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n";
+        assert_eq!(
+            scan(Drip(config)).unwrap(),
+            Some("an EncryptionConfiguration (the key to Secrets at rest)")
+        );
         assert_eq!(scan(&b"nothing here"[..]).unwrap(), None);
     }
 }

@@ -3,6 +3,7 @@
 mod archive;
 mod artifacts;
 mod build;
+mod cluster_security;
 mod containerd;
 mod etcd;
 mod fetch;

@@ -157,7 +157,8 @@ fn openssl_verifies_every_leaf_against_its_ca_and_no_other() {
     pki_init(&lab);
     let dir = state(&lab);
     let all = leaves(&dir);
-    assert_eq!(all.len(), 13, "{all:?}");
+    // 13 of the control plane and etcd, and a kubelet serving certificate per node
+    assert_eq!(all.len(), 13 + 6, "{all:?}");
     for leaf in all {
         judge("openssl")
             .args(["verify", "-CAfile", ca_of(&leaf), &leaf])
@@ -422,17 +423,11 @@ fn assert_client_cert(lab: &Lab, dir: &Path, file: &str, cn: &str) {
         .ok();
 }
 
-/// The kubeconfig's bootstrap token is in token.csv and in the
-/// bootstrap-token secret, in kubeadm's `[a-z0-9]{6}.[a-z0-9]{16}` form.
+/// The kubeconfig's bootstrap token is in the bootstrap-token secret (and
+/// in no static token file), in kubeadm's `[a-z0-9]{6}.[a-z0-9]{16}` form.
 fn assert_bootstrap_token(dir: &Path, file: &str) {
     let token = kubectl(&dir.join(file), "{.users[0].user.token}");
-    let csv = std::fs::read_to_string(dir.join("token.csv")).unwrap();
-    assert!(
-        csv.starts_with(&format!(
-            "{token},system:bootstrapper,10001,\"system:bootstrappers\""
-        )),
-        "{csv}"
-    );
+    assert!(!dir.join("token.csv").exists());
     let (id, secret) = token.split_once('.').unwrap();
     assert!(id.len() == 6 && secret.len() == 16, "{token}");
     assert!(
@@ -508,6 +503,8 @@ fn an_ip_change_reissues_exactly_that_masters_certs() {
             "nodes/master02/pki/etcd/peer.key",
             "nodes/master02/pki/etcd/server.crt",
             "nodes/master02/pki/etcd/server.key",
+            "nodes/master02/pki/kubelet.crt",
+            "nodes/master02/pki/kubelet.key",
         ]
     );
     assert!(
@@ -592,10 +589,11 @@ fn status_prints_a_table_and_json_with_every_row_ok() {
         .stdout();
     let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 3 + 13 + 5);
+    // CAs, leaves (a kubelet serving certificate per node), kubeconfigs, the token
+    assert_eq!(rows.len(), 3 + 13 + 6 + 5 + 1);
     for r in rows {
         assert_eq!(r["status"], "OK", "{r}");
-        if r["file"] != "bootstrap-kubelet.conf" {
+        if r["file"] != "bootstrap-kubelet.conf" && r["file"] != "addons/bootstrap-token.yaml" {
             // every other row carries a certificate
             assert!(r["days_left"].as_i64().unwrap() >= 364, "{r}");
         }
@@ -653,7 +651,7 @@ fn renew_all_keeps_the_cas_and_renew_ca_replaces_them_with_a_warning() {
     assert!(
         !diff
             .iter()
-            .any(|f| f.ends_with("ca.crt") || f.ends_with("ca.key") || f == "token.csv"),
+            .any(|f| f.ends_with("ca.crt") || f.ends_with("ca.key") || f.contains("token")),
         "{diff:?}"
     );
     let before = hashes(&state(&lab));
@@ -742,8 +740,10 @@ fn renew_expiring_reissues_only_the_leaves_inside_the_renewal_window() {
         }
     }
     assert!(diff.contains(&"admin.conf".to_string()), "{diff:?}");
+    assert!(!diff.iter().any(|f| f.contains("ca.")), "{diff:?}");
+    // the bootstrap token of day 200 expired long before day 345
     assert!(
-        !diff.iter().any(|f| f.contains("ca.") || f == "token.csv"),
+        diff.contains(&"addons/bootstrap-token.yaml".to_string()),
         "{diff:?}"
     );
 }

@@ -92,9 +92,12 @@ fn private_files_are_0600_in_the_secrets_layer(p: &serde_json::Value) {
     for layer in p["layers"].as_array().unwrap() {
         for e in layer["entries"].as_array().unwrap() {
             let path = e["path"].as_str().unwrap();
-            if path.ends_with(".key")
-                || path.ends_with(".conf") && path.starts_with("/etc/kubernetes/")
-            {
+            // a kubeconfig is a .conf right in /etc/kubernetes (kubelet's
+            // drop-ins in kubelet.conf.d/ are settings, not secrets)
+            let kubeconfig = path
+                .strip_prefix("/etc/kubernetes/")
+                .is_some_and(|rest| rest.ends_with(".conf") && !rest.contains('/'));
+            if path.ends_with(".key") || kubeconfig {
                 assert_eq!(layer["kind"], "secrets", "{path}");
                 assert_eq!(e["mode"], "0600", "{path}");
             }

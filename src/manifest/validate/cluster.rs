@@ -294,6 +294,7 @@ fn validate_pki(file: &Path, pki: &RawPki, d: &mut Diagnostics) -> Option<KeyAlg
             );
         }
     }
+    check_token_ttl(file, &pki.bootstrap_token_ttl_hours, d);
     let (ca, leaf) = (pki.ca_validity_days.value, pki.leaf_validity_days.value);
     if leaf > ca {
         d.error(
@@ -304,6 +305,26 @@ fn validate_pki(file: &Path, pki: &RawPki, d: &mut Diagnostics) -> Option<KeyAlg
         );
     }
     key_algorithm
+}
+
+/// A bootstrap token expires (0, kubeadm's "never", is refused) and its
+/// expiry stays inside the years certificates may end in.
+fn check_token_ttl(file: &Path, ttl: &Spanned<u32>, d: &mut Diagnostics) {
+    let max = MAX_VALIDITY_DAYS * 24;
+    if ttl.value == 0 {
+        d.error(
+            at(file, ttl),
+            "a bootstrap token TTL of 0 hours would make a token that never expires",
+        );
+    } else if ttl.value > max {
+        d.error(
+            at(file, ttl),
+            format!(
+                "a bootstrap token TTL of {} hours is more than {max} (100 years)",
+                ttl.value
+            ),
+        );
+    }
 }
 
 fn key_algorithm(file: &Path, alg: &Spanned<String>, d: &mut Diagnostics) -> Option<KeyAlgorithm> {
@@ -389,6 +410,7 @@ fn build(raw: RawCluster, checked: Checked, nodes: Vec<Node>) -> Option<Cluster>
             key_algorithm: key_algorithm?,
             ca_validity_days: raw.pki.ca_validity_days.value,
             leaf_validity_days: raw.pki.leaf_validity_days.value,
+            bootstrap_token_ttl_hours: raw.pki.bootstrap_token_ttl_hours.value,
         },
         host_network: build_host_network(raw.host_network, host)?,
         nodes,
