@@ -21,6 +21,8 @@ fn first_boot_applies_once_and_restarts_the_services_when_the_layers_change() {
         "{calls}"
     );
     assert!(!calls.contains("restart --no-block"), "{calls}");
+    // it left its work directory before removing it
+    assert!(!calls.contains("no working directory"), "{calls}");
     // the same seed again: nothing to do
     let b = run(&lab, "master01", &script, &Os::default());
     let (ok, calls, err) = (b.ok, b.calls, b.stderr);

@@ -1,5 +1,6 @@
 //! One integration test binary: every test drives the real `imgbuild` binary.
 
+mod addons_and_dns;
 mod archive;
 mod artifacts;
 mod build;

@@ -51,7 +51,15 @@ fn write_stubs(bin: &Path, os: &Os) {
     let mut stubs: Vec<(String, String)> =
         ["systemctl", "tar", "sysctl", "mountpoint", "blkid", "mount"]
             .iter()
-            .map(|s| (s.to_string(), format!("echo \"{s} $*\" >>\"$CALLS\"\n")))
+            .map(|s| {
+                // a script that removed its own working directory makes every
+                // later program fail getcwd(): log that too
+                let log = format!(
+                    "echo \"{s} $*\" >>\"$CALLS\"\n\
+                     pwd -P >/dev/null 2>&1 || echo \"{s}: no working directory\" >>\"$CALLS\"\n"
+                );
+                (s.to_string(), log)
+            })
             .collect();
     stubs.push((
         "dpkg-query".into(),
