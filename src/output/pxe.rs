@@ -207,13 +207,17 @@ pub fn segments(remote: &[&BuiltLayer], store: &Store, out: &Path) -> io::Result
 
 /// The head of `boot.ipxe`: what to serve (`serve`), base-url and, in url
 /// mode, layers-url.
-fn script_head(plan: &Plan, remote: &[Segment], base: Option<&str>, serve: &str) -> String {
+fn script_head(
+    target: &str,
+    arch: Arch,
+    remote: &[Segment],
+    base: Option<&str>,
+    serve: &str,
+) -> String {
     let mut s = format!(
         "#!ipxe\n\
 # imgbuild: {target} ({arch}). {serve}\n\
-isset ${{base-url}} || set base-url http://${{next-server}}/{target}\n",
-        target = plan.target,
-        arch = plan.arch
+isset ${{base-url}} || set base-url http://${{next-server}}/{target}\n"
     );
     if let Some(base) = base.filter(|_| !remote.is_empty()) {
         s.push_str(&format!(
@@ -249,7 +253,7 @@ pub fn boot_script(
     fs::create_dir_all(&dir)?;
     let serve = "Serve the distribution's kernel and initrd and this\n\
 # directory over HTTP; set base-url to where they are.";
-    let mut s = script_head(plan, remote, base, serve);
+    let mut s = script_head(&plan.target, plan.arch, remote, base, serve);
     let mut names = vec!["initrd.img".to_string()];
     names.extend(remote.iter().map(|r| r.file.clone()));
     names.push("overlay.cpio.gz".to_string());
@@ -275,9 +279,8 @@ pub(crate) fn cmdline(arch: Arch) -> String {
     format!("console=tty0 console={serial},115200 imgbuild.rootsize={ROOTSIZE}")
 }
 
-/// Writes a whole node's `pxe/boot.ipxe` and `pxe/cmdline` below `out`:
-/// the base's kernel, the `remote` segments from `base` (url mode), the
-/// node's initrd and, when `secrets`, its secrets.
+/// Writes a whole node's `pxe/boot.ipxe` ([`whole_script`]) and
+/// `pxe/cmdline` below `out`.
 pub(crate) fn whole_boot_script(
     plan: &Plan,
     remote: &[Segment],
@@ -287,11 +290,24 @@ pub(crate) fn whole_boot_script(
 ) -> io::Result<()> {
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
-    let cmdline = cmdline(plan.arch);
-    fs::write(dir.join(CMDLINE), format!("{cmdline}\n"))?;
+    fs::write(dir.join(CMDLINE), format!("{}\n", cmdline(plan.arch)))?;
+    let s = whole_script(&plan.target, plan.arch, remote, base, secrets);
+    fs::write(dir.join("boot.ipxe"), s)
+}
+
+/// A whole node's `boot.ipxe`: the base's kernel with [`cmdline`], the
+/// `remote` segments from `base` (url mode), the node's initrd and, when
+/// `secrets`, its secrets.
+fn whole_script(
+    target: &str,
+    arch: Arch,
+    remote: &[Segment],
+    base: Option<&str>,
+    secrets: bool,
+) -> String {
     let serve = "The whole node, run from RAM: serve this directory\n\
 # over HTTP; set base-url to where it is.";
-    let mut s = script_head(plan, remote, base, serve);
+    let mut s = script_head(target, arch, remote, base, serve);
     let mut names: Vec<String> = remote.iter().map(|r| r.file.clone()).collect();
     names.push(INITRD.to_string());
     if secrets {
@@ -307,7 +323,11 @@ pub(crate) fn whole_boot_script(
 # with --pxe-secrets to load them): the node gets them another way.\n",
         );
     }
-    s.push_str(&kernel_line("${base-url}/pxe/vmlinuz", &names, &cmdline));
+    s.push_str(&kernel_line(
+        "${base-url}/pxe/vmlinuz",
+        &names,
+        &cmdline(arch),
+    ));
     for r in remote {
         s.push_str(&format!(
             "initrd ${{layers-url}}/sha256/{}.cpio.gz {}\n",
@@ -319,7 +339,7 @@ pub(crate) fn whole_boot_script(
         s.push_str(&format!("initrd ${{base-url}}/pxe/{SECRETS} {SECRETS}\n"));
     }
     s.push_str("boot\n");
-    fs::write(dir.join("boot.ipxe"), s)
+    s
 }
 
 /// Whether the whole node's `boot.ipxe` in the output directory `dir` loads
@@ -328,3 +348,6 @@ pub fn loads_secrets(dir: &Path) -> bool {
     let line = format!("initrd ${{base-url}}/pxe/{SECRETS} {SECRETS}");
     fs::read_to_string(dir.join("pxe/boot.ipxe")).is_ok_and(|s| s.lines().any(|l| l == line))
 }
+
+#[cfg(test)]
+mod tests;
