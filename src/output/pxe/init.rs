@@ -112,7 +112,7 @@ mod tests {
             "imgbuild.init=*",
             "size=75% init=/sbin/init",
             "exec switch_root /newroot \"$init\"",
-            ">/dev/kmsg",
+            "echo \"imgbuild-init: $*\" >/dev/kmsg",
             "exec /bin/sh",
         ] {
             assert!(SCRIPT.contains(needle), "{needle}");

@@ -7,7 +7,11 @@
 #   imgbuild.init=PATH      what to run in it (default /sbin/init)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 say() {
-  echo "imgbuild-init: $*" >/dev/kmsg 2>/dev/null || echo "imgbuild-init: $*"
+  if [ -c /dev/kmsg ]; then
+    echo "imgbuild-init: $*" >/dev/kmsg
+  else
+    echo "imgbuild-init: $*"
+  fi
 }
 fail() {
   say "FAILED: $*; starting a shell"
