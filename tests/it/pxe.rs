@@ -203,40 +203,119 @@ fn base_tar(kernel: bool) -> Vec<u8> {
     targz(&entries)
 }
 
-/// The lab with `base` pinned as its `[os] base` (served behind the
-/// mirror) and no role's os_packages (they would need `[[deb]]` pins).
+/// An ar member: its header, its bytes, padded to an even length.
+fn ar_member(name: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut m = format!(
+        "{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+        1_700_000_000,
+        0,
+        0,
+        "100644",
+        bytes.len()
+    )
+    .into_bytes();
+    m.extend_from_slice(bytes);
+    if bytes.len() % 2 == 1 {
+        m.push(b'\n');
+    }
+    m
+}
+
+/// A `.deb` of `package` as dpkg-deb lays it out: debian-binary, then a
+/// control archive, then a data archive holding its copyright file.
+fn deb(package: &str, version: &str) -> Vec<u8> {
+    let control = format!(
+        "Package: {package}\nVersion: {version}\nArchitecture: amd64\n\
+         Maintainer: imgbuild tests <tests@example.invalid>\n\
+         Description: a stand-in for {package}\n"
+    );
+    let control = targz(&[("./control".to_string(), control.into_bytes())]);
+    let data = targz(&[(
+        format!("./usr/share/doc/{package}/copyright"),
+        b"test\n".to_vec(),
+    )]);
+    let mut ar = b"!<arch>\n".to_vec();
+    ar.extend(ar_member("debian-binary", b"2.0\n"));
+    ar.extend(ar_member("control.tar.gz", &control));
+    ar.extend(ar_member("data.tar.gz", &data));
+    ar
+}
+
+/// Every package a role of the lab lists in `os_packages: [...]`.
+fn os_packages(lab: &Lab) -> std::collections::BTreeSet<String> {
+    let mut all = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(lab.path("manifests/roles")).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        for l in text.lines() {
+            if let Some(list) = l.strip_prefix("os_packages:") {
+                let list = list.trim().trim_start_matches('[').trim_end_matches(']');
+                all.extend(list.split(',').map(|p| p.trim().to_string()));
+            }
+        }
+    }
+    all.retain(|p| !p.is_empty());
+    all
+}
+
+/// A pin of `pins.toml` served behind the mirror: name, version, url and
+/// the file's sha256.
+fn pin(
+    server: &Server,
+    source: &toml::Value,
+    fields: &[(&str, &str)],
+    bytes: &[u8],
+) -> toml::Value {
+    let mut t = toml::Table::new();
+    for (k, v) in fields {
+        t.insert((*k).into(), (*v).into());
+    }
+    t.insert(
+        "sha256".into(),
+        hex::encode(sha2::Sha256::digest(bytes)).into(),
+    );
+    t.insert("source".into(), source.clone());
+    let url = t["url"].as_str().unwrap().to_string();
+    server.put(
+        &format!("mirror/{}", url.split_once("://").unwrap().1),
+        bytes.to_vec(),
+    );
+    toml::Value::Table(t)
+}
+
+/// The lab with `base` pinned as its `[os] base` and a stand-in `.deb`
+/// pinned for every OS package its roles list, all behind the mirror.
 fn whole(lab: Lab, server: &Server, base: &[u8]) -> Lab {
     let pins = lab.path("manifests/pins.toml");
     let mut doc: toml::Table = toml::from_str(&std::fs::read_to_string(&pins).unwrap()).unwrap();
-    let artifacts = doc["artifact"].as_array_mut().unwrap();
-    let source = artifacts[0]["source"].clone();
-    let mut pin = toml::Table::new();
-    pin.insert("name".into(), "debian-base".into());
-    pin.insert("version".into(), "12-test".into());
-    pin.insert("arch".into(), "amd64".into());
-    pin.insert("url".into(), BASE_URL.into());
-    pin.insert(
-        "sha256".into(),
-        hex::encode(sha2::Sha256::digest(base)).into(),
-    );
-    pin.insert("source".into(), source);
-    artifacts.push(toml::Value::Table(pin));
+    let source = doc["artifact"][0]["source"].clone();
+    let base_pin = [
+        ("name", "debian-base"),
+        ("version", "12-test"),
+        ("arch", "amd64"),
+        ("url", BASE_URL),
+    ];
+    let base_pin = pin(server, &source, &base_pin, base);
+    doc.get_mut("artifact")
+        .unwrap()
+        .as_array_mut()
+        .unwrap()
+        .push(base_pin);
+    let mut debs = Vec::new();
+    for p in os_packages(&lab) {
+        let url = format!("https://deb.example/imgbuild-test/pool/{p}_1.0-test_amd64.deb");
+        let fields = [
+            ("name", p.as_str()),
+            ("version", "1.0-test"),
+            ("arch", "amd64"),
+            ("url", url.as_str()),
+        ];
+        debs.push(pin(server, &source, &fields, &deb(&p, "1.0-test")));
+    }
+    doc.insert("deb".into(), toml::Value::Array(debs));
     let mut os = toml::Table::new();
     os.insert("base".into(), "debian-base".into());
     doc.insert("os".into(), toml::Value::Table(os));
     std::fs::write(&pins, toml::to_string(&doc).unwrap()).unwrap();
-    let host_path = BASE_URL.split_once("://").unwrap().1;
-    server.put(&format!("mirror/{host_path}"), base.to_vec());
-    let roles = lab.path("manifests/roles");
-    for e in std::fs::read_dir(&roles).unwrap() {
-        let p = e.unwrap().path();
-        let text = std::fs::read_to_string(&p).unwrap();
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.starts_with("os_packages:"))
-            .collect();
-        std::fs::write(&p, kept.join("\n") + "\n").unwrap();
-    }
     lab
 }
 
@@ -433,4 +512,21 @@ fn a_base_without_a_kernel_is_an_error_naming_the_os_layer() {
     )
     .assert_failed()
     .assert_stderr_has("the os layer 00-os has no kernel");
+}
+
+#[test]
+fn the_stand_in_debs_are_what_dpkg_deb_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nftables_1.0-test_amd64.deb");
+    std::fs::write(&file, deb("nftables", "1.0-test")).unwrap();
+    let info = judge("dpkg-deb").args(["--field"]).arg(&file).ok();
+    assert!(
+        info.contains("Package: nftables\n") && info.contains("Version: 1.0-test\n"),
+        "{info}"
+    );
+    let contents = judge("dpkg-deb").arg("--contents").arg(&file).ok();
+    assert!(
+        contents.contains(" usr/share/doc/nftables/copyright"),
+        "{contents}"
+    );
 }
