@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use crate::artifacts::targz;
 use crate::build::{build, synthetic};
 use crate::http::Server;
 use crate::judge::{judge, judge_sh};
@@ -188,19 +187,53 @@ fn the_init_script_refuses_an_init_the_root_lacks() {
 const KERNEL: &[u8] = b"imgbuild test kernel 6.1.0";
 const BASE_URL: &str = "https://deb.example/imgbuild-test/debian-base-12-amd64.tar.gz";
 
+/// A gzip'd tar as a root filesystem archive is: `./`-relative paths,
+/// directories before their files, root owners. A path ending in `/` is a
+/// directory.
+fn root_targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        let dir = path.ends_with('/');
+        h.set_entry_type(if dir {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        h.set_mode(if dir { 0o755 } else { 0o644 });
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, format!("./{path}"), *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
 /// A root filesystem archive: a kernel below /boot (when `kernel`) and a
 /// few files of a Debian root.
 fn base_tar(kernel: bool) -> Vec<u8> {
-    let mut entries = vec![
-        ("etc/os-release".to_string(), b"ID=debian\n".to_vec()),
-        ("usr/lib/os-release".to_string(), b"ID=debian\n".to_vec()),
-        ("etc/debian_version".to_string(), b"12.0\n".to_vec()),
-        ("boot/config-6.1.0-test".to_string(), b"CONFIG=y\n".to_vec()),
+    let mut entries: Vec<(&str, &[u8])> = vec![
+        ("boot/", b""),
+        ("boot/config-6.1.0-test", b"CONFIG=y\n"),
+        ("etc/", b""),
+        ("etc/debian_version", b"12.0\n"),
+        ("etc/os-release", b"ID=debian\n"),
+        ("usr/", b""),
+        ("usr/lib/", b""),
+        ("usr/lib/os-release", b"ID=debian\n"),
+        ("var/", b""),
+        ("var/lib/", b""),
+        ("var/lib/dpkg/", b""),
+        ("var/lib/dpkg/status", b""),
     ];
     if kernel {
-        entries.push(("boot/vmlinuz-6.1.0-test".to_string(), KERNEL.to_vec()));
+        entries.insert(2, ("boot/vmlinuz-6.1.0-test", KERNEL));
     }
-    targz(&entries)
+    root_targz(&entries)
 }
 
 /// An ar member: its header, its bytes, padded to an even length.
@@ -229,11 +262,16 @@ fn deb(package: &str, version: &str) -> Vec<u8> {
          Maintainer: imgbuild tests <tests@example.invalid>\n\
          Description: a stand-in for {package}\n"
     );
-    let control = targz(&[("./control".to_string(), control.into_bytes())]);
-    let data = targz(&[(
-        format!("./usr/share/doc/{package}/copyright"),
-        b"test\n".to_vec(),
-    )]);
+    let control = root_targz(&[("control", control.as_bytes())]);
+    let doc = format!("usr/share/doc/{package}/");
+    let copyright = format!("{doc}copyright");
+    let data = root_targz(&[
+        ("usr/", b""),
+        ("usr/share/", b""),
+        ("usr/share/doc/", b""),
+        (&doc, b""),
+        (&copyright, b"test\n"),
+    ]);
     let mut ar = b"!<arch>\n".to_vec();
     ar.extend(ar_member("debian-binary", b"2.0\n"));
     ar.extend(ar_member("control.tar.gz", &control));
@@ -462,9 +500,19 @@ fn a_whole_node_builds_to_the_same_bytes_and_verify_rebuilds_its_secrets_choice(
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
+    // and so does a key slipped into what is served to everyone
+    let initrd = lab.path("a/node01/pxe/initrd.cpio.gz");
+    let mut bytes = std::fs::read(&initrd).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, b"-----BEGIN PRIVATE KEY-----\n").unwrap();
+    bytes.extend(gz.finish().unwrap());
+    std::fs::write(&initrd, bytes).unwrap();
     lab.imgbuild(&["verify", "a/node01"])
         .assert_failed()
-        .assert_stderr_has("pxe/secrets.cpio.gz: mode 0644");
+        .assert_stderr_has("pxe/secrets.cpio.gz: mode 0644")
+        .assert_stderr_has(
+            "pxe/initrd.cpio.gz is published to many machines and holds a PEM private key",
+        );
 }
 
 #[test]
