@@ -479,8 +479,9 @@ impl Assembly<'_> {
                 }
             });
             let initrds = if pxe { this.initrds() } else { Ok(Vec::new()) };
-            let panicked = |what: &str| io::Error::other(format!("writing {what} panicked"));
-            let iso = iso.join().unwrap_or_else(|_| Err(panicked("the seed ISO")));
+            let iso = iso
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("writing the seed ISO panicked")));
             let kernel = kernel.join().unwrap_or(Err(pxe::KernelError::Panicked));
             (iso, kernel, initrds)
         });
@@ -542,7 +543,8 @@ impl Assembly<'_> {
         }
     }
 
-    /// The secrets layer's PXE segment is never kept once the overlay holds it.
+    /// The secrets layer's PXE segment is never kept once the overlay (or a
+    /// whole node's secrets.cpio.gz) holds it.
     fn drop_private_segments(&self) {
         for l in self.layers.iter().filter(|l| l.kind == LayerKind::Secrets) {
             if let Some(seg) = &l.segment {
