@@ -130,6 +130,8 @@ fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LayerKind {
+    Os,
+    OsPackages,
     Base,
     Role,
     Node,
@@ -138,9 +140,12 @@ pub enum LayerKind {
 
 impl LayerKind {
     /// Whether layers of this kind are the same for every node that has
-    /// them (base and roles), as opposed to one node's own.
+    /// them (os, os-packages, base and roles), as opposed to one node's own.
     pub fn is_shared(self) -> bool {
-        matches!(self, LayerKind::Base | LayerKind::Role)
+        matches!(
+            self,
+            LayerKind::Os | LayerKind::OsPackages | LayerKind::Base | LayerKind::Role
+        )
     }
 }
 

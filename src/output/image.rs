@@ -34,7 +34,8 @@ pub enum Format {
     Layers,
     /// cloud-init/{user-data,meta-data,network-config,seed.iso}
     CloudInit,
-    /// pxe/overlay.cpio.gz and pxe/boot.ipxe
+    /// pxe/: boot.ipxe, and vmlinuz, initrd.cpio.gz and secrets.cpio.gz (with a
+    /// base OS) or overlay.cpio.gz (for a distribution's initrd)
     Pxe,
     /// oci/: the node image as an OCI image layout
     Oci,
@@ -202,11 +203,13 @@ pub struct LayerJson {
 
 impl LayerJson {
     /// The layer's kind. It is not a field of its own: the name says it
-    /// (`NN-base`, `NN-node`, `NN-secrets`, else a role), since those names
-    /// are reserved and no role may take them.
+    /// (`NN-os`, `NN-os-packages`, `NN-base`, `NN-node`, `NN-secrets`, else a
+    /// role), since those names are reserved and no role may take them.
     pub fn kind(&self) -> LayerKind {
         let stem = self.name.split_once('-').map_or("", |(_, s)| s);
         match stem {
+            "os" => LayerKind::Os,
+            "os-packages" => LayerKind::OsPackages,
             BASE_ROLE => LayerKind::Base,
             "node" => LayerKind::Node,
             "secrets" => LayerKind::Secrets,
@@ -271,6 +274,8 @@ mod tests {
             size: 0,
             diff_id: String::new(),
         };
+        assert_eq!(l("00-os").kind(), LayerKind::Os);
+        assert_eq!(l("01-os-packages").kind(), LayerKind::OsPackages);
         assert_eq!(l("00-base").kind(), LayerKind::Base);
         assert_eq!(l("02-control-plane").kind(), LayerKind::Role);
         assert_eq!(l("04-node").kind(), LayerKind::Node);

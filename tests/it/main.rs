@@ -18,6 +18,7 @@ mod lab;
 mod node_os;
 mod pki;
 mod plan;
+mod pxe;
 mod registry;
 mod scripts;
 mod seed_script;
