@@ -1,9 +1,10 @@
 //! The build, stages 3 to 7 as one value (apko's build context): [`Build::prepare`]
 //! takes the settings, the manifests and the plans to build, makes every
 //! pinned input present (fetch, images), the PKI current, and opens the
-//! cache and the layer store once; [`Build::target`] then renders, layers and
-//! assembles one plan into `out/<target>/`, and [`Build::all`] does every
-//! plan, `--jobs` at a time.
+//! cache and the layer store once; [`Build::target`] then renders, layers,
+//! checks the root (with an `[os]`: [`crate::rootcheck`]) and assembles one
+//! plan into `out/<target>/`, and [`Build::all`] does every plan, `--jobs`
+//! at a time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use crate::output::{self, Outcome, OutputError};
 use crate::pki::{self, PkiError};
 use crate::plan::Plan;
 use crate::render::{self, RenderError};
+use crate::rootcheck::{RootCheck, RootCheckError};
 use crate::settings::Settings;
 
 /// Every way a build can fail, by the stage that failed.
@@ -33,6 +35,8 @@ pub enum BuildError {
     Render(#[from] RenderError),
     #[error(transparent)]
     Layer(#[from] LayerError),
+    #[error(transparent)]
+    RootCheck(#[from] RootCheckError),
     #[error(transparent)]
     Output(#[from] OutputError),
     #[error("cannot open the layer store in {path}")]
@@ -96,6 +100,9 @@ pub struct Build<'a> {
     state: PathBuf,
     images: Images,
     opts: output::Options,
+    /// The check of each plan's root (with an `[os]`), its layer indexes
+    /// shared by every plan.
+    rootcheck: RootCheck,
 }
 
 impl<'a> Build<'a> {
@@ -135,6 +142,7 @@ impl<'a> Build<'a> {
             state,
             images,
             opts,
+            rootcheck: RootCheck::default(),
         })
     }
 
@@ -171,6 +179,8 @@ impl<'a> Build<'a> {
         for l in &plan.layers {
             built.push(layer::build(&self.store, &inputs, l, &tmp.join("layers"))?);
         }
+        // nothing reaches out/ from a root that would not boot
+        self.rootcheck.check(plan, &built)?;
         let done = output::assemble(self.m, plan, &built, &self.store, &self.opts, tmp, out)?;
         Ok(done)
     }
