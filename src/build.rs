@@ -180,7 +180,9 @@ impl<'a> Build<'a> {
             built.push(layer::build(&self.store, &inputs, l, &tmp.join("layers"))?);
         }
         // nothing reaches out/ from a root that would not boot
-        self.rootcheck.check(plan, &built)?;
+        for w in self.rootcheck.check(plan, &built)? {
+            self.settings.reporter.warn(&format!("warning: {w}"));
+        }
         let done = output::assemble(self.m, plan, &built, &self.store, &self.opts, tmp, out)?;
         Ok(done)
     }
