@@ -202,6 +202,31 @@ fn base_libraries() -> &'static BTreeMap<String, PathBuf> {
 
 /// The test base's members, in archive order.
 fn base_members(with_libc: bool) -> Vec<Member> {
+    let mut v = base_tree();
+    let host = |p: &str| Kind::File(std::fs::read(p).unwrap());
+    v.push(m("./usr/bin/dash", host("/usr/bin/dash"), 0o755));
+    v.push(m("./usr/bin/true", host("/usr/bin/true"), 0o755));
+    v.push(m("./usr/bin/su-test", host("/usr/bin/true"), 0o4755));
+    v.push(m("./usr/bin/true2", Kind::Hard("./usr/bin/true"), 0o755));
+    v.push(m("./usr/bin/sh", Kind::Link("dash"), 0o777));
+    for (name, path) in base_libraries() {
+        if with_libc || name != "libc.so.6" {
+            let file = Kind::File(std::fs::read(path).unwrap());
+            v.push(m(&format!("./usr/lib/{MULTIARCH}/{name}"), file, 0o644));
+        }
+    }
+    v.push(m(
+        "./usr/lib64/ld-linux-x86-64.so.2",
+        Kind::Link("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+        0o777,
+    ));
+    v.extend(base_files());
+    v
+}
+
+/// The base's directories (a sticky /tmp, a private /root) and its
+/// merged-usr links.
+fn base_tree() -> Vec<Member> {
     let mut v = Vec::new();
     for d in [
         "usr",
@@ -237,42 +262,35 @@ fn base_members(with_libc: bool) -> Vec<Member> {
     ] {
         v.push(m(&format!("./{link}"), Kind::Link(target), 0o777));
     }
-    let host = |p: &str| Kind::File(std::fs::read(p).unwrap());
-    v.push(m("./usr/bin/dash", host("/usr/bin/dash"), 0o755));
-    v.push(m("./usr/bin/true", host("/usr/bin/true"), 0o755));
-    v.push(m("./usr/bin/su-test", host("/usr/bin/true"), 0o4755));
-    v.push(m("./usr/bin/true2", Kind::Hard("./usr/bin/true"), 0o755));
-    v.push(m("./usr/bin/sh", Kind::Link("dash"), 0o777));
-    for (name, path) in base_libraries() {
-        if with_libc || name != "libc.so.6" {
-            let file = Kind::File(std::fs::read(path).unwrap());
-            v.push(m(&format!("./usr/lib/{MULTIARCH}/{name}"), file, 0o644));
-        }
-    }
-    v.push(m(
-        "./usr/lib64/ld-linux-x86-64.so.2",
-        Kind::Link("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
-        0o777,
-    ));
+    v
+}
+
+/// The base's configuration, unit, kernel, dpkg status, device, and files
+/// with an owner and mtimes of their own.
+fn base_files() -> Vec<Member> {
     let text = |s: &str| Kind::File(s.as_bytes().to_vec());
-    v.push(m(
-        "./etc/ld.so.conf.d/x86_64-linux-gnu.conf",
-        text("/usr/local/lib/x86_64-linux-gnu\n/lib/x86_64-linux-gnu\n/usr/lib/x86_64-linux-gnu\n"),
-        0o644,
-    ));
-    v.push(m(
-        "./usr/lib/systemd/system/base-test.service",
-        text("[Service]\nExecStart=/usr/bin/true\n"),
-        0o644,
-    ));
-    v.push(m(
-        "./etc/systemd/system/multi-user.target.wants/base-test.service",
-        Kind::Link("/usr/lib/systemd/system/base-test.service"),
-        0o777,
-    ));
-    v.push(m("./boot/vmlinuz-test", text("not a kernel\n"), 0o644));
-    v.push(m("./var/lib/dpkg/status", text(STATUS), 0o644));
-    v.push(m("./dev/null", Kind::Char, 0o666));
+    let mut v = vec![
+        m(
+            "./etc/ld.so.conf.d/x86_64-linux-gnu.conf",
+            text(
+                "/usr/local/lib/x86_64-linux-gnu\n/lib/x86_64-linux-gnu\n/usr/lib/x86_64-linux-gnu\n",
+            ),
+            0o644,
+        ),
+        m(
+            "./usr/lib/systemd/system/base-test.service",
+            text("[Service]\nExecStart=/usr/bin/true\n"),
+            0o644,
+        ),
+        m(
+            "./etc/systemd/system/multi-user.target.wants/base-test.service",
+            Kind::Link("/usr/lib/systemd/system/base-test.service"),
+            0o777,
+        ),
+        m("./boot/vmlinuz-test", text("not a kernel\n"), 0o644),
+        m("./var/lib/dpkg/status", text(STATUS), 0o644),
+        m("./dev/null", Kind::Char, 0o666),
+    ];
     let mut owned = m("./var/lib/owned", text("owned\n"), 0o640);
     (owned.owner, owned.mtime) = ((100, 101), 1_000_000_000);
     v.push(owned);
@@ -368,7 +386,19 @@ fn os_lab(with_libc: bool) -> (Lab, Server) {
 }
 
 /// Every member of a built layer: path -> (type, mode, uid, gid, mtime, size, link).
-fn members(layer: &Path) -> BTreeMap<String, (char, u32, u64, u64, u64, u64, String)> {
+/// A member of a built layer: its type (`d`, `l`, `f`), mode, owner,
+/// mtime, size and link target.
+#[derive(Debug, Clone)]
+struct Built {
+    kind: char,
+    mode: u32,
+    owner: (u64, u64),
+    mtime: u64,
+    size: u64,
+    link: String,
+}
+
+fn members(layer: &Path) -> BTreeMap<String, Built> {
     let mut a = tar::Archive::new(GzDecoder::new(std::fs::File::open(layer).unwrap()));
     let mut out = BTreeMap::new();
     for e in a.entries().unwrap() {
@@ -391,15 +421,14 @@ fn members(layer: &Path) -> BTreeMap<String, (char, u32, u64, u64, u64, u64, Str
             .to_string_lossy()
             .trim_end_matches('/')
             .to_string();
-        let fields = (
-            t,
-            h.mode().unwrap(),
-            h.uid().unwrap(),
-            h.gid().unwrap(),
-            h.mtime().unwrap(),
-            h.size().unwrap(),
+        let fields = Built {
+            kind: t,
+            mode: h.mode().unwrap(),
+            owner: (h.uid().unwrap(), h.gid().unwrap()),
+            mtime: h.mtime().unwrap(),
+            size: h.size().unwrap(),
             link,
-        );
+        };
         assert!(
             out.insert(path.clone(), fields).is_none(),
             "{path} twice in {}",
@@ -482,30 +511,33 @@ fn a_node_on_the_base_os_builds_and_dpkg_knows_its_packages() {
 
 /// 00-os: the base's members as they were (owners, setuid, sticky, links),
 /// the hard link a file of its own, no device, mtimes clamped.
-fn os_layer_keeps_the_base(os: &BTreeMap<String, (char, u32, u64, u64, u64, u64, String)>) {
+fn os_layer_keeps_the_base(os: &BTreeMap<String, Built>) {
     let get = |p: &str| {
         os.get(p)
             .unwrap_or_else(|| panic!("00-os lacks {p}"))
             .clone()
     };
-    assert_eq!(get("usr/bin/su-test").1, 0o4755);
-    assert_eq!(get("tmp").1, 0o1777);
-    assert_eq!(get("root").1, 0o700);
+    assert_eq!(get("usr/bin/su-test").mode, 0o4755);
+    assert_eq!(get("tmp").mode, 0o1777);
+    assert_eq!(get("root").mode, 0o700);
     let owned = get("var/lib/owned");
     assert_eq!(
-        (owned.1, owned.2, owned.3, owned.4),
-        (0o640, 100, 101, 1_000_000_000)
+        (owned.mode, owned.owner, owned.mtime),
+        (0o640, (100, 101), 1_000_000_000)
     );
     assert_eq!(
-        get("etc/late").4,
+        get("etc/late").mtime,
         SDE,
         "an mtime after SOURCE_DATE_EPOCH is clamped"
     );
-    assert_eq!((get("lib").0, get("lib").6.as_str()), ('l', "usr/lib"));
+    assert_eq!(
+        (get("lib").kind, get("lib").link.as_str()),
+        ('l', "usr/lib")
+    );
     let (true1, true2) = (get("usr/bin/true"), get("usr/bin/true2"));
     assert_eq!(
-        (true2.0, true2.5),
-        ('f', true1.5),
+        (true2.kind, true2.size),
+        ('f', true1.size),
         "the hard link is a copy of its file"
     );
     assert!(!os.contains_key("dev/null"), "the device node is skipped");
