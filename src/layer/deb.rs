@@ -135,3 +135,84 @@ fn control_files(path: &Path, control_tar: Vec<u8>) -> Result<ControlFiles, DebE
     .map_err(err)?;
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A tar of one regular file.
+    fn tar_of(path: &str, body: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(body.len() as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, body).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// An ar archive of `members`, written to a temporary file.
+    fn ar_of(members: &[(&str, Vec<u8>)]) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut b = ar::Builder::new(std::fs::File::create(f.path()).unwrap());
+        for (name, bytes) in members {
+            let h = ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64);
+            b.append(&h, bytes.as_slice()).unwrap();
+        }
+        b.into_inner().unwrap().flush().unwrap();
+        f
+    }
+
+    #[test]
+    fn a_deb_gives_its_control_file_and_data() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar_of(
+            "./control",
+            b"Package: hello\nVersion: 1\nArchitecture: all\n",
+        ))
+        .unwrap();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut tar_of("./usr/bin/hello", b"hi").as_slice(), &mut xz).unwrap();
+        let f = ar_of(&[
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar.gz", gz.finish().unwrap()),
+            ("data.tar.xz", xz),
+        ]);
+        let deb = read(f.path()).unwrap();
+        assert!(deb.control.starts_with("Package: hello\n"));
+        assert!(deb.md5sums.is_none());
+        let mut paths = Vec::new();
+        rootfs::walk(deb.data().unwrap(), "t", f.path(), |m, _| {
+            paths.push(m.path.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(paths, ["usr/bin/hello"]);
+    }
+
+    #[test]
+    fn what_is_no_deb_is_named_so() {
+        let wrong = ar_of(&[("data.tar", tar_of("a", b"")), ("control.tar", Vec::new())]);
+        let e = read(wrong.path()).err().unwrap().to_string();
+        assert!(
+            e.contains("is not a Debian package: its first member is not debian-binary 2.x"),
+            "{e}"
+        );
+        let short = ar_of(&[("debian-binary", b"2.0\n".to_vec())]);
+        let e = read(short.path()).err().unwrap().to_string();
+        assert!(e.contains("it lacks control.tar and data.tar"), "{e}");
+        let plain = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(plain.path(), b"#!/bin/sh\n").unwrap();
+        assert!(
+            read(plain.path())
+                .err()
+                .unwrap()
+                .to_string()
+                .starts_with("cannot read")
+        );
+    }
+}

@@ -68,11 +68,17 @@ pub(crate) fn decompress(r: impl Read + Send + 'static) -> io::Result<Box<dyn Re
         Box::new(flate2::read::MultiGzDecoder::new(r))
     } else if head.starts_with(&XZ_MAGIC) {
         Box::new(Unxz::start(r)?)
-    } else if head.starts_with(&ZSTD_MAGIC) {
+    } else if head.starts_with(&ZSTD_MAGIC) || is_skippable_frame(head) {
         Box::new(Unzstd::new(r))
     } else {
         Box::new(r)
     })
+}
+
+/// Whether `head` starts a zstd skippable frame (magic 0x184D2A50 to
+/// 0x184D2A5F, little-endian), which pzstd puts before each frame.
+fn is_skippable_frame(head: &[u8]) -> bool {
+    matches!(head, [m, 0x2a, 0x4d, 0x18, ..] if m & 0xf0 == 0x50)
 }
 
 /// An xz stream decoded by lzma-rs (which writes) on its own thread into
@@ -471,13 +477,31 @@ mod tests {
         let gz = gz.finish().unwrap();
         let mut xz = Vec::new();
         lzma_rs::xz_compress(&mut tar.as_slice(), &mut xz).unwrap();
-        for bytes in [tar.clone(), gz, xz] {
+        let zst = ruzstd::encoding::compress_to_vec(
+            tar.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        // pzstd's shape: each frame after a skippable frame
+        let skip = [0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+        let frames = [&skip[..], &zst, &skip, &zst].concat();
+        let twice = [tar.clone(), tar.clone()].concat();
+        for (bytes, want) in [
+            (tar.clone(), &tar),
+            (gz, &tar),
+            (xz, &tar),
+            (frames, &twice),
+        ] {
             let mut out = Vec::new();
             decompress(io::Cursor::new(bytes))
                 .unwrap()
                 .read_to_end(&mut out)
                 .unwrap();
-            assert_eq!(out, tar);
+            assert!(
+                &out == want,
+                "{} bytes out, {} wanted",
+                out.len(),
+                want.len()
+            );
         }
         let mut broken = Vec::new();
         lzma_rs::xz_compress(&mut tar.as_slice(), &mut broken).unwrap();
