@@ -17,7 +17,7 @@ use crate::layer::{self, LayerError};
 use crate::manifest::{Arch, ImagePin, Manifests};
 use crate::output::{self, Outcome, OutputError};
 use crate::pki::{self, PkiError};
-use crate::plan::Plan;
+use crate::plan::{LayerKind, Plan};
 use crate::render::{self, RenderError};
 use crate::rootcheck::{RootCheck, RootCheckError};
 use crate::settings::Settings;
@@ -164,7 +164,7 @@ impl<'a> Build<'a> {
         tmp: &Path,
         out: &Path,
     ) -> Result<(PathBuf, Outcome), BuildError> {
-        let inputs = layer::Inputs {
+        let mut inputs = layer::Inputs {
             m: self.m,
             cache: &self.cache,
             state: &self.state,
@@ -174,10 +174,15 @@ impl<'a> Build<'a> {
             jobs: self.settings.ctx.jobs,
             cpio: self.opts.formats.has(output::Format::Pxe),
             images: &self.images,
+            os_layer: None,
         };
         let mut built = Vec::new();
         for l in &plan.layers {
-            built.push(layer::build(&self.store, &inputs, l, &tmp.join("layers"))?);
+            let b = layer::build(&self.store, &inputs, l, &tmp.join("layers"))?;
+            if b.kind == LayerKind::Os {
+                inputs.os_layer = Some(b.file.clone());
+            }
+            built.push(b);
         }
         // nothing reaches out/ from a root that would not boot
         for w in self.rootcheck.check(plan, &built)? {

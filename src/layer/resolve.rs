@@ -31,6 +31,10 @@ pub struct Inputs<'a> {
     pub cpio: bool,
     /// Pulled images by (name, arch).
     pub images: &'a BTreeMap<(String, Arch), PulledImage>,
+    /// The target's `os` layer once built: what its packages are placed in,
+    /// read faster than the base archive it repacks (which is read when
+    /// this is `None`).
+    pub os_layer: Option<PathBuf>,
 }
 
 /// Where one entry's bytes come from, resolved.
@@ -113,8 +117,8 @@ impl Inputs<'_> {
             Source::Sysusers { package } => bytes(self.sysusers(layer, package)?),
             Source::DpkgStatus { base, .. } => {
                 let (pin, blob) = self.fetched(layer, base)?;
-                let label = format!("{} {}", pin.name, pin.version);
                 let id = format!("dpkg-status {}", pin.checksum);
+                let (blob, label) = self.base_view(blob, pin);
                 (Content::DpkgStatus { blob, label }, id)
             }
         })
@@ -131,10 +135,11 @@ impl Inputs<'_> {
                 artifact: format!("deb {} {} ({})", pin.package, pin.version, self.arch),
             });
         }
-        let base = self.m.pins.os_base(self.arch).map(|b| {
-            let label = format!("{} {}", b.name, b.version);
-            (self.cache.blob(&b.checksum), label)
-        });
+        let base = self
+            .m
+            .pins
+            .os_base(self.arch)
+            .map(|b| self.base_view(self.cache.blob(&b.checksum), b));
         let id = format!("deb {} {}", pin.checksum, self.arch);
         let content = Content::Deb {
             blob,
@@ -142,6 +147,18 @@ impl Inputs<'_> {
             base,
         };
         Ok((content, id))
+    }
+
+    /// Where the base's tree is read to place packages in it: the built
+    /// `os` layer when there is one, else the base archive `blob` of `pin`.
+    fn base_view(&self, blob: PathBuf, pin: &ArtifactPin) -> (PathBuf, String) {
+        match &self.os_layer {
+            Some(layer) => (
+                layer.clone(),
+                format!("the os layer of {} {}", pin.name, pin.version),
+            ),
+            None => (blob, format!("{} {}", pin.name, pin.version)),
+        }
     }
 
     fn deb_pin(&self, layer: &LayerPlan, package: &str) -> Result<&DebPin, LayerError> {
