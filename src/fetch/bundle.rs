@@ -285,9 +285,8 @@ pub(crate) fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Impo
         path: bundle.to_path_buf(),
         source,
     };
-    let by_path: BTreeMap<&str, &ArtifactPin> = m
-        .pins
-        .artifacts
+    let downloads: Vec<ArtifactPin> = m.pins.downloads().collect();
+    let by_path: BTreeMap<&str, &ArtifactPin> = downloads
         .iter()
         .filter_map(|p| mirror_path(&p.url).map(|mp| (mp, p)))
         .collect();

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layer::BuiltLayer;
 use crate::manifest::{Arch, BASE_ROLE};
-use crate::plan::{LayerKind, TargetKind};
+use crate::plan::{LayerKind, OS_LAYER, OS_PACKAGES_LAYER, TargetKind};
 
 /// One output format (`--format`).
 #[derive(
@@ -193,7 +193,7 @@ pub struct BuildJson {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerJson {
-    /// `NN-<base|role|node|secrets>`, the file stem.
+    /// `NN-<os|os-packages|base|role|node|secrets>`, the file stem.
     pub name: String,
     pub file: String,
     pub digest: String,
@@ -203,13 +203,13 @@ pub struct LayerJson {
 
 impl LayerJson {
     /// The layer's kind. It is not a field of its own: the name says it
-    /// (`NN-os`, `NN-os-packages`, `NN-base`, `NN-node`, `NN-secrets`, else a
-    /// role), since those names are reserved and no role may take them.
+    /// (`NN-os`, `NN-os-packages`, `NN-base`, `NN-node`, `NN-secrets`, else
+    /// a role), since those names are reserved and no role may take them.
     pub fn kind(&self) -> LayerKind {
         let stem = self.name.split_once('-').map_or("", |(_, s)| s);
         match stem {
-            "os" => LayerKind::Os,
-            "os-packages" => LayerKind::OsPackages,
+            OS_LAYER => LayerKind::Os,
+            OS_PACKAGES_LAYER => LayerKind::OsPackages,
             BASE_ROLE => LayerKind::Base,
             "node" => LayerKind::Node,
             "secrets" => LayerKind::Secrets,
@@ -280,5 +280,7 @@ mod tests {
         assert_eq!(l("02-control-plane").kind(), LayerKind::Role);
         assert_eq!(l("04-node").kind(), LayerKind::Node);
         assert_eq!(l("05-secrets").kind(), LayerKind::Secrets);
+        assert_eq!(l("00-os").kind(), LayerKind::Os);
+        assert_eq!(l("01-os-packages").kind(), LayerKind::OsPackages);
     }
 }

@@ -86,7 +86,11 @@ pub fn check(m: &Manifests, dir: &Path, state: Option<&Path>) -> Result<ImageJso
     if let Some(image) = &image {
         check_layer_files(dir, image, &tree, &digests, &mut p);
         check_inputs(m, image, &mut p);
-        for l in image.layers.iter().filter(|l| tree.has(&l.file)) {
+        // the OS layers hold the pinned base and packages, public inputs
+        // whose own files (keepalived's samples, TLS libraries) carry the
+        // markers: no secret of imgbuild's goes there
+        let os = |l: &LayerJson| matches!(l.kind(), LayerKind::Os | LayerKind::OsPackages);
+        for l in image.layers.iter().filter(|l| tree.has(&l.file) && !os(l)) {
             check_secrets(dir, image, l, state, &mut p);
         }
         check_published(dir, &tree, &mut p);

@@ -3,6 +3,7 @@
 mod addons_and_dns;
 mod archive;
 mod artifacts;
+mod base_os;
 mod build;
 mod cluster_security;
 mod containerd;

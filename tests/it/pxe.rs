@@ -180,9 +180,7 @@ fn the_init_script_refuses_an_init_the_root_lacks() {
     assert!(!log.contains("switch_root"), "{log}");
 }
 
-// ---- a whole node: needs `[os] base` in pins.toml (issue 15's base-OS
-// layers, built on another branch). Run after the merge with
-// `cargo test --test it pxe:: -- --include-ignored`.
+// ---- a whole node: a lab with `[os] base` in pins.toml.
 
 const KERNEL: &[u8] = b"imgbuild test kernel 6.1.0";
 const BASE_URL: &str = "https://deb.example/imgbuild-test/debian-base-12-amd64.tar.gz";
@@ -410,7 +408,7 @@ fn build_node(lab: &Lab, server: &Server, out: &str, extra: &[&str]) {
 }
 
 #[test]
-#[ignore = "needs `[os] base` in pins.toml (the base-OS layers of issue 15)"]
+
 fn a_whole_node_is_its_kernel_an_initrd_without_secrets_and_the_secrets_apart() {
     let (lab, server) = synthetic();
     let lab = whole(lab, &server, &base_tar(true));
@@ -475,7 +473,7 @@ fn a_whole_node_is_its_kernel_an_initrd_without_secrets_and_the_secrets_apart() 
 }
 
 #[test]
-#[ignore = "needs `[os] base` in pins.toml (the base-OS layers of issue 15)"]
+
 fn a_whole_node_builds_to_the_same_bytes_and_verify_rebuilds_its_secrets_choice() {
     let (lab, server) = synthetic();
     let lab = whole(lab, &server, &base_tar(true));
@@ -516,7 +514,7 @@ fn a_whole_node_builds_to_the_same_bytes_and_verify_rebuilds_its_secrets_choice(
 }
 
 #[test]
-#[ignore = "needs `[os] base` in pins.toml (the base-OS layers of issue 15)"]
+
 fn in_url_mode_a_whole_node_loads_its_shared_segments_by_digest() {
     let (lab, server) = synthetic();
     let lab = whole(lab, &server, &base_tar(true));
@@ -548,7 +546,7 @@ fn in_url_mode_a_whole_node_loads_its_shared_segments_by_digest() {
 }
 
 #[test]
-#[ignore = "needs `[os] base` in pins.toml (the base-OS layers of issue 15)"]
+
 fn a_base_without_a_kernel_is_an_error_naming_the_os_layer() {
     let (lab, server) = synthetic();
     let lab = whole(lab, &server, &base_tar(false));
