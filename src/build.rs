@@ -1,9 +1,10 @@
 //! The build, stages 3 to 7 as one value (apko's build context): [`Build::prepare`]
 //! takes the settings, the manifests and the plans to build, makes every
 //! pinned input present (fetch, images), the PKI current, and opens the
-//! cache and the layer store once; [`Build::target`] then renders, layers and
-//! assembles one plan into `out/<target>/`, and [`Build::all`] does every
-//! plan, `--jobs` at a time.
+//! cache and the layer store once; [`Build::target`] then renders, layers,
+//! checks the root (with an `[os]`: [`crate::rootcheck`]) and assembles one
+//! plan into `out/<target>/`, and [`Build::all`] does every plan, `--jobs`
+//! at a time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,9 @@ use crate::layer::{self, LayerError};
 use crate::manifest::{Arch, ImagePin, Manifests};
 use crate::output::{self, Outcome, OutputError};
 use crate::pki::{self, PkiError};
-use crate::plan::Plan;
+use crate::plan::{LayerKind, Plan};
 use crate::render::{self, RenderError};
+use crate::rootcheck::{RootCheck, RootCheckError};
 use crate::settings::Settings;
 
 /// Every way a build can fail, by the stage that failed.
@@ -33,6 +35,8 @@ pub enum BuildError {
     Render(#[from] RenderError),
     #[error(transparent)]
     Layer(#[from] LayerError),
+    #[error(transparent)]
+    RootCheck(#[from] RootCheckError),
     #[error(transparent)]
     Output(#[from] OutputError),
     #[error("cannot open the layer store in {path}")]
@@ -96,6 +100,9 @@ pub struct Build<'a> {
     state: PathBuf,
     images: Images,
     opts: output::Options,
+    /// The check of each plan's root (with an `[os]`), its layer indexes
+    /// shared by every plan.
+    rootcheck: RootCheck,
 }
 
 impl<'a> Build<'a> {
@@ -135,6 +142,7 @@ impl<'a> Build<'a> {
             state,
             images,
             opts,
+            rootcheck: RootCheck::default(),
         })
     }
 
@@ -156,7 +164,7 @@ impl<'a> Build<'a> {
         tmp: &Path,
         out: &Path,
     ) -> Result<(PathBuf, Outcome), BuildError> {
-        let inputs = layer::Inputs {
+        let mut inputs = layer::Inputs {
             m: self.m,
             cache: &self.cache,
             state: &self.state,
@@ -166,10 +174,19 @@ impl<'a> Build<'a> {
             jobs: self.settings.ctx.jobs,
             cpio: self.opts.formats.has(output::Format::Pxe),
             images: &self.images,
+            os_layer: None,
         };
         let mut built = Vec::new();
         for l in &plan.layers {
-            built.push(layer::build(&self.store, &inputs, l, &tmp.join("layers"))?);
+            let b = layer::build(&self.store, &inputs, l, &tmp.join("layers"))?;
+            if b.kind == LayerKind::Os {
+                inputs.os_layer = Some(b.file.clone());
+            }
+            built.push(b);
+        }
+        // nothing reaches out/ from a root that would not boot
+        for w in self.rootcheck.check(plan, &built)? {
+            self.settings.reporter.warn(&format!("warning: {w}"));
         }
         let done = output::assemble(self.m, plan, &built, &self.store, &self.opts, tmp, out)?;
         Ok(done)

@@ -101,10 +101,20 @@ pub struct NodeArgs {
     /// Output directory.
     #[arg(long, value_name = "DIR", default_value = "out")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Arch of a role's generic image when its nodes differ.
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+}
+
+/// How `node` and `cluster` build.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
     /// Output formats, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "layers,cloud-init,pxe")]
     pub format: Vec<Format>,
-    /// `embed` puts every layer in seed.iso and the PXE overlay; `url=BASE` leaves the
+    /// `embed` puts every layer in seed.iso and the PXE initrd; `url=BASE` leaves the
     /// shared ones out: cloud-init fetches them and boot.ipxe loads their segments from BASE.
     #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
     pub seed_layers: SeedLayers,
@@ -112,9 +122,10 @@ pub struct NodeArgs {
     /// secrets layer (never written otherwise; `push --include-secrets` needs it).
     #[arg(long)]
     pub oci_with_secrets: bool,
-    /// Arch of a role's generic image when its nodes differ.
-    #[arg(long, value_enum)]
-    pub arch: Option<Arch>,
+    /// With a base OS: boot.ipxe also loads pxe/secrets.cpio.gz, the node's private
+    /// keys and tokens (whoever can fetch it owns the cluster; see docs/build.md).
+    #[arg(long)]
+    pub pxe_secrets: bool,
 }
 
 #[derive(Debug, Args)]
@@ -122,17 +133,8 @@ pub struct ClusterArgs {
     /// Output directory.
     #[arg(long, value_name = "DIR", default_value = "out")]
     pub out: PathBuf,
-    /// Output formats, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "layers,cloud-init,pxe")]
-    pub format: Vec<Format>,
-    /// `embed` puts every layer in seed.iso and the PXE overlay; `url=BASE` leaves the
-    /// shared ones out: cloud-init fetches them and boot.ipxe loads their segments from BASE.
-    #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
-    pub seed_layers: SeedLayers,
-    /// With --format oci: also write `<node>-with-secrets`, the image with the
-    /// secrets layer (never written otherwise; `push --include-secrets` needs it).
-    #[arg(long)]
-    pub oci_with_secrets: bool,
+    #[command(flatten)]
+    pub build: BuildArgs,
 }
 
 #[derive(Debug, Args)]
@@ -319,8 +321,12 @@ mod tests {
         let Command::Node(n) = cli.command else {
             panic!("not node")
         };
-        assert_eq!(n.format, vec![Format::Oci, Format::Layers]);
-        assert_eq!(n.seed_layers, SeedLayers::Url("http://10.0.0.1/l".into()));
+        assert_eq!(n.build.format, vec![Format::Oci, Format::Layers]);
+        assert_eq!(
+            n.build.seed_layers,
+            SeedLayers::Url("http://10.0.0.1/l".into())
+        );
+        assert!(!n.build.pxe_secrets);
         assert_eq!(n.arch, Some(Arch::Arm64));
     }
 }

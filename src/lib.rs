@@ -24,6 +24,8 @@ mod plan;
 mod quote;
 mod render;
 mod report;
+mod rootcheck;
+mod rootpath;
 mod settings;
 mod sums;
 mod tarutil;

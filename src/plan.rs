@@ -1,7 +1,9 @@
 //! Stage 2, `plan`: takes the validated [`Manifests`] and a target (a node
 //! name, or a role name for that role's generic image) and produces a
-//! [`Plan`]: the ordered layers (`base`, one per role, `node`, `secrets`), each
-//! a sorted list of file entries `{path, mode, uid, gid, source}`. Nothing is
+//! [`Plan`]: the ordered layers (with an `[os]`: `os`, the base's root
+//! filesystem archive, and `os-packages`, the pinned `.deb`s; then `base`,
+//! one per role, `node`, `secrets`), each a sorted list of file entries
+//! `{path, mode, uid, gid, source}`. Nothing is
 //! fetched, generated or written here; every later stage executes a plan.
 
 use std::collections::BTreeMap;
@@ -91,6 +93,17 @@ pub enum Source {
     Image { image: String, reference: String },
     /// A symbolic link (systemd enablement).
     Symlink { target: String },
+    /// Every member of a pinned root filesystem archive (the `[os]` base),
+    /// at its own path under the entry's `/`.
+    Archive { artifact: String, version: String },
+    /// A pinned `.deb` unpacked at `/` without its maintainer scripts, with
+    /// dpkg's `/var/lib/dpkg/info/<package>.list` (and `.md5sums`).
+    Deb { package: String, version: String },
+    /// The sysusers.d lines pins.toml gives a `.deb` (`users`).
+    Sysusers { package: String },
+    /// dpkg's status database: the base's, with the layer's packages
+    /// installed.
+    DpkgStatus { base: String, version: String },
 }
 
 impl fmt::Display for Source {
@@ -108,6 +121,17 @@ impl fmt::Display for Source {
             Source::Secret { id, node: None } => write!(f, "secret {id}"),
             Source::Image { reference, .. } => write!(f, "image {reference}"),
             Source::Symlink { target } => write!(f, "symlink -> {target}"),
+            Source::Archive { artifact, version } => {
+                write!(f, "archive {artifact} {version}: every member")
+            }
+            Source::Deb { package, version } => write!(f, "deb {package} {version}"),
+            Source::Sysusers { package } => write!(f, "sysusers.d lines of deb {package}"),
+            Source::DpkgStatus { base, version } => {
+                write!(
+                    f,
+                    "dpkg status of {base} {version}, these packages installed"
+                )
+            }
         }
     }
 }
@@ -128,8 +152,12 @@ fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum LayerKind {
+    /// The `[os]` base: its root filesystem archive, whole.
+    Os,
+    /// The pinned `.deb`s the roles need, unpacked, and dpkg's records.
+    OsPackages,
     Base,
     Role,
     Node,
@@ -138,11 +166,23 @@ pub enum LayerKind {
 
 impl LayerKind {
     /// Whether layers of this kind are the same for every node that has
-    /// them (base and roles), as opposed to one node's own.
+    /// them (the OS, base and roles), as opposed to one node's own.
     pub fn is_shared(self) -> bool {
-        matches!(self, LayerKind::Base | LayerKind::Role)
+        matches!(
+            self,
+            LayerKind::Os | LayerKind::OsPackages | LayerKind::Base | LayerKind::Role
+        )
     }
 }
+
+/// The name (after `NN-`) of the `[os]` base's layer.
+pub const OS_LAYER: &str = "os";
+/// The name (after `NN-`) of the OS packages' layer.
+pub const OS_PACKAGES_LAYER: &str = "os-packages";
+/// dpkg's status database on the node.
+pub const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+/// Where the `users` lines of a `.deb` go: `imgbuild-<package>.conf` in it.
+pub const SYSUSERS_DIR: &str = "/usr/lib/sysusers.d";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerPlan {
@@ -189,14 +229,24 @@ impl Plan {
         self.layers.iter().flat_map(|l| &l.entries)
     }
 
-    /// The names of the pinned artifacts the plan installs files from, each
-    /// once, sorted.
+    /// The names of the pinned artifacts the plan installs files from (the
+    /// `[os]` base included), each once, sorted.
     pub fn artifacts(&self) -> std::collections::BTreeSet<&str> {
         self.entries()
             .filter_map(|e| match &e.source {
-                Source::Member { artifact, .. } | Source::Download { artifact, .. } => {
-                    Some(artifact.as_str())
-                }
+                Source::Member { artifact, .. }
+                | Source::Download { artifact, .. }
+                | Source::Archive { artifact, .. } => Some(artifact.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The pinned Debian packages the plan unpacks, each once, sorted.
+    pub fn debs(&self) -> std::collections::BTreeSet<&str> {
+        self.entries()
+            .filter_map(|e| match &e.source {
+                Source::Deb { package, .. } => Some(package.as_str()),
                 _ => None,
             })
             .collect()
@@ -398,8 +448,9 @@ impl LayerBuilder<'_> {
     }
 }
 
-/// One target's layers in order: one per role, then the node's own (for a
-/// node), then the secrets; empty layers are dropped and the rest numbered.
+/// One target's layers in order: the OS and its packages (with an `[os]`),
+/// one per role, then the node's own (for a node), then the secrets; empty
+/// layers are dropped and the rest numbered.
 fn build(
     m: &Manifests,
     target: &str,
@@ -412,6 +463,17 @@ fn build(
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
     let mut layers: Vec<(String, LayerKind, Vec<Entry>)> = Vec::new();
     let mut services = Vec::new();
+    let os_packages = os_packages(m, &roles);
+    if let Some(base) = m.pins.os_base(arch) {
+        let os = os_entry(base);
+        layers.push((OS_LAYER.to_string(), LayerKind::Os, vec![os]));
+        let entries = os_packages_layer(m, target, arch, base, &os_packages, &mut owners)?;
+        layers.push((
+            OS_PACKAGES_LAYER.to_string(),
+            LayerKind::OsPackages,
+            entries,
+        ));
+    }
     for role_name in &roles {
         let entries = role_layer(m, target, arch, role_name, &mut owners, &mut services)?;
         let kind = if role_name == BASE_ROLE {
@@ -437,7 +499,6 @@ fn build(
             entries,
         })
         .collect();
-    let os_packages = os_packages(m, &roles);
     Ok(Plan {
         target: target.to_string(),
         kind,
@@ -457,6 +518,81 @@ fn os_packages(m: &Manifests, roles: &[String]) -> Vec<String> {
     let all: std::collections::BTreeSet<&String> =
         roles.iter().flat_map(|r| &m.roles[r].os_packages).collect();
     all.into_iter().cloned().collect()
+}
+
+/// The `[os]` base's layer: one entry, the whole archive at `/`.
+fn os_entry(base: &crate::manifest::ArtifactPin) -> Entry {
+    Entry {
+        path: "/".to_string(),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        source: Source::Archive {
+            artifact: base.name.clone(),
+            version: base.version.clone(),
+        },
+    }
+}
+
+/// The OS packages' layer: one entry per pinned `.deb` (unpacked at `/`,
+/// by package name), the sysusers.d file of each that has `users`, and
+/// dpkg's status database; empty when the roles need no package. A
+/// package without a pin for `arch` (a role's generic image of an arch no
+/// node has) is left out.
+fn os_packages_layer(
+    m: &Manifests,
+    target: &str,
+    arch: Arch,
+    base: &crate::manifest::ArtifactPin,
+    packages: &[String],
+    owners: &mut BTreeMap<String, String>,
+) -> Result<Vec<Entry>, PlanError> {
+    let debs: Vec<&crate::manifest::DebPin> = packages
+        .iter()
+        .filter_map(|p| m.pins.deb(p, arch))
+        .collect();
+    if debs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = |source| Entry {
+        path: "/".to_string(),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        source,
+    };
+    let file = |path: String, source| Entry {
+        path,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        source,
+    };
+    let mut entries: Vec<Entry> = debs
+        .iter()
+        .map(|d| {
+            root(Source::Deb {
+                package: d.package.clone(),
+                version: d.version.clone(),
+            })
+        })
+        .collect();
+    let mut lb = LayerBuilder::new(target);
+    let origin = || OS_PACKAGES_LAYER.to_string();
+    for d in debs.iter().filter(|d| !d.users.is_empty()) {
+        let path = format!("{SYSUSERS_DIR}/imgbuild-{}.conf", d.package);
+        let source = Source::Sysusers {
+            package: d.package.clone(),
+        };
+        lb.add(file(path, source), origin(), owners)?;
+    }
+    let status = Source::DpkgStatus {
+        base: base.name.clone(),
+        version: base.version.clone(),
+    };
+    lb.add(file(DPKG_STATUS.to_string(), status), origin(), owners)?;
+    entries.extend(lb.finish());
+    Ok(entries)
 }
 
 /// A role's layer: its pinned artifacts' files, its images, its layer

@@ -8,7 +8,7 @@ use crate::settings::Settings;
 
 pub fn run(s: &Settings, m: &Manifests, args: &ClusterArgs) -> Result<(), Error> {
     let plans = crate::plan::plan_all(m)?;
-    let opts = options(s, &args.format, &args.seed_layers, args.oci_with_secrets);
+    let opts = options(s, &args.build);
     let dirs = Build::prepare(s, m, &plans, opts)?.all(&plans, &args.out)?;
     print_dirs(&dirs)
 }

@@ -15,9 +15,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::build::BuildError;
+use crate::cli::BuildArgs;
 use crate::context::ContextError;
 use crate::manifest::{ManifestError, Manifests};
-use crate::output::{self, Format, Formats, SeedLayers};
+use crate::output::{self, Formats};
 use crate::plan::{Plan, PlanError};
 use crate::settings::Settings;
 
@@ -59,17 +60,13 @@ pub enum Error {
 }
 
 /// The build options of a command line.
-fn options(
-    s: &Settings,
-    formats: &[Format],
-    seed: &SeedLayers,
-    oci_with_secrets: bool,
-) -> output::Options {
+fn options(s: &Settings, args: &BuildArgs) -> output::Options {
     output::Options {
-        formats: Formats::new(formats),
-        seed: seed.clone(),
+        formats: Formats::new(&args.format),
+        seed: args.seed_layers.clone(),
         source_date_epoch: s.ctx.source_date_epoch,
-        oci_with_secrets,
+        oci_with_secrets: args.oci_with_secrets,
+        pxe_secrets: args.pxe_secrets,
     }
 }
 

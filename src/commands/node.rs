@@ -9,7 +9,7 @@ use crate::settings::Settings;
 
 pub fn run(s: &Settings, m: &Manifests, args: &NodeArgs) -> Result<(), Error> {
     let plans = vec![crate::plan::plan(m, &args.role, args.arch)?];
-    let opts = options(s, &args.format, &args.seed_layers, args.oci_with_secrets);
+    let opts = options(s, &args.build);
     let dirs = Build::prepare(s, m, &plans, opts)?.all(&plans, &args.out)?;
     print_dirs(&dirs)
 }

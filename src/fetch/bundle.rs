@@ -27,6 +27,10 @@ use crate::tarutil;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    #[error(
+        "cannot export {path}: it is a symbolic link or a special file; a bundle carries regular files only"
+    )]
+    Unexportable { path: PathBuf },
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
@@ -98,10 +102,15 @@ fn files_under(
         let e = e.map_err(io_err("read", root))?;
         let p = e.path();
         let name = format!("{prefix}/{}", e.file_name().to_string_lossy());
-        if p.is_dir() {
+        // the entry itself, never what a link points at: a link could carry
+        // the state dir's keys into a bundle meant to travel
+        let kind = e.file_type().map_err(io_err("read", &p))?;
+        if kind.is_dir() {
             files_under(&p, &name, out)?;
-        } else if p.is_file() {
+        } else if kind.is_file() {
             out.insert(name, p);
+        } else {
+            return Err(BundleError::Unexportable { path: p });
         }
     }
     Ok(())
@@ -276,9 +285,8 @@ pub(crate) fn import(m: &Manifests, cache: &Cache, bundle: &Path) -> Result<Impo
         path: bundle.to_path_buf(),
         source,
     };
-    let by_path: BTreeMap<&str, &ArtifactPin> = m
-        .pins
-        .artifacts
+    let downloads: Vec<ArtifactPin> = m.pins.downloads().collect();
+    let by_path: BTreeMap<&str, &ArtifactPin> = downloads
         .iter()
         .filter_map(|p| mirror_path(&p.url).map(|mp| (mp, p)))
         .collect();

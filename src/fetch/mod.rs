@@ -167,19 +167,29 @@ pub(crate) struct Options {
     pub progress: bool,
 }
 
-/// The pins the plans need, each once, in a stable order.
+/// The pins the plans need (artifacts, the `[os]` base, the `.deb`s), each
+/// download once, in a stable order.
 pub(crate) fn needed_pins(m: &Manifests, plans: &[Plan]) -> Vec<ArtifactPin> {
     let mut out: Vec<ArtifactPin> = Vec::new();
     for p in plans {
-        for name in p.artifacts() {
-            if let Some(pin) = m.pins.artifact(name, p.arch)
-                && !out.iter().any(|o| o.name == pin.name && o.arch == pin.arch)
+        let artifacts = p
+            .artifacts()
+            .into_iter()
+            .filter_map(|name| m.pins.artifact(name, p.arch).cloned());
+        let debs = p
+            .debs()
+            .into_iter()
+            .filter_map(|name| m.pins.deb(name, p.arch).map(|d| d.download(p.arch)));
+        for pin in artifacts.chain(debs) {
+            if !out
+                .iter()
+                .any(|o| o.url == pin.url && o.checksum == pin.checksum)
             {
-                out.push(pin.clone());
+                out.push(pin);
             }
         }
     }
-    out.sort_by(|a, b| (&a.name, a.arch).cmp(&(&b.name, b.arch)));
+    out.sort_by(|a, b| (&a.name, a.arch, &a.url).cmp(&(&b.name, b.arch, &b.url)));
     out
 }
 

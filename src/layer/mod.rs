@@ -15,7 +15,11 @@
 //! The recipe is [`build`]; [`resolve`] finds where every entry's bytes come
 //! from, [`write`] writes them, [`store`] keeps what was built.
 
+mod deb;
+mod dpkg;
+mod os;
 mod resolve;
+pub(crate) mod rootfs;
 mod store;
 mod write;
 
@@ -69,6 +73,12 @@ pub enum LayerError {
         layer: String,
         #[source]
         source: ArchiveError,
+    },
+    #[error("layer {layer}: cannot unpack the base OS or its packages")]
+    Os {
+        layer: String,
+        #[source]
+        source: Box<os::OsError>,
     },
 }
 

@@ -12,7 +12,7 @@ use super::{LayerError, io_err};
 use crate::fetch::Cache;
 use crate::fetch::archive;
 use crate::fetch::oci::PulledImage;
-use crate::manifest::{Arch, ArtifactPin, Manifests};
+use crate::manifest::{Arch, ArtifactPin, DebPin, Manifests};
 use crate::pki::state_path;
 use crate::plan::{Entry, LayerPlan, Source};
 use crate::render::Rendered;
@@ -31,6 +31,10 @@ pub struct Inputs<'a> {
     pub cpio: bool,
     /// Pulled images by (name, arch).
     pub images: &'a BTreeMap<(String, Arch), PulledImage>,
+    /// The target's `os` layer once built: what its packages are placed in,
+    /// read faster than the base archive it repacks (which is read when
+    /// this is `None`).
+    pub os_layer: Option<PathBuf>,
 }
 
 /// Where one entry's bytes come from, resolved.
@@ -44,6 +48,22 @@ pub(super) enum Content {
     Bytes(Vec<u8>),
     Symlink(String),
     Image(Box<PulledImage>),
+    /// Every member of a cached root archive (the `[os]` base).
+    Root {
+        blob: PathBuf,
+        label: String,
+    },
+    /// A cached `.deb`, to be placed in the base (its blob and label).
+    Deb {
+        blob: PathBuf,
+        pin: Box<DebPin>,
+        base: Option<(PathBuf, String)>,
+    },
+    /// dpkg's status: the base's (its blob and label) and the layer's packages.
+    DpkgStatus {
+        blob: PathBuf,
+        label: String,
+    },
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -87,7 +107,82 @@ impl Inputs<'_> {
                 Content::Symlink(target.clone()),
                 format!("symlink {target}"),
             ),
+            Source::Archive { artifact, .. } => {
+                let (pin, blob) = self.fetched(layer, artifact)?;
+                let label = format!("{} {}", pin.name, pin.version);
+                let id = format!("archive {}", pin.checksum);
+                (Content::Root { blob, label }, id)
+            }
+            Source::Deb { package, .. } => self.deb(layer, package)?,
+            Source::Sysusers { package } => bytes(self.sysusers(layer, package)?),
+            Source::DpkgStatus { base, .. } => {
+                let (pin, blob) = self.fetched(layer, base)?;
+                let id = format!("dpkg-status {}", pin.checksum);
+                let (blob, label) = self.base_view(blob, pin);
+                (Content::DpkgStatus { blob, label }, id)
+            }
         })
+    }
+
+    /// A pinned `.deb` of this arch, which must be cached, and the `[os]`
+    /// base it is placed in.
+    fn deb(&self, layer: &LayerPlan, package: &str) -> Result<(Content, String), LayerError> {
+        let pin = self.deb_pin(layer, package)?;
+        let blob = self.cache.blob(&pin.checksum);
+        if !blob.is_file() {
+            return Err(LayerError::NotFetched {
+                layer: layer.name.clone(),
+                artifact: format!("deb {} {} ({})", pin.package, pin.version, self.arch),
+            });
+        }
+        let base = self
+            .m
+            .pins
+            .os_base(self.arch)
+            .map(|b| self.base_view(self.cache.blob(&b.checksum), b));
+        let id = format!("deb {} {}", pin.checksum, self.arch);
+        let content = Content::Deb {
+            blob,
+            pin: Box::new(pin.clone()),
+            base,
+        };
+        Ok((content, id))
+    }
+
+    /// Where the base's tree is read to place packages in it: the built
+    /// `os` layer when there is one, else the base archive `blob` of `pin`.
+    fn base_view(&self, blob: PathBuf, pin: &ArtifactPin) -> (PathBuf, String) {
+        match &self.os_layer {
+            Some(layer) => (
+                layer.clone(),
+                format!("the os layer of {} {}", pin.name, pin.version),
+            ),
+            None => (blob, format!("{} {}", pin.name, pin.version)),
+        }
+    }
+
+    fn deb_pin(&self, layer: &LayerPlan, package: &str) -> Result<&DebPin, LayerError> {
+        self.m
+            .pins
+            .deb(package, self.arch)
+            .ok_or_else(|| LayerError::NotFetched {
+                layer: layer.name.clone(),
+                artifact: format!("deb {package} ({})", self.arch),
+            })
+    }
+
+    /// The sysusers.d file of a pinned `.deb`: its `users` lines.
+    fn sysusers(&self, layer: &LayerPlan, package: &str) -> Result<Vec<u8>, LayerError> {
+        let pin = self.deb_pin(layer, package)?;
+        let mut text = format!(
+            "# imgbuild: the users and groups of deb {} {} (pins.toml `users`),\n# which its maintainer scripts would have made; they are not run.\n",
+            pin.package, pin.version
+        );
+        for line in &pin.users {
+            text.push_str(line);
+            text.push('\n');
+        }
+        Ok(text.into_bytes())
     }
 
     /// A member of a cached archive.

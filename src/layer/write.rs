@@ -12,7 +12,9 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::os;
 use super::resolve::{Content, Inputs};
+use super::rootfs::{Kind, Member};
 use super::store::Files;
 use super::{BuiltLayer, GZIP_LEVEL, LayerError, io_err};
 use crate::fetch::Cache;
@@ -21,7 +23,7 @@ use crate::fetch::oci::{self, PulledImage};
 use crate::fsutil::Sha256Writer;
 use crate::newc;
 use crate::pgzip;
-use crate::plan::{Entry, LayerPlan};
+use crate::plan::{Entry, LayerKind, LayerPlan};
 use crate::tarutil;
 
 /// One entry with its content, resolved.
@@ -141,10 +143,12 @@ fn create(path: &Path, mode: u32) -> io::Result<BufWriter<File>> {
 /// Writes each entry of a layer to the tar stream and to the cpio stream
 /// (inode numbers in order; directories with two links, files with one, so
 /// the kernel never takes two files for hard links).
-struct Emit<'s> {
+pub(super) struct Emit<'s> {
     s: &'s mut pgzip::Streams,
     headers: tar::Builder<Vec<u8>>,
     ino: u32,
+    /// SOURCE_DATE_EPOCH: every entry's mtime, or the latest one a root
+    /// archive's member keeps.
     mtime: u64,
 }
 
@@ -161,6 +165,17 @@ impl Emit<'_> {
         owner: (u32, u32),
         size: u64,
     ) -> io::Result<Vec<u8>> {
+        self.cpio_header_at(path, mode, owner, size, self.mtime)
+    }
+
+    fn cpio_header_at(
+        &mut self,
+        path: &str,
+        mode: u32,
+        owner: (u32, u32),
+        size: u64,
+        mtime: u64,
+    ) -> io::Result<Vec<u8>> {
         self.ino += 1;
         let size = if self.s.has_cpio() {
             u32::try_from(size).map_err(|_| {
@@ -176,7 +191,7 @@ impl Emit<'_> {
             uid: owner.0,
             gid: owner.1,
             nlink: if mode & newc::S_IFDIR != 0 { 2 } else { 1 },
-            mtime: u32::try_from(self.mtime).unwrap_or(0),
+            mtime: u32::try_from(mtime).unwrap_or(0),
             size,
         }
         .to_bytes())
@@ -227,6 +242,56 @@ impl Emit<'_> {
         c.extend_from_slice(target.as_bytes());
         c.resize(c.len() + newc::padding(len), 0);
         self.s.meta(&t, &c)
+    }
+
+    /// A directory, file or symbolic link of a root archive at `path` (its
+    /// own or where it belongs in the image), with the member's mode, owner
+    /// and mtime (none later than the layer's). A hard link or device is
+    /// the caller's to materialise or skip.
+    pub(super) fn member(&mut self, path: &str, m: &Member, data: &mut dyn Read) -> io::Result<()> {
+        let mtime = m.mtime.min(self.mtime);
+        let owner = (m.uid, m.gid);
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(m.mode);
+        h.set_uid(m.uid.into());
+        h.set_gid(m.gid.into());
+        h.set_mtime(mtime);
+        h.set_size(0);
+        match &m.kind {
+            Kind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                self.headers
+                    .append_data(&mut h, format!("{path}/"), io::empty())?;
+                let t = self.tar_header();
+                let c = self.cpio_header_at(path, newc::S_IFDIR | m.mode, owner, 0, mtime)?;
+                self.s.meta(&t, &c)
+            }
+            Kind::File => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(m.size);
+                self.headers.append_data(&mut h, path, io::empty())?;
+                let t = self.tar_header();
+                let c = self.cpio_header_at(path, newc::S_IFREG | m.mode, owner, m.size, mtime)?;
+                self.s.meta(&t, &c)?;
+                self.s.content(data, m.size)?;
+                let zeros = [0u8; 512];
+                self.s.meta(
+                    &zeros[..tarutil::padding(m.size)],
+                    &zeros[..newc::padding(m.size)],
+                )
+            }
+            Kind::Symlink(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                self.headers.append_link(&mut h, path, target)?;
+                let t = self.tar_header();
+                let len = target.len() as u64;
+                let mut c = self.cpio_header_at(path, newc::S_IFLNK | 0o777, owner, len, mtime)?;
+                c.extend_from_slice(target.as_bytes());
+                c.resize(c.len() + newc::padding(len), 0);
+                self.s.meta(&t, &c)
+            }
+            Kind::HardLink(_) | Kind::Device => Ok(()),
+        }
     }
 
     /// The tar's end: two zero blocks. (A cpio segment has no trailer.)
@@ -288,6 +353,17 @@ fn write_entries(
         ino: 0,
         mtime: inputs.mtime,
     };
+    if matches!(layer.kind, LayerKind::Os | LayerKind::OsPackages) {
+        os::write(&mut w, resolved).map_err(|source| LayerError::Os {
+            layer: layer.name.clone(),
+            source: Box::new(source),
+        })?;
+        return w.finish().map_err(io_err(
+            &layer.name,
+            "end the archive",
+            Path::new(&layer.name),
+        ));
+    }
     let mut dirs = BTreeSet::new();
     for (e, _) in &resolved {
         ancestors(&e.path, &mut dirs);
@@ -358,7 +434,10 @@ fn write_other(w: &mut Emit<'_>, inputs: &Inputs<'_>, e: &Entry, c: Content) -> 
             let _ = fs::remove_file(&spool);
             result
         }
-        Content::Member { .. } => Ok(()),
+        Content::Member { .. }
+        | Content::Root { .. }
+        | Content::Deb { .. }
+        | Content::DpkgStatus { .. } => Ok(()),
     }
 }
 

@@ -334,6 +334,61 @@ impl ArtifactPin {
     pub(crate) fn is_archive(&self) -> bool {
         self.url.ends_with(".tar.gz") || self.url.ends_with(".tgz")
     }
+
+    /// Whether the download is a tar, plain or compressed with gzip, xz or
+    /// zstd: what a root filesystem archive (`[os] base`) may be.
+    pub(crate) fn is_root_archive(&self) -> bool {
+        [
+            ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tzst",
+        ]
+        .iter()
+        .any(|suffix| self.url.ends_with(suffix))
+    }
+}
+
+/// `[os]`: the node OS is the root filesystem archive pinned as the
+/// `[[artifact]]`s named `base`, one per arch.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct OsBase {
+    pub(crate) base: String,
+}
+
+/// A pinned Debian package (`[[deb]]`): one `.deb` file.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct DebPin {
+    pub(crate) package: String,
+    /// The Debian version, epoch included (`1:2.2.7-1+b2`).
+    pub(crate) version: String,
+    /// `None`: `all`, the same file for every arch.
+    pub(crate) arch: Option<Arch>,
+    pub(crate) url: String,
+    pub(crate) checksum: Checksum,
+    pub(crate) source: String,
+    /// sysusers.d(5) lines, written to
+    /// `/usr/lib/sysusers.d/imgbuild-<package>.conf`.
+    pub(crate) users: Vec<String>,
+    pub(crate) note: Option<String>,
+}
+
+impl DebPin {
+    /// Whether this file is the package for `arch`.
+    pub(crate) fn is_for(&self, arch: Arch) -> bool {
+        self.arch.is_none_or(|a| a == arch)
+    }
+
+    /// The download of this package for `arch`, fetched and cached like an
+    /// artifact (the cache is keyed by checksum, the name only labels it).
+    pub(crate) fn download(&self, arch: Arch) -> ArtifactPin {
+        ArtifactPin {
+            name: self.package.clone(),
+            version: self.version.clone(),
+            arch: self.arch.unwrap_or(arch),
+            url: self.url.clone(),
+            checksum: self.checksum.clone(),
+            source: self.source.clone(),
+            note: self.note.clone(),
+        }
+    }
 }
 
 /// A pinned container image: a multi-arch index by digest.
@@ -359,6 +414,9 @@ impl ImagePin {
 pub(crate) struct Pins {
     pub(crate) artifacts: Vec<ArtifactPin>,
     pub(crate) images: Vec<ImagePin>,
+    /// The node OS, when pins.toml has `[os]`.
+    pub(crate) os: Option<OsBase>,
+    pub(crate) debs: Vec<DebPin>,
 }
 
 impl Pins {
@@ -366,6 +424,31 @@ impl Pins {
         self.artifacts
             .iter()
             .find(|p| p.name == name && p.arch == arch)
+    }
+
+    /// The `.deb` of `package` for `arch`.
+    pub(crate) fn deb(&self, package: &str, arch: Arch) -> Option<&DebPin> {
+        self.debs
+            .iter()
+            .find(|p| p.package == package && p.is_for(arch))
+    }
+
+    /// The root filesystem archive of the node OS for `arch`, when there is
+    /// an `[os]`.
+    pub(crate) fn os_base(&self, arch: Arch) -> Option<&ArtifactPin> {
+        self.os
+            .as_ref()
+            .and_then(|os| self.artifact(&os.base, arch))
+    }
+
+    /// Every download pinned, artifacts and packages (a package for `all`
+    /// arches labelled amd64): what a bundle may hold.
+    pub(crate) fn downloads(&self) -> impl Iterator<Item = ArtifactPin> + '_ {
+        self.artifacts.iter().cloned().chain(
+            self.debs
+                .iter()
+                .map(|d| d.download(d.arch.unwrap_or(Arch::Amd64))),
+        )
     }
 
     pub(crate) fn image(&self, name: &str) -> Option<&ImagePin> {

@@ -287,6 +287,45 @@ pub(crate) struct RawPins {
     pub(crate) artifact: Vec<RawArtifactPin>,
     #[serde(default)]
     pub(crate) image: Vec<RawImagePin>,
+    /// The node OS: which `[[artifact]]` is its root filesystem archive.
+    #[serde(default)]
+    pub(crate) os: Option<RawOs>,
+    /// Debian packages unpacked onto that root.
+    #[serde(default)]
+    pub(crate) deb: Vec<RawDebPin>,
+}
+
+/// `[os]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOs {
+    /// The `name` of the `[[artifact]]` pins (one per arch) that are the
+    /// root filesystem archive.
+    pub(crate) base: toml::Spanned<String>,
+}
+
+/// `[[deb]]`: one `.deb` file, pinned by its checksum.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDebPin {
+    /// The Debian package name (the control file's `Package`).
+    pub(crate) name: toml::Spanned<String>,
+    /// The Debian version (`[epoch:]upstream[-revision]`).
+    pub(crate) version: toml::Spanned<String>,
+    /// `amd64`, `arm64` or `all`.
+    pub(crate) arch: toml::Spanned<String>,
+    pub(crate) url: toml::Spanned<String>,
+    #[serde(default)]
+    pub(crate) sha256: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    pub(crate) sha512: Option<toml::Spanned<String>>,
+    pub(crate) source: toml::Spanned<String>,
+    /// sysusers.d(5) lines standing in for what the maintainer scripts
+    /// would have done (`u haproxy - "HAProxy" /var/lib/haproxy`).
+    #[serde(default)]
+    pub(crate) users: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    pub(crate) note: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -282,12 +282,14 @@ pub fn network_config(m: &Manifests, plan: &Plan) -> Option<String> {
         .filter(|_| plan.kind == TargetKind::Node)?;
     let hn = &m.cluster.host_network;
     let mut s = String::from("version: 2\nethernets:\n");
-    let _ = writeln!(s, "  {}:", hn.interface);
+    // quoted: a name such as `1` or `on` would be a number or a boolean key
+    let iface = serde_json::to_string(&hn.interface).unwrap_or_default();
+    let _ = writeln!(s, "  {iface}:");
     if let Some(mac) = &node.mac {
         // quoted: YAML 1.1 (cloud-init's PyYAML) reads 52:54:00:12:34:56
         // unquoted as a base-60 number
         let _ = writeln!(s, "    match:\n      macaddress: \"{mac}\"");
-        let _ = writeln!(s, "    set-name: {}", hn.interface);
+        let _ = writeln!(s, "    set-name: {iface}");
     }
     let _ = writeln!(s, "    dhcp4: false");
     let _ = writeln!(s, "    addresses: [{}/{}]", node.ip, hn.prefix_length);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layer::BuiltLayer;
 use crate::manifest::{Arch, BASE_ROLE};
-use crate::plan::{LayerKind, TargetKind};
+use crate::plan::{LayerKind, OS_LAYER, OS_PACKAGES_LAYER, TargetKind};
 
 /// One output format (`--format`).
 #[derive(
@@ -34,7 +34,8 @@ pub enum Format {
     Layers,
     /// cloud-init/{user-data,meta-data,network-config,seed.iso}
     CloudInit,
-    /// pxe/overlay.cpio.gz and pxe/boot.ipxe
+    /// pxe/: boot.ipxe, and vmlinuz, initrd.cpio.gz and secrets.cpio.gz (with a
+    /// base OS) or overlay.cpio.gz (for a distribution's initrd)
     Pxe,
     /// oci/: the node image as an OCI image layout
     Oci,
@@ -192,7 +193,7 @@ pub struct BuildJson {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerJson {
-    /// `NN-<base|role|node|secrets>`, the file stem.
+    /// `NN-<os|os-packages|base|role|node|secrets>`, the file stem.
     pub name: String,
     pub file: String,
     pub digest: String,
@@ -202,11 +203,13 @@ pub struct LayerJson {
 
 impl LayerJson {
     /// The layer's kind. It is not a field of its own: the name says it
-    /// (`NN-base`, `NN-node`, `NN-secrets`, else a role), since those names
-    /// are reserved and no role may take them.
+    /// (`NN-os`, `NN-os-packages`, `NN-base`, `NN-node`, `NN-secrets`, else
+    /// a role), since those names are reserved and no role may take them.
     pub fn kind(&self) -> LayerKind {
         let stem = self.name.split_once('-').map_or("", |(_, s)| s);
         match stem {
+            OS_LAYER => LayerKind::Os,
+            OS_PACKAGES_LAYER => LayerKind::OsPackages,
             BASE_ROLE => LayerKind::Base,
             "node" => LayerKind::Node,
             "secrets" => LayerKind::Secrets,
@@ -271,9 +274,13 @@ mod tests {
             size: 0,
             diff_id: String::new(),
         };
+        assert_eq!(l("00-os").kind(), LayerKind::Os);
+        assert_eq!(l("01-os-packages").kind(), LayerKind::OsPackages);
         assert_eq!(l("00-base").kind(), LayerKind::Base);
         assert_eq!(l("02-control-plane").kind(), LayerKind::Role);
         assert_eq!(l("04-node").kind(), LayerKind::Node);
         assert_eq!(l("05-secrets").kind(), LayerKind::Secrets);
+        assert_eq!(l("00-os").kind(), LayerKind::Os);
+        assert_eq!(l("01-os-packages").kind(), LayerKind::OsPackages);
     }
 }

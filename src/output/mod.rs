@@ -2,8 +2,10 @@
 //! `out/<target>/` in the formats asked for: `layers/NN-<name>.tar.gz` (hard
 //! links into the layer store where the filesystem allows), `image.json`,
 //! `cloud-init/` (user-data, meta-data, network-config, seed.iso labelled
-//! `cidata`), `pxe/` (overlay.cpio.gz, boot.ipxe) and `SHA256SUMS` over every
-//! other file. Everything is written into a temporary directory beside the
+//! `cidata`), `pxe/` (for a whole node, one with a base OS: vmlinuz,
+//! init.cpio.gz, initrd.cpio.gz, secrets.cpio.gz, cmdline and boot.ipxe;
+//! else overlay.cpio.gz and boot.ipxe) and `SHA256SUMS` over every other
+//! file. Everything is written into a temporary directory beside the
 //! target (locked while a run writes it) and renamed into place at the end,
 //! so no directory is ever left half-written; what a killed run left there
 //! is removed by the next ([`clean_debris`]).
@@ -48,6 +50,12 @@ pub enum OutputError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot take the PXE kernel of {target}")]
+    Kernel {
+        target: String,
+        #[source]
+        source: pxe::KernelError,
+    },
 }
 
 /// How to build: formats, seed mode, and the one timestamp.
@@ -59,6 +67,9 @@ pub struct Options {
     /// Also write `<node>-with-secrets` (and the secrets layer's blob) into
     /// the OCI layout (`--oci-with-secrets`).
     pub oci_with_secrets: bool,
+    /// A whole node's boot.ipxe also loads `pxe/secrets.cpio.gz`
+    /// (`--pxe-secrets`).
+    pub pxe_secrets: bool,
 }
 
 fn io_err<'a>(target: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> OutputError + 'a {
@@ -344,8 +355,7 @@ pub fn assemble(
         fs::remove_dir_all(tmp).map_err(io_err(target, tmp))?;
         return Ok((dest, Outcome::UpToDate));
     }
-    a.big_files(seed_files.as_deref())
-        .map_err(io_err(target, tmp))?;
+    a.big_files(seed_files.as_deref())?;
     let sums = sha256sums(tmp, &a.known).map_err(io_err(target, tmp))?;
     let p = tmp.join(sums::FILE);
     fsutil::write_atomic(&p, sums.render().as_bytes(), 0o644).map_err(io_err(target, &p))?;
@@ -383,24 +393,37 @@ impl Assembly<'_> {
             None
         };
         if formats.has(Format::Pxe) {
-            // in url mode, the shared layers' PXE segments are loaded from BASE
-            let remote: Vec<&BuiltLayer> = self
-                .layers
-                .iter()
-                .filter(|l| self.opts.seed.remote(l))
-                .collect();
-            let remote = pxe::segments(&remote, self.store, self.tmp)?;
-            pxe::boot_script(self.plan, &remote, self.opts.seed.base(), self.tmp)?;
-            for s in &remote {
-                self.known
-                    .insert(format!("pxe/segments/{}", s.file), s.digest.clone());
-            }
+            self.boot_script()?;
         }
         if formats.has(Format::Oci) {
             let (sde, with_secrets) = (self.opts.source_date_epoch, self.opts.oci_with_secrets);
             oci::index(self.tmp, &image, self.layers, sde, with_secrets)?;
         }
         Ok(seed_files)
+    }
+
+    /// boot.ipxe (and a whole node's cmdline), and in url mode the shared
+    /// layers' segments it loads from BASE.
+    fn boot_script(&mut self) -> io::Result<()> {
+        let remote: Vec<&BuiltLayer> = self
+            .layers
+            .iter()
+            .filter(|l| self.opts.seed.remote(l))
+            .collect();
+        let remote = pxe::segments(&remote, self.store, self.tmp)?;
+        let (plan, base, tmp) = (self.plan, self.opts.seed.base(), self.tmp);
+        if pxe::is_whole(self.layers) {
+            let has_secrets = self.layers.iter().any(|l| l.kind == LayerKind::Secrets);
+            let secrets = self.opts.pxe_secrets && has_secrets;
+            pxe::whole_boot_script(plan, &remote, base, secrets, tmp)?;
+        } else {
+            pxe::boot_script(plan, &remote, base, tmp)?;
+        }
+        for s in &remote {
+            self.known
+                .insert(format!("pxe/segments/{}", s.file), s.digest.clone());
+        }
+        Ok(())
     }
 
     /// Whether `dest` holds this build's layer files, OCI layer blobs and
@@ -435,30 +458,71 @@ impl Assembly<'_> {
             .all(|(rel, source, size, digest)| holds(&dest.join(rel), source, *size, digest))
     }
 
-    /// seed.iso and overlay.cpio.gz, each hashed while it is written, side
-    /// by side; then the layers kept or dropped.
-    fn big_files(&mut self, seed_files: Option<&[iso::IsoFile]>) -> io::Result<()> {
+    /// seed.iso and the PXE files, each hashed while it is written, side by
+    /// side (a whole node's kernel too); then the layers kept or dropped.
+    fn big_files(&mut self, seed_files: Option<&[iso::IsoFile]>) -> Result<(), OutputError> {
+        let target = self.plan.target.as_str();
         let mtime = u64::try_from(self.opts.source_date_epoch).unwrap_or(0);
+        let (tmp, layers, pxe) = (self.tmp, self.layers, self.opts.formats.has(Format::Pxe));
+        let this = &*self;
+        let (iso, kernel, initrds) = std::thread::scope(|s| {
+            let iso = s.spawn(|| {
+                seed_files
+                    .map(|files| cloudinit::seed_iso(tmp, files, mtime))
+                    .transpose()
+            });
+            let kernel = s.spawn(|| {
+                if pxe {
+                    pxe::kernel(layers, tmp)
+                } else {
+                    Ok(None)
+                }
+            });
+            let initrds = if pxe { this.initrds() } else { Ok(Vec::new()) };
+            let iso = iso
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("writing the seed ISO panicked")));
+            let kernel = kernel.join().unwrap_or(Err(pxe::KernelError::Panicked));
+            (iso, kernel, initrds)
+        });
+        self.drop_private_segments();
+        let kernel = kernel.map_err(|source| OutputError::Kernel {
+            target: target.to_string(),
+            source,
+        })?;
+        if let Some(h) = kernel {
+            self.known.insert(format!("pxe/{}", pxe::KERNEL), h);
+        }
+        if let Some(h) = iso.map_err(io_err(target, tmp))? {
+            self.known.insert("cloud-init/seed.iso", h);
+        }
+        for (file, h) in initrds.map_err(io_err(target, tmp))? {
+            self.known.insert(file, h);
+        }
+        self.layers_kept().map_err(io_err(target, tmp))
+    }
+
+    /// The PXE initrds: a whole node's, or the overlay for a distribution's
+    /// initrd; in url mode without the shared layers. Each with its sha256.
+    fn initrds(&self) -> io::Result<Vec<(String, String)>> {
         let local: Vec<BuiltLayer> = self
             .layers
             .iter()
             .filter(|l| !self.opts.seed.remote(l))
             .cloned()
             .collect();
-        let (tmp, store, pxe) = (self.tmp, self.store, self.opts.formats.has(Format::Pxe));
-        let (iso, overlay) = std::thread::scope(|s| {
-            let iso = s.spawn(|| {
-                seed_files
-                    .map(|files| cloudinit::seed_iso(tmp, files, mtime))
-                    .transpose()
-            });
-            let overlay = pxe.then(|| pxe::overlay(&local, store, tmp)).transpose();
-            let iso = iso
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("writing the seed ISO panicked")));
-            (iso, overlay)
-        });
-        self.drop_private_segments();
+        if pxe::is_whole(self.layers) {
+            let sde = self.opts.source_date_epoch;
+            pxe::initrds(&local, self.store, sde, self.tmp)
+        } else {
+            let h = pxe::overlay(&local, self.store, self.tmp)?;
+            Ok(vec![("pxe/overlay.cpio.gz".to_string(), h)])
+        }
+    }
+
+    /// The OCI layer blobs linked, and the layers kept (with their digests)
+    /// or dropped.
+    fn layers_kept(&mut self) -> io::Result<()> {
         if self.opts.formats.has(Format::Oci) {
             let with_secrets = self.opts.oci_with_secrets;
             oci::link_blobs(self.tmp, self.layers, with_secrets)?;
@@ -466,12 +530,6 @@ impl Assembly<'_> {
                 self.known
                     .insert(format!("oci/blobs/sha256/{}", l.digest), l.digest.clone());
             }
-        }
-        if let Some(h) = iso? {
-            self.known.insert("cloud-init/seed.iso", h);
-        }
-        if let Some(h) = overlay? {
-            self.known.insert("pxe/overlay.cpio.gz", h);
         }
         if self.opts.formats.has(Format::Layers) {
             for l in self.layers {
@@ -485,7 +543,8 @@ impl Assembly<'_> {
         }
     }
 
-    /// The secrets layer's PXE segment is never kept once the overlay holds it.
+    /// The secrets layer's PXE segment is never kept once the overlay (or a
+    /// whole node's secrets.cpio.gz) holds it.
     fn drop_private_segments(&self) {
         for l in self.layers.iter().filter(|l| l.kind == LayerKind::Secrets) {
             if let Some(seg) = &l.segment {

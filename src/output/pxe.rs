@@ -1,38 +1,80 @@
-//! `pxe/overlay.cpio.gz`: the node's layers as newc cpio (modes and owners
-//! kept, inode numbers assigned in order), appendable to a distribution's
-//! initrd; and `pxe/boot.ipxe`. Each layer's gzip'd cpio segment is written
-//! by the layer stage together with the layer (kept in the layer store for
-//! shared layers); a node's overlay is its segments in layer order and a
-//! trailer. The kernel's initramfs format is a sequence of (compressed) cpio
-//! archives whose trailers are optional, so segments concatenate, and
-//! `zcat | cpio -t` reads them as one archive. Two layers of a node never hold
-//! the same file (the plan refuses it), so the result is the flattened node.
+//! `pxe/`: takes a node's built layers (each with its gzip'd newc cpio
+//! segment, written by the layer stage together with the layer and kept in
+//! the layer store for shared layers) and writes what a PXE server serves.
+//! The kernel's initramfs format is a sequence of (compressed) cpio archives
+//! whose trailers are optional, so segments concatenate, and
+//! `zcat | cpio -t` reads them as one archive; the kernel unpacks them in
+//! order. Two layers of a node never hold the same file (the plan refuses
+//! it), so the result is the flattened node.
+//!
+//! A node whose first layer is a pinned base OS ([`LayerKind::Os`]) is
+//! whole: `pxe/vmlinuz` (the base's kernel, [`kernel`]), `pxe/init.cpio.gz`
+//! (the `/init` that copies the node into a tmpfs and switch_roots to
+//! systemd, [`init`]), `pxe/initrd.cpio.gz` (the segments of every layer but
+//! the secrets, `/init`'s after the shared ones: the node, served to it and
+//! holding no private material), `pxe/secrets.cpio.gz` (0600: the secrets
+//! layer's segment alone), `pxe/cmdline` and `pxe/boot.ipxe`, which loads the
+//! secrets only when the build was asked to (`--pxe-secrets`).
+//!
+//! Without a base OS, `pxe/overlay.cpio.gz` is the node's layers (secrets
+//! included, so 0600), appendable to a distribution's initrd, and
+//! `pxe/boot.ipxe` loads the distribution's kernel and initrd, then it.
+//!
+//! In url mode (`--seed-layers url=BASE`) the shared layers' segments are
+//! linked into `pxe/segments/` and boot.ipxe loads them by digest from
+//! BASE; the node's own files hold the rest.
+
+mod init;
+mod kernel;
+
+pub use kernel::KernelError;
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-
-use flate2::GzBuilder;
 
 use crate::fsutil::{self, Sha256Writer};
 use crate::layer::{BuiltLayer, Store};
+use crate::manifest::Arch;
 use crate::newc;
-use crate::plan::Plan;
+use crate::plan::{LayerKind, Plan};
 
-/// Writes `pxe/overlay.cpio.gz` below `out`; returns its sha256.
+/// A whole node's kernel, below `pxe/`.
+pub(crate) const KERNEL: &str = "vmlinuz";
+/// The `/init` segment alone (with a trailer), below `pxe/`.
+pub(crate) const INIT: &str = "init.cpio.gz";
+/// A whole node's initramfs but its secrets, below `pxe/`.
+pub(crate) const INITRD: &str = "initrd.cpio.gz";
+/// A whole node's secrets, below `pxe/`.
+pub(crate) const SECRETS: &str = "secrets.cpio.gz";
+/// The kernel command line of a whole node, below `pxe/`.
+pub(crate) const CMDLINE: &str = "cmdline";
+/// The size of the tmpfs `/init` copies the node into.
+pub(crate) const ROOTSIZE: &str = "75%";
+
+/// Whether `layers` are a whole node: the first is a pinned base OS.
+pub(crate) fn is_whole(layers: &[BuiltLayer]) -> bool {
+    layers.first().is_some_and(|l| l.kind == LayerKind::Os)
+}
+
+/// Writes `file`: the segments of `head` (the leading shared layers), then
+/// `middle`, then the segments of `tail`, then a trailer; returns its
+/// sha256.
 ///
-/// The leading shared layers (base and roles) are the same for every node of
-/// the same roles: the store keeps the sha256 state after their segments,
-/// so that later nodes copy those bytes in the kernel (`copy_file_range`)
-/// instead of reading and hashing them again.
-pub fn overlay(layers: &[BuiltLayer], store: &Store, out: &Path) -> io::Result<String> {
-    let dir = out.join("pxe");
-    fs::create_dir_all(&dir)?;
-    let shared = layers.iter().take_while(|l| l.kind.is_shared()).count();
-    let (head, tail) = layers.split_at(shared);
-    // the overlay holds the secrets layer's files: private to its owner
-    let mut file = fsutil::create_private(&dir.join("overlay.cpio.gz"))?;
-    let mut overlay = match store.segments_state(head) {
+/// The shared layers at the head are the same for every node of the same
+/// roles: the store keeps the sha256 state after their segments, so that
+/// later nodes copy those bytes in the kernel (`copy_file_range`) instead of
+/// reading and hashing them again.
+fn concatenate(
+    mut file: File,
+    store: &Store,
+    head: &[BuiltLayer],
+    middle: &[u8],
+    tail: &[BuiltLayer],
+) -> io::Result<String> {
+    let mut w = match store.segments_state(head) {
         Some(state) => {
             for l in head {
                 io::copy(&mut File::open(l.segment()?)?, &mut file)?;
@@ -50,17 +92,90 @@ pub fn overlay(layers: &[BuiltLayer], store: &Store, out: &Path) -> io::Result<S
             w
         }
     };
+    w.write_all(middle)?;
     for l in tail {
-        overlay.append_file(l.segment()?)?;
+        w.append_file(l.segment()?)?;
     }
-    let mut gz = GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), flate2::Compression::new(6));
-    gz.write_all(&newc::trailer())?;
-    overlay.write_all(&gz.finish()?)?;
-    let (w, digest) = overlay.finish();
+    w.write_all(&init::gzip(&newc::trailer())?)?;
+    let (w, digest) = w.finish();
     w.into_inner().map_err(|e| e.into_error())?;
     Ok(digest)
+}
+
+/// `layers` split after the leading shared ones.
+fn split_shared(layers: &[BuiltLayer]) -> (&[BuiltLayer], &[BuiltLayer]) {
+    layers.split_at(layers.iter().take_while(|l| l.kind.is_shared()).count())
+}
+
+/// Creates (truncates) `path` with exactly `mode`, whatever the umask.
+fn create(path: &Path, mode: u32) -> io::Result<File> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(f)
+}
+
+/// Writes `pxe/overlay.cpio.gz` below `out`, the `layers` with their
+/// secrets (so 0600); returns its sha256.
+pub fn overlay(layers: &[BuiltLayer], store: &Store, out: &Path) -> io::Result<String> {
+    let dir = out.join("pxe");
+    fs::create_dir_all(&dir)?;
+    let (head, tail) = split_shared(layers);
+    // the overlay holds the secrets layer's files: private to its owner
+    let file = fsutil::create_private(&dir.join("overlay.cpio.gz"))?;
+    concatenate(file, store, head, &[], tail)
+}
+
+/// Writes a whole node's `pxe/init.cpio.gz`, `pxe/initrd.cpio.gz` (the
+/// segments of the `local` layers but the secrets, `/init`'s after the
+/// shared ones) and `pxe/secrets.cpio.gz` (0600: the secrets layer's
+/// segment, when there is one); returns each file (relative to `out`) with
+/// its sha256. Every mtime in `/init`'s segment is `mtime`.
+pub(crate) fn initrds(
+    local: &[BuiltLayer],
+    store: &Store,
+    mtime: i64,
+    out: &Path,
+) -> io::Result<Vec<(String, String)>> {
+    let dir = out.join("pxe");
+    fs::create_dir_all(&dir)?;
+    let init = init::segment(mtime)?;
+    let mut alone = init.clone();
+    alone.extend(init::gzip(&newc::trailer())?);
+    fsutil::write_atomic(&dir.join(INIT), &alone, 0o644)?;
+    let mut written = vec![(format!("pxe/{INIT}"), sha256(&alone))];
+    let (secrets, public): (Vec<BuiltLayer>, Vec<BuiltLayer>) = local
+        .iter()
+        .cloned()
+        .partition(|l| l.kind == LayerKind::Secrets);
+    let (head, tail) = split_shared(&public);
+    let file = create(&dir.join(INITRD), 0o644)?;
+    let digest = concatenate(file, store, head, &init, tail)?;
+    written.push((format!("pxe/{INITRD}"), digest));
+    if !secrets.is_empty() {
+        let file = fsutil::create_private(&dir.join(SECRETS))?;
+        let digest = concatenate(file, store, &[], &[], &secrets)?;
+        written.push((format!("pxe/{SECRETS}"), digest));
+    }
+    Ok(written)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Writes a whole node's `pxe/vmlinuz`, the kernel of its `os` layer (the
+/// first of `layers`); returns its sha256.
+pub(crate) fn kernel(layers: &[BuiltLayer], out: &Path) -> Result<Option<String>, KernelError> {
+    match layers.first().filter(|l| l.kind == LayerKind::Os) {
+        Some(os) => kernel::write(os, &out.join("pxe").join(KERNEL)).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// A shared layer's PXE segment, loaded from BASE in url mode.
@@ -90,6 +205,42 @@ pub fn segments(remote: &[&BuiltLayer], store: &Store, out: &Path) -> io::Result
     Ok(list)
 }
 
+/// The head of `boot.ipxe`: what to serve (`serve`), base-url and, in url
+/// mode, layers-url.
+fn script_head(
+    target: &str,
+    arch: Arch,
+    remote: &[Segment],
+    base: Option<&str>,
+    serve: &str,
+) -> String {
+    let mut s = format!(
+        "#!ipxe\n\
+# imgbuild: {target} ({arch}). {serve}\n\
+isset ${{base-url}} || set base-url http://${{next-server}}/{target}\n"
+    );
+    if let Some(base) = base.filter(|_| !remote.is_empty()) {
+        s.push_str(&format!(
+            "# The shared layers' segments are served by digest from layers-url\n\
+# (publish pxe/segments/<file> as sha256/<digest>.cpio.gz).\n\
+isset ${{layers-url}} || set layers-url {}\n",
+            crate::quote::ipxe(base)
+        ));
+    }
+    s
+}
+
+/// `boot.ipxe`'s `kernel` line: `kernel` with an `initrd=` per initrd in
+/// `names`, then `args`.
+fn kernel_line(kernel: &str, names: &[String], args: &str) -> String {
+    let mut words = vec![format!("kernel {kernel}")];
+    words.extend(names.iter().map(|n| format!("initrd={n}")));
+    if !args.is_empty() {
+        words.push(args.to_string());
+    }
+    format!("{}\n", words.join(" "))
+}
+
 /// Writes `pxe/boot.ipxe` below `out`: the distribution's kernel and initrd,
 /// then the `remote` segments from `base` (url mode), then the overlay.
 pub fn boot_script(
@@ -100,30 +251,14 @@ pub fn boot_script(
 ) -> io::Result<()> {
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
-    let mut s = format!(
-        "#!ipxe\n\
-# imgbuild: {target} ({arch}). Serve the distribution's kernel and initrd and this\n\
-# directory over HTTP; set base-url to where they are.\n\
-isset ${{base-url}} || set base-url http://${{next-server}}/{target}\n",
-        target = plan.target,
-        arch = plan.arch
-    );
-    if let Some(base) = base.filter(|_| !remote.is_empty()) {
-        s.push_str(&format!(
-            "# The shared layers' segments are served by digest from layers-url\n\
-# (publish pxe/segments/<file> as sha256/<digest>.cpio.gz).\n\
-isset ${{layers-url}} || set layers-url {}\n",
-            crate::quote::ipxe(base)
-        ));
-    }
+    let serve = "Serve the distribution's kernel and initrd and this\n\
+# directory over HTTP; set base-url to where they are.";
+    let mut s = script_head(&plan.target, plan.arch, remote, base, serve);
     let mut names = vec!["initrd.img".to_string()];
     names.extend(remote.iter().map(|r| r.file.clone()));
     names.push("overlay.cpio.gz".to_string());
-    let cmdline: Vec<String> = names.iter().map(|n| format!("initrd={n}")).collect();
-    s.push_str(&format!(
-        "kernel ${{base-url}}/vmlinuz {}\ninitrd ${{base-url}}/initrd.img\n",
-        cmdline.join(" ")
-    ));
+    s.push_str(&kernel_line("${base-url}/vmlinuz", &names, ""));
+    s.push_str("initrd ${base-url}/initrd.img\n");
     for r in remote {
         s.push_str(&format!(
             "initrd ${{layers-url}}/sha256/{}.cpio.gz {}\n",
@@ -133,3 +268,86 @@ isset ${{layers-url}} || set layers-url {}\n",
     s.push_str("initrd ${base-url}/pxe/overlay.cpio.gz overlay.cpio.gz\nboot\n");
     fs::write(dir.join("boot.ipxe"), s)
 }
+
+/// The kernel command line of a whole node of `arch`: the serial console
+/// last, so that it is `/dev/console`, and the size of the root's tmpfs.
+pub(crate) fn cmdline(arch: Arch) -> String {
+    let serial = match arch {
+        Arch::Amd64 => "ttyS0",
+        Arch::Arm64 => "ttyAMA0",
+    };
+    format!("console=tty0 console={serial},115200 imgbuild.rootsize={ROOTSIZE}")
+}
+
+/// Writes a whole node's `pxe/boot.ipxe` ([`whole_script`]) and
+/// `pxe/cmdline` below `out`.
+pub(crate) fn whole_boot_script(
+    plan: &Plan,
+    remote: &[Segment],
+    base: Option<&str>,
+    secrets: bool,
+    out: &Path,
+) -> io::Result<()> {
+    let dir = out.join("pxe");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join(CMDLINE), format!("{}\n", cmdline(plan.arch)))?;
+    let s = whole_script(&plan.target, plan.arch, remote, base, secrets);
+    fs::write(dir.join("boot.ipxe"), s)
+}
+
+/// A whole node's `boot.ipxe`: the base's kernel with [`cmdline`], the
+/// `remote` segments from `base` (url mode), the node's initrd and, when
+/// `secrets`, its secrets.
+fn whole_script(
+    target: &str,
+    arch: Arch,
+    remote: &[Segment],
+    base: Option<&str>,
+    secrets: bool,
+) -> String {
+    let serve = "The whole node, run from RAM: serve this directory\n\
+# over HTTP; set base-url to where it is.";
+    let mut s = script_head(target, arch, remote, base, serve);
+    let mut names: Vec<String> = remote.iter().map(|r| r.file.clone()).collect();
+    names.push(INITRD.to_string());
+    if secrets {
+        names.push(SECRETS.to_string());
+        s.push_str(
+            "# The node's private keys and tokens: whoever can fetch secrets.cpio.gz\n\
+# owns the cluster. Serve it to this node only (TLS with client\n\
+# authentication, or an isolated provisioning network).\n",
+        );
+    } else {
+        s.push_str(
+            "# The node's secrets (pxe/secrets.cpio.gz) are not loaded here (build\n\
+# with --pxe-secrets to load them): the node gets them another way.\n",
+        );
+    }
+    s.push_str(&kernel_line(
+        "${base-url}/pxe/vmlinuz",
+        &names,
+        &cmdline(arch),
+    ));
+    for r in remote {
+        s.push_str(&format!(
+            "initrd ${{layers-url}}/sha256/{}.cpio.gz {}\n",
+            r.digest, r.file
+        ));
+    }
+    s.push_str(&format!("initrd ${{base-url}}/pxe/{INITRD} {INITRD}\n"));
+    if secrets {
+        s.push_str(&format!("initrd ${{base-url}}/pxe/{SECRETS} {SECRETS}\n"));
+    }
+    s.push_str("boot\n");
+    s
+}
+
+/// Whether the whole node's `boot.ipxe` in the output directory `dir` loads
+/// its secrets (for `verify --rebuild`: it was built with `--pxe-secrets`).
+pub fn loads_secrets(dir: &Path) -> bool {
+    let line = format!("initrd ${{base-url}}/pxe/{SECRETS} {SECRETS}");
+    fs::read_to_string(dir.join("pxe/boot.ipxe")).is_ok_and(|s| s.lines().any(|l| l == line))
+}
+
+#[cfg(test)]
+mod tests;

@@ -86,7 +86,11 @@ pub fn check(m: &Manifests, dir: &Path, state: Option<&Path>) -> Result<ImageJso
     if let Some(image) = &image {
         check_layer_files(dir, image, &tree, &digests, &mut p);
         check_inputs(m, image, &mut p);
-        for l in image.layers.iter().filter(|l| tree.has(&l.file)) {
+        // the OS layers hold the pinned base and packages, public inputs
+        // whose own files (keepalived's samples, TLS libraries) carry the
+        // markers: no secret of imgbuild's goes there
+        let os = |l: &LayerJson| matches!(l.kind(), LayerKind::Os | LayerKind::OsPackages);
+        for l in image.layers.iter().filter(|l| tree.has(&l.file) && !os(l)) {
             check_secrets(dir, image, l, state, &mut p);
         }
         check_published(dir, &tree, &mut p);
@@ -307,7 +311,8 @@ fn chain_problem(state: &Path, l: &LayerJson, name: &str, pem: &[u8], p: &mut Pr
 }
 
 /// What is published to many machines holds no private material: the PXE
-/// segments served by digest, and every blob of the public OCI image.
+/// segments served by digest, a whole node's initrd and `/init` segment
+/// (served without its secrets), and every blob of the public OCI image.
 fn check_published(dir: &Path, tree: &Tree, p: &mut Problems) {
     let public_blobs = match public_oci_blobs(dir, tree) {
         Ok(b) => b,
@@ -316,7 +321,9 @@ fn check_published(dir: &Path, tree: &Tree, p: &mut Problems) {
             Vec::new()
         }
     };
-    let segments = tree.files.iter().filter(|f| f.starts_with("pxe/segments/"));
+    let segments = tree.files.iter().filter(|f| {
+        f.starts_with("pxe/segments/") || *f == "pxe/initrd.cpio.gz" || *f == "pxe/init.cpio.gz"
+    });
     for f in segments.chain(public_blobs.iter()) {
         let found = File::open(dir.join(f)).and_then(|file| {
             let mut head = [0u8; 2];
@@ -380,7 +387,12 @@ fn public_oci_blobs(dir: &Path, tree: &Tree) -> io::Result<Vec<String>> {
 
 /// The files that carry the secrets layer are private.
 fn check_private_modes(dir: &Path, tree: &Tree, p: &mut Problems) {
-    for private in ["cloud-init/seed.iso", "pxe/overlay.cpio.gz"] {
+    let private_files = [
+        "cloud-init/seed.iso",
+        "pxe/overlay.cpio.gz",
+        "pxe/secrets.cpio.gz",
+    ];
+    for private in private_files {
         if let Ok(meta) = fs::metadata(dir.join(private))
             && tree.has(private)
             && meta.permissions().mode() & 0o077 != 0

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::build::{build, extract, synthetic};
+use crate::build::{build, built_root, extract, synthetic};
 use crate::judge::judge;
 
 /// Runs `script` with dash in a mount namespace where /etc/kubernetes/addons
@@ -40,14 +40,7 @@ fn run_addons(root: &Path, scratch: &Path) -> String {
 #[test]
 fn addons_apply_once_per_content_and_again_when_it_changes() {
     let (lab, server) = synthetic();
-    build(
-        &lab,
-        &server,
-        &["node", "--role", "master01", "--format", "layers"],
-        &[],
-    )
-    .assert_ok();
-    let root = extract(&lab.path("out/master01"), &lab.path("root"));
+    let root = built_root(&lab, &server, "master01", "out");
     let scratch = lab.path("addons-run");
     let first = run_addons(&root, &scratch);
     assert!(
@@ -103,14 +96,7 @@ fn resolv_link(root: &Path, scratch: &Path, resolved: bool) -> String {
 #[test]
 fn kubelet_gives_pods_the_real_upstreams_when_systemd_resolved_runs() {
     let (lab, server) = synthetic();
-    build(
-        &lab,
-        &server,
-        &["node", "--role", "node01", "--format", "layers"],
-        &[],
-    )
-    .assert_ok();
-    let root = extract(&lab.path("out/node01"), &lab.path("root"));
+    let root = built_root(&lab, &server, "node01", "out");
     let config = std::fs::read_to_string(root.join("var/lib/kubelet/config.yaml")).unwrap();
     assert!(
         config.contains("resolvConf: /run/imgbuild/resolv.conf"),

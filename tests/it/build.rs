@@ -918,3 +918,14 @@ fn verify_rebuild_of_an_arm64_role_image_rebuilds_it_for_arm64() {
     .assert_failed()
     .assert_stderr_has("out/worker is an arm64 image; --arch asked for amd64");
 }
+
+/// Builds `node`'s layers alone into `out/` and extracts them into
+/// `<out>-root-<node>`; the root.
+pub(crate) fn built_root(lab: &Lab, server: &Server, node: &str, out: &str) -> PathBuf {
+    let args = ["node", "--role", node, "--format", "layers", "--out", out];
+    build(lab, server, &args, &[]).assert_ok();
+    extract(
+        &lab.path(&format!("{out}/{node}")),
+        &lab.path(&format!("{out}-root-{node}")),
+    )
+}

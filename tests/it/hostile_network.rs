@@ -514,3 +514,21 @@ fn a_bundle_with_an_entry_outside_it_twice_or_not_a_file_is_refused() {
     );
     import(&lab).assert_ok();
 }
+
+#[test]
+fn bundle_export_refuses_a_link_instead_of_carrying_what_it_points_at() {
+    let server = Server::start();
+    let lab = Lab::new().without_images();
+    serve(&lab, &server, Serve::Mirror, 8 << 10);
+    // a link in the manifests directory, to the state's CA key
+    std::fs::create_dir_all(lab.path("state")).unwrap();
+    std::fs::write(lab.path("state/ca.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    std::os::unix::fs::symlink(lab.path("state/ca.key"), lab.path("manifests/notes.txt")).unwrap();
+    let mirror = server.url("mirror");
+    lab.imgbuild(&[
+        "bundle", "export", "site.tar", "--cache", "cache", "--mirror", &mirror,
+    ])
+    .assert_failed()
+    .assert_stderr_has("notes.txt: it is a symbolic link or a special file");
+    assert!(!lab.path("site.tar").exists(), "no bundle may be written");
+}

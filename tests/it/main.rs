@@ -3,6 +3,7 @@
 mod addons_and_dns;
 mod archive;
 mod artifacts;
+mod base_os;
 mod build;
 mod cluster_security;
 mod containerd;
@@ -18,6 +19,7 @@ mod lab;
 mod node_os;
 mod pki;
 mod plan;
+mod pxe;
 mod registry;
 mod scripts;
 mod seed_script;

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::build::{build, extract, synthetic};
+use crate::build::{build, built_root, extract, synthetic};
 use crate::judge::judge;
 
 /// Every unit file under `root/etc/systemd/system`.
@@ -97,14 +97,7 @@ fn tls_listener(state: &Path, port: u16) -> Server {
 #[test]
 fn the_vip_check_passes_only_while_the_api_answers_through_haproxy() {
     let (lab, server) = synthetic();
-    build(
-        &lab,
-        &server,
-        &["node", "--role", "master01", "--format", "layers"],
-        &[],
-    )
-    .assert_ok();
-    let root = extract(&lab.path("out/master01"), &lab.path("root"));
+    let root = built_root(&lab, &server, "master01", "out");
     let script = std::fs::read_to_string(root.join("etc/keepalived/check_haproxy.sh")).unwrap();
     let cfg = std::fs::read_to_string(root.join("etc/haproxy/haproxy.cfg")).unwrap();
     let lb_port = cfg

@@ -2,11 +2,13 @@
 //! `roles/*.yaml` and turns them into the typed [`Manifests`], collecting every
 //! problem with its location before giving up. The rules live by file:
 //! [`pins`] (pins.toml), [`roles`] (one role file), [`cluster`] (cluster.yaml's
-//! settings), [`nodes`] (one inventory entry) and [`cross`] (what one
-//! manifest's values demand of another's).
+//! settings), [`nodes`] (one inventory entry), [`debs`] (the node OS:
+//! `[os]` and `[[deb]]`) and [`cross`] (what one manifest's values demand of
+//! another's).
 
 mod cluster;
 mod cross;
+mod debs;
 mod node_settings;
 mod nodes;
 mod pins;
@@ -50,8 +52,9 @@ pub(super) fn load(
     let mut d = Diagnostics::default();
     let cluster_path = dir.join("cluster.yaml");
     let raw_cluster = parse_cluster(&cluster_path, &mut d)?;
-    let pins = parse_pins(&dir.join("pins.toml"), &mut d)?;
+    let (pins, os_loc) = parse_pins(&dir.join("pins.toml"), &mut d)?.unzip();
     let RawRoles { parsed, unparsed } = parse_roles(&dir.join("roles"), &mut d)?;
+    let role_packages = role_packages(&parsed);
     // the roles are checked against the proxy mode; cluster.yaml reports a bad one
     let proxy_mode = raw_cluster
         .as_ref()
@@ -64,6 +67,15 @@ pub(super) fn load(
     };
     let cluster =
         raw_cluster.and_then(|raw| cluster::validate_cluster(&cluster_path, raw, &known, &mut d));
+    if let (Some(c), Some(p)) = (&cluster, &pins) {
+        debs::check_os(
+            p,
+            os_loc.flatten().as_ref(),
+            &role_packages,
+            &c.nodes,
+            &mut d,
+        );
+    }
     d.sort();
     match (cluster, pins) {
         (Some(cluster), Some(pins)) if !d.has_errors() => {
@@ -106,8 +118,12 @@ fn parse_cluster(path: &Path, d: &mut Diagnostics) -> Result<Option<RawCluster>,
     Ok(read(path, d)?.and_then(|text| parse_yaml(path, &text, d)))
 }
 
-/// Reads pins.toml and validates it at once: roles and cluster check against it.
-fn parse_pins(path: &Path, d: &mut Diagnostics) -> Result<Option<Pins>, ManifestError> {
+/// Reads pins.toml and validates it at once: roles and cluster check
+/// against it. With the pins, where `[os]`'s base stands.
+fn parse_pins(
+    path: &Path,
+    d: &mut Diagnostics,
+) -> Result<Option<(Pins, Option<Loc>)>, ManifestError> {
     let Some(text) = read(path, d)? else {
         return Ok(None);
     };
@@ -156,9 +172,25 @@ fn role_files(roles_dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     Ok(files)
 }
 
+/// The OS packages of every parsed role, each where it stands in its file
+/// (what the nodes' arches demand of `[[deb]]`, checked once they are known).
+fn role_packages(parsed: &BTreeMap<String, (PathBuf, RawRole)>) -> debs::RolePackages {
+    parsed
+        .iter()
+        .map(|(name, (path, raw))| {
+            let packages = raw
+                .os_packages
+                .iter()
+                .map(|p| (p.value.clone(), at(path, p)))
+                .collect();
+            (name.clone(), packages)
+        })
+        .collect()
+}
+
 /// Layer names imgbuild gives its own layers: no role may take one, so a
 /// layer's name says its kind (image.json relies on it).
-const RESERVED_LAYER_NAMES: [&str; 2] = ["node", "secrets"];
+const RESERVED_LAYER_NAMES: [&str; 4] = ["node", "secrets", "os", "os-packages"];
 
 /// A role file's stem, which must be a DNS-1123 label and no reserved name.
 fn role_name(path: &Path, d: &mut Diagnostics) -> String {

@@ -1,4 +1,5 @@
 //! pins.toml: each `[[artifact]]` and `[[image]]` entry checked on its own
+//! (`[os]` and `[[deb]]` in [`super::debs`])
 //! (arch, URL or image reference, checksum or digest, source) and against the
 //! entries before it (no pin defined twice), giving the typed [`Pins`]. An
 //! entry with an error is left out of them. Names, versions, URLs and image
@@ -15,21 +16,27 @@ use crate::manifest::raw::{RawArtifactPin, RawImagePin, RawPins};
 use crate::manifest::{Arch, ArtifactPin, Checksum, ImagePin, Pins};
 
 /// pins.toml's path and text: a TOML value's location is a byte offset into it.
-struct PinsFile<'a> {
-    path: &'a Path,
-    text: &'a str,
+pub(super) struct PinsFile<'a> {
+    pub(super) path: &'a Path,
+    pub(super) text: &'a str,
 }
 
 impl PinsFile<'_> {
-    fn at<T>(&self, s: &toml::Spanned<T>) -> Loc {
+    pub(super) fn at<T>(&self, s: &toml::Spanned<T>) -> Loc {
         Loc::offset(self.path, self.text, s.span().start)
     }
 }
 
 /// Where each pin was first defined (its line), by what identifies it.
-type FirstSeen<K> = HashMap<K, u64>;
+pub(super) type FirstSeen<K> = HashMap<K, u64>;
 
-pub(super) fn validate_pins(file: &Path, text: &str, raw: RawPins, d: &mut Diagnostics) -> Pins {
+/// The validated pins, and where `[os]`'s base stands when there is one.
+pub(super) fn validate_pins(
+    file: &Path,
+    text: &str,
+    raw: RawPins,
+    d: &mut Diagnostics,
+) -> (Pins, Option<Loc>) {
     let f = PinsFile { path: file, text };
     let mut pins = Pins::default();
     let mut seen = FirstSeen::new();
@@ -44,7 +51,10 @@ pub(super) fn validate_pins(file: &Path, text: &str, raw: RawPins, d: &mut Diagn
             pins.images.push(pin);
         }
     }
-    pins
+    let (os, os_loc) = super::debs::validate_os(&f, raw.os, &pins.artifacts, d);
+    pins.os = os;
+    pins.debs = super::debs::validate_debs(&f, raw.deb, d);
+    (pins, os_loc)
 }
 
 fn validate_artifact_pin(
@@ -64,7 +74,7 @@ fn validate_artifact_pin(
             format!("pin `{name}`: `source` is empty; say where the checksum was read"),
         );
     }
-    let checksum = artifact_checksum(f, &a, &loc, d);
+    let checksum = download_checksum(f, &(&a).into(), &loc, d);
     if let Some(arch) = arch {
         ok &= first_definition(seen, (name.clone(), arch), &loc, d, |first| {
             format!("pin `{name}` for {arch} is defined twice (first at line {first})")
@@ -147,15 +157,34 @@ fn check_url(f: &PinsFile, a: &RawArtifactPin, d: &mut Diagnostics) -> bool {
     ok
 }
 
+/// What a download pin (`[[artifact]]` or `[[deb]]`) says of its checksum.
+pub(super) struct ChecksumFields<'a> {
+    pub(super) name: &'a toml::Spanned<String>,
+    pub(super) version: &'a toml::Spanned<String>,
+    pub(super) sha256: &'a Option<toml::Spanned<String>>,
+    pub(super) sha512: &'a Option<toml::Spanned<String>>,
+}
+
+impl<'a> From<&'a RawArtifactPin> for ChecksumFields<'a> {
+    fn from(a: &'a RawArtifactPin) -> Self {
+        ChecksumFields {
+            name: &a.name,
+            version: &a.version,
+            sha256: &a.sha256,
+            sha512: &a.sha512,
+        }
+    }
+}
+
 /// The one well-formed checksum the pin must have.
-fn artifact_checksum(
+pub(super) fn download_checksum(
     f: &PinsFile,
-    a: &RawArtifactPin,
+    a: &ChecksumFields,
     loc: &Loc,
     d: &mut Diagnostics,
 ) -> Option<Checksum> {
     let name = a.name.get_ref();
-    match (&a.sha256, &a.sha512) {
+    match (a.sha256, a.sha512) {
         (Some(h), None) if is_lower_hex(h.get_ref(), 64) => {
             Some(Checksum::Sha256(h.get_ref().clone()))
         }
@@ -187,7 +216,7 @@ fn artifact_checksum(
 /// Reports a checksum that is not `digits` lowercase hex digits.
 fn malformed_hex(
     f: &PinsFile,
-    a: &RawArtifactPin,
+    a: &ChecksumFields,
     algorithm: &str,
     digits: usize,
     h: &toml::Spanned<String>,
@@ -299,7 +328,7 @@ fn image_arches(f: &PinsFile, i: &RawImagePin, d: &mut Diagnostics) -> Option<Ve
 
 /// Records the line where `key` is first defined; a second definition is an
 /// error, worded by `message` from the first one's line.
-fn first_definition<K: Eq + Hash>(
+pub(super) fn first_definition<K: Eq + Hash>(
     seen: &mut FirstSeen<K>,
     key: K,
     loc: &Loc,
@@ -315,7 +344,7 @@ fn first_definition<K: Eq + Hash>(
     }
 }
 
-fn is_lower_hex(s: &str, len: usize) -> bool {
+pub(super) fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

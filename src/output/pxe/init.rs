@@ -1,0 +1,121 @@
+//! The `/init` segment of a whole node's initramfs: takes the build's one
+//! timestamp and produces a gzip'd newc cpio (no trailer, like a layer's
+//! segment) of `/init` ([`SCRIPT`], 0755) and the directories it needs:
+//! `/dev` and `/proc` to mount on, and the empty `/newroot` where it mounts
+//! the tmpfs it copies the node into before it switch_roots to systemd.
+//! Owners are root, every mtime is SOURCE_DATE_EPOCH and the gzip is the
+//! layers' (level 6, header mtime 0, no name), so the bytes are reproducible.
+
+use std::io::{self, Write};
+
+use flate2::GzBuilder;
+
+use crate::newc;
+
+/// The `/init` script (a POSIX shell script for the node's own `/bin/sh`).
+pub(crate) const SCRIPT: &str = include_str!("init.sh");
+
+/// `data` as one gzip member, as the layers compress.
+pub(crate) fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
+    let level = flate2::Compression::new(crate::layer::GZIP_LEVEL);
+    let mut gz = GzBuilder::new().mtime(0).write(Vec::new(), level);
+    gz.write_all(data)?;
+    gz.finish()
+}
+
+/// The gzip'd newc segment of `/init`, with `mtime` on every entry.
+pub(crate) fn segment(mtime: i64) -> io::Result<Vec<u8>> {
+    let mtime = u32::try_from(mtime).unwrap_or(0);
+    let script = SCRIPT.as_bytes();
+    let entries: [(&str, u32, &[u8]); 4] = [
+        ("dev", newc::S_IFDIR | 0o755, b""),
+        ("init", newc::S_IFREG | 0o755, script),
+        ("newroot", newc::S_IFDIR | 0o755, b""),
+        ("proc", newc::S_IFDIR | 0o555, b""),
+    ];
+    let mut cpio = Vec::new();
+    for (ino, (name, mode, body)) in (1..).zip(entries) {
+        let size = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        let dir = mode & newc::S_IFDIR != 0;
+        let header = newc::Header {
+            name,
+            ino,
+            mode,
+            uid: 0,
+            gid: 0,
+            nlink: if dir { 2 } else { 1 },
+            mtime,
+            size,
+        };
+        cpio.extend_from_slice(&header.to_bytes());
+        cpio.extend_from_slice(body);
+        cpio.resize(cpio.len() + newc::padding(body.len() as u64), 0);
+    }
+    gzip(&cpio)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// (name, mode, mtime, content) of every entry of a newc archive.
+    fn entries(mut archive: &[u8]) -> Vec<(String, u32, u32, String)> {
+        let mut out = Vec::new();
+        loop {
+            let mut r = cpio::NewcReader::new(archive).expect("an entry");
+            if r.entry().is_trailer() {
+                return out;
+            }
+            let e = r.entry();
+            let (name, mode, mtime) = (e.name().to_string(), e.mode(), e.mtime());
+            assert_eq!((e.uid(), e.gid()), (0, 0), "{name}");
+            let mut body = String::new();
+            r.read_to_string(&mut body).expect("content");
+            out.push((name, mode, mtime, body));
+            archive = r.finish().expect("next");
+        }
+    }
+
+    #[test]
+    fn the_segment_holds_init_and_its_mount_points() {
+        let seg = segment(1_700_000_000).unwrap();
+        let mut cpio = Vec::new();
+        flate2::read::GzDecoder::new(seg.as_slice())
+            .read_to_end(&mut cpio)
+            .unwrap();
+        cpio.extend_from_slice(&newc::trailer());
+        let got = entries(&cpio);
+        let names: Vec<(&str, u32)> = got.iter().map(|e| (e.0.as_str(), e.1)).collect();
+        assert_eq!(
+            names,
+            [
+                ("dev", 0o040755),
+                ("init", 0o100755),
+                ("newroot", 0o040755),
+                ("proc", 0o040555)
+            ]
+        );
+        assert!(got.iter().all(|e| e.2 == 1_700_000_000));
+        assert_eq!(got[1].3, SCRIPT);
+        // the layers' gzip: header mtime 0, no name, OS unknown
+        assert_eq!(&seg[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+        assert_eq!(seg, segment(1_700_000_000).unwrap());
+        assert_ne!(seg, segment(1_700_000_001).unwrap());
+    }
+
+    #[test]
+    fn the_script_reads_its_settings_from_the_kernel_command_line() {
+        assert!(SCRIPT.starts_with("#!/bin/sh\n"));
+        for needle in [
+            "imgbuild.rootsize=*",
+            "imgbuild.init=*",
+            "size=75% init=/sbin/init",
+            "exec switch_root /newroot \"$init\"",
+            "echo \"imgbuild-init: $*\" >/dev/kmsg",
+            "exec /bin/sh",
+        ] {
+            assert!(SCRIPT.contains(needle), "{needle}");
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! A whole node's PXE files from hand-made layers: each a `.tar.gz` and a
+//! gzip'd newc segment, as the layer stage writes them.
+
+use super::*;
+use std::io::Read;
+use std::path::PathBuf;
+
+use crate::fetch::Cache;
+use crate::report::Reporter;
+
+const SDE: i64 = 1_700_000_000;
+
+/// A file of a hand-made layer: path, mode (with its type), content.
+type File3 = (&'static str, u32, &'static str);
+
+/// Writes layer `name`'s `.tar.gz` and segment into `dir`.
+fn layer(dir: &Path, name: &str, kind: LayerKind, files: &[File3]) -> BuiltLayer {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut cpio = Vec::new();
+    for (ino, (path, mode, body)) in (1..).zip(files) {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(mode & 0o7777);
+        h.set_size(body.len() as u64);
+        h.set_entry_type(if mode & newc::S_IFDIR != 0 {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        tar.append_data(&mut h, path, body.as_bytes()).unwrap();
+        let header = newc::Header {
+            name: path,
+            ino,
+            mode: *mode,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            mtime: 1,
+            size: body.len() as u32,
+        };
+        cpio.extend_from_slice(&header.to_bytes());
+        cpio.extend_from_slice(body.as_bytes());
+        cpio.resize(cpio.len() + newc::padding(body.len() as u64), 0);
+    }
+    let file = dir.join(format!("{name}.tar.gz"));
+    let gz = init::gzip(&tar.into_inner().unwrap()).unwrap();
+    fs::write(&file, &gz).unwrap();
+    let segment = dir.join(format!("{name}.cpio.gz"));
+    let seg = init::gzip(&cpio).unwrap();
+    fs::write(&segment, &seg).unwrap();
+    BuiltLayer {
+        name: name.to_string(),
+        kind,
+        key: sha256(name.as_bytes()),
+        digest: sha256(&gz),
+        size: gz.len() as u64,
+        diff_id: String::new(),
+        file,
+        segment: Some(segment),
+        segment_digest: Some(sha256(&seg)),
+        segment_size: Some(seg.len() as u64),
+    }
+}
+
+const F: u32 = newc::S_IFREG | 0o644;
+const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n";
+
+/// A whole worker: os, os-packages, base, a role, node and secrets layers.
+fn node(dir: &Path) -> Vec<BuiltLayer> {
+    vec![
+        layer(
+            dir,
+            "00-os",
+            LayerKind::Os,
+            &[
+                ("boot", newc::S_IFDIR | 0o755, ""),
+                ("boot/vmlinuz-6.1.0-test", F, "KERNEL"),
+                ("etc/os-release", F, "ID=debian\n"),
+            ],
+        ),
+        layer(
+            dir,
+            "01-os-packages",
+            LayerKind::OsPackages,
+            &[("usr/sbin/haproxy", newc::S_IFREG | 0o755, "ELF")],
+        ),
+        layer(dir, "02-base", LayerKind::Base, &[("etc/hosts", F, "h")]),
+        layer(dir, "03-worker", LayerKind::Role, &[("etc/worker", F, "w")]),
+        layer(dir, "04-node", LayerKind::Node, &[("etc/hostname", F, "n")]),
+        layer(
+            dir,
+            "05-secrets",
+            LayerKind::Secrets,
+            &[("etc/kubernetes/pki/apiserver.key", 0o100600, KEY)],
+        ),
+    ]
+}
+
+fn store(dir: &Path) -> Store {
+    let cache = Cache::open(&dir.join("cache")).unwrap();
+    Store::open(&cache, Reporter::new(true, 0)).unwrap()
+}
+
+/// The names and modes in a file of gzip'd newc segments, in order.
+fn listing(path: &Path) -> Vec<(String, u32)> {
+    let mut bytes = Vec::new();
+    flate2::read::MultiGzDecoder::new(fs::File::open(path).unwrap())
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let mut out = Vec::new();
+    let mut rest = bytes.as_slice();
+    loop {
+        let mut r = cpio::NewcReader::new(rest).unwrap();
+        if r.entry().is_trailer() {
+            assert!(r.finish().unwrap().iter().all(|&b| b == 0));
+            return out;
+        }
+        out.push((r.entry().name().to_string(), r.entry().mode()));
+        io::copy(&mut r, &mut io::sink()).unwrap();
+        rest = r.finish().unwrap();
+    }
+}
+
+fn names(list: &[(String, u32)]) -> Vec<&str> {
+    list.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// `out/pxe/<file>`.
+fn pxe(out: &Path, file: &str) -> PathBuf {
+    out.join("pxe").join(file)
+}
+
+#[test]
+fn the_initrd_is_the_node_without_its_secrets_and_init_after_the_shared_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layers, store, out) = (node(dir.path()), store(dir.path()), dir.path().join("out"));
+    let written = initrds(&layers, &store, SDE, &out).unwrap();
+    let initrd = listing(&pxe(&out, INITRD));
+    assert_eq!(
+        names(&initrd),
+        [
+            "boot",
+            "boot/vmlinuz-6.1.0-test",
+            "etc/os-release",
+            "usr/sbin/haproxy",
+            "etc/hosts",
+            "etc/worker",
+            "dev",
+            "init",
+            "newroot",
+            "proc",
+            "etc/hostname"
+        ]
+    );
+    assert!(initrd.contains(&("init".to_string(), 0o100755)));
+    assert_eq!(
+        listing(&pxe(&out, SECRETS)),
+        [("etc/kubernetes/pki/apiserver.key".to_string(), 0o100600)]
+    );
+    assert_eq!(
+        names(&listing(&pxe(&out, INIT))),
+        ["dev", "init", "newroot", "proc"]
+    );
+    let text = fs::read(pxe(&out, INITRD)).unwrap();
+    let mut plain = Vec::new();
+    flate2::read::MultiGzDecoder::new(text.as_slice())
+        .read_to_end(&mut plain)
+        .unwrap();
+    assert!(memchr::memmem::find(&plain, b"PRIVATE KEY").is_none());
+    assert_eq!(
+        (mode(&pxe(&out, INIT)), mode(&pxe(&out, INITRD))),
+        (0o644, 0o644)
+    );
+    assert_eq!(mode(&pxe(&out, SECRETS)), 0o600);
+    for (file, digest) in &written {
+        assert_eq!(
+            &fsutil::sha256_file(&out.join(file)).unwrap(),
+            digest,
+            "{file}"
+        );
+    }
+    let files: Vec<&str> = written.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        files,
+        [
+            "pxe/init.cpio.gz",
+            "pxe/initrd.cpio.gz",
+            "pxe/secrets.cpio.gz"
+        ]
+    );
+}
+
+#[test]
+fn a_second_build_from_the_kept_state_writes_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layers, store) = (node(dir.path()), store(dir.path()));
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let first = initrds(&layers, &store, SDE, &a).unwrap();
+    // the state after the shared segments is kept, and the second build
+    // hashes the initrd from it
+    assert!(store.segments_state(&layers[..4]).is_some());
+    let second = initrds(&layers, &store, SDE, &b).unwrap();
+    assert_eq!(first, second);
+    for f in [INIT, INITRD, SECRETS] {
+        assert_eq!(
+            fs::read(pxe(&a, f)).unwrap(),
+            fs::read(pxe(&b, f)).unwrap(),
+            "{f}"
+        );
+    }
+    let later = initrds(&layers, &store, SDE + 1, &dir.path().join("c")).unwrap();
+    assert_ne!(first[1], later[1], "/init's mtime is the build's");
+}
+
+#[test]
+fn in_url_mode_the_initrd_holds_init_and_the_node_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layers, store, out) = (node(dir.path()), store(dir.path()), dir.path().join("out"));
+    // the shared layers come from BASE by digest
+    initrds(&layers[4..], &store, SDE, &out).unwrap();
+    assert_eq!(
+        names(&listing(&pxe(&out, INITRD))),
+        ["dev", "init", "newroot", "proc", "etc/hostname"]
+    );
+    assert_eq!(listing(&pxe(&out, SECRETS)).len(), 1);
+}
+
+#[test]
+fn a_node_without_secrets_has_no_secrets_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layers, store, out) = (node(dir.path()), store(dir.path()), dir.path().join("out"));
+    let written = initrds(&layers[..5], &store, SDE, &out).unwrap();
+    assert_eq!(written.len(), 2);
+    assert!(!pxe(&out, SECRETS).exists());
+}
+
+#[test]
+fn the_kernel_is_copied_from_the_os_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layers, out) = (node(dir.path()), dir.path().join("out"));
+    let digest = kernel(&layers, &out).unwrap().unwrap();
+    assert_eq!(fs::read(pxe(&out, KERNEL)).unwrap(), b"KERNEL");
+    assert_eq!(mode(&pxe(&out, KERNEL)), 0o644);
+    assert_eq!(digest, sha256(b"KERNEL"));
+    // a node without a base OS has no kernel of its own
+    assert_eq!(
+        kernel(&layers[2..], &dir.path().join("none")).unwrap(),
+        None
+    );
+    assert!(is_whole(&layers) && !is_whole(&layers[2..]));
+}
+
+#[test]
+fn boot_ipxe_loads_the_kernel_the_initrd_and_the_secrets_only_when_asked() {
+    let s = whole_script("node01", Arch::Amd64, &[], None, false);
+    let args = "console=tty0 console=ttyS0,115200 imgbuild.rootsize=75%";
+    assert!(
+        s.contains(&format!(
+            "\nkernel ${{base-url}}/pxe/vmlinuz initrd=initrd.cpio.gz {args}\n\
+initrd ${{base-url}}/pxe/initrd.cpio.gz initrd.cpio.gz\nboot\n"
+        )),
+        "{s}"
+    );
+    assert!(s.starts_with("#!ipxe\n# imgbuild: node01 (amd64). "), "{s}");
+    assert!(!s.contains("initrd ${base-url}/pxe/secrets.cpio.gz"), "{s}");
+    let with = whole_script("node01", Arch::Amd64, &[], None, true);
+    assert!(
+        with.contains(&format!(
+            "kernel ${{base-url}}/pxe/vmlinuz initrd=initrd.cpio.gz initrd=secrets.cpio.gz {args}\n\
+initrd ${{base-url}}/pxe/initrd.cpio.gz initrd.cpio.gz\n\
+initrd ${{base-url}}/pxe/secrets.cpio.gz secrets.cpio.gz\nboot\n"
+        )),
+        "{with}"
+    );
+    assert!(with.contains("owns the cluster"), "{with}");
+    assert!(cmdline(Arch::Arm64).contains("console=ttyAMA0,115200"));
+}
+
+#[test]
+fn in_url_mode_boot_ipxe_loads_the_shared_segments_by_digest_first() {
+    let remote = [
+        Segment {
+            file: "00-os.cpio.gz".into(),
+            digest: "aa".into(),
+        },
+        Segment {
+            file: "01-base.cpio.gz".into(),
+            digest: "bb".into(),
+        },
+    ];
+    let s = whole_script("w", Arch::Amd64, &remote, Some("http://10.0.0.5/l"), false);
+    assert!(
+        s.contains("isset ${layers-url} || set layers-url http://10.0.0.5/l\n"),
+        "{s}"
+    );
+    let loads: Vec<&str> = s.lines().filter(|l| l.starts_with("initrd ")).collect();
+    assert_eq!(
+        loads,
+        [
+            "initrd ${layers-url}/sha256/aa.cpio.gz 00-os.cpio.gz",
+            "initrd ${layers-url}/sha256/bb.cpio.gz 01-base.cpio.gz",
+            "initrd ${base-url}/pxe/initrd.cpio.gz initrd.cpio.gz"
+        ]
+    );
+    assert!(
+        s.contains("vmlinuz initrd=00-os.cpio.gz initrd=01-base.cpio.gz initrd=initrd.cpio.gz "),
+        "{s}"
+    );
+}
+
+#[test]
+fn verify_reads_the_secrets_choice_back_from_boot_ipxe() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("pxe")).unwrap();
+    for secrets in [false, true] {
+        let s = whole_script("n", Arch::Amd64, &[], None, secrets);
+        fs::write(dir.path().join("pxe/boot.ipxe"), s).unwrap();
+        assert_eq!(loads_secrets(dir.path()), secrets);
+    }
+}

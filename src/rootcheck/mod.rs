@@ -1,0 +1,271 @@
+//! The root check, between stages 6 and 7: takes a plan with an `[os]` and
+//! its built layers, and checks the root they make when extracted in order
+//! (a later layer's path replaces an earlier one's, [`root`]) before
+//! anything is written to `out/`: every dynamically linked executable of
+//! the node's machine finds its program interpreter and every library it
+//! loads, transitively, as ld.so would find them in the image's own library
+//! paths ([`libs`]: the needing object's `RUNPATH`/`RPATH` with `$ORIGIN`,
+//! the directories of `/etc/ld.so.conf` and `/etc/ld.so.conf.d/*.conf`,
+//! `/lib`, `/usr/lib`, `/lib64`, `/usr/lib64` and the multiarch
+//! directories), and every unit enabled by a link in a `*.wants` or
+//! `*.requires` directory is a unit file of the image; every symbolic link
+//! is followed inside the image ([`crate::rootpath`]). A layer that makes a
+//! directory where an earlier one has a symbolic link is refused too:
+//! extracting the layers with tar would replace the link. Every problem
+//! names the file, what it lacks and the layer the file came from, all at
+//! once. A library no executable loads (a plugin) that lacks a library is
+//! a warning, once per build. A layer's index is made once per build (by
+//! digest), however many nodes share it; only ELF headers and tables are
+//! parsed.
+
+mod elf;
+mod index;
+mod libs;
+mod root;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use crate::fetch::archive::ArchiveError;
+use crate::layer::BuiltLayer;
+use crate::manifest::Arch;
+use crate::plan::{LayerKind, Plan};
+use index::LayerIndex;
+use root::Root;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootCheckError {
+    #[error("cannot read layer {layer} to check the image's root")]
+    Read {
+        layer: String,
+        #[source]
+        source: Box<ArchiveError>,
+    },
+    #[error(
+        "{target}: the image would not boot; {} problem{} in its root (nothing was written):\n{}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    Broken {
+        target: String,
+        problems: Vec<String>,
+    },
+}
+
+/// The root check of a build: the layers indexed so far, by digest, and
+/// the warnings given.
+#[derive(Default)]
+pub(crate) struct RootCheck {
+    indexes: Mutex<HashMap<String, Arc<LayerIndex>>>,
+    warned: Mutex<BTreeSet<String>>,
+}
+
+impl RootCheck {
+    /// Checks the root of `plan`'s `layers` (built in plan order); returns
+    /// the warnings not given yet in this build. A plan without an `[os]`
+    /// layer has no root to check.
+    pub(crate) fn check(
+        &self,
+        plan: &Plan,
+        layers: &[BuiltLayer],
+    ) -> Result<Vec<String>, RootCheckError> {
+        if !layers.iter().any(|l| l.kind == LayerKind::Os) {
+            return Ok(Vec::new());
+        }
+        let mut indexes = Vec::new();
+        for l in layers.iter().filter(|l| l.kind != LayerKind::Secrets) {
+            indexes.push((l.name.as_str(), self.index(l, plan.arch)?));
+        }
+        let mut root = Root::default();
+        for (name, index) in &indexes {
+            root.add(name, index);
+        }
+        let findings = libs::Loader::new(&root, plan.arch).check();
+        let mut problems = std::mem::take(&mut root.problems);
+        problems.extend(findings.errors);
+        problems.extend(root.unit_problems());
+        if !problems.is_empty() {
+            return Err(RootCheckError::Broken {
+                target: plan.target.clone(),
+                problems,
+            });
+        }
+        Ok(self.new_warnings(findings.warnings))
+    }
+
+    /// The warnings not given before in this build.
+    fn new_warnings(&self, warnings: Vec<String>) -> Vec<String> {
+        let Ok(mut warned) = self.warned.lock() else {
+            return warnings;
+        };
+        warnings
+            .into_iter()
+            .filter(|w| warned.insert(w.clone()))
+            .collect()
+    }
+
+    /// The index of a built layer, made once per digest for a shared one.
+    fn index(&self, l: &BuiltLayer, arch: Arch) -> Result<Arc<LayerIndex>, RootCheckError> {
+        let shared = l.kind.is_shared();
+        if shared
+            && let Some(found) = self
+                .indexes
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&l.digest).cloned())
+        {
+            return Ok(found);
+        }
+        let made = Arc::new(index::index(&l.file, &l.name, arch).map_err(|source| {
+            RootCheckError::Read {
+                layer: l.name.clone(),
+                source: Box::new(source),
+            }
+        })?);
+        if shared && let Ok(mut m) = self.indexes.lock() {
+            m.insert(l.digest.clone(), made.clone());
+        }
+        Ok(made)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use index::Node;
+
+    fn file(needs: Option<elf::Needs>) -> Node {
+        Node::File { needs, text: None }
+    }
+
+    fn elf(libs: &[&str], runpath: &[&str], exe: bool) -> Node {
+        file(Some(elf::Needs {
+            libraries: libs.iter().map(|s| s.to_string()).collect(),
+            runpath: runpath.iter().map(|s| s.to_string()).collect(),
+            interpreter: exe.then(|| "/lib64/ld-linux-x86-64.so.2".into()),
+        }))
+    }
+
+    fn check(layers: &[(&str, LayerIndex)]) -> (Vec<String>, Vec<String>) {
+        let mut root = Root::default();
+        for (name, index) in layers {
+            root.add(name, index);
+        }
+        let f = libs::Loader::new(&root, Arch::Amd64).check();
+        let mut problems = std::mem::take(&mut root.problems);
+        problems.extend(f.errors);
+        problems.extend(root.unit_problems());
+        (problems, f.warnings)
+    }
+
+    fn os() -> LayerIndex {
+        let e = |p: &str, n: Node| (p.to_string(), n);
+        LayerIndex {
+            entries: vec![
+                e("lib", Node::Symlink("usr/lib".into())),
+                e("lib64", Node::Symlink("usr/lib64".into())),
+                e(
+                    "usr/lib64/ld-linux-x86-64.so.2",
+                    Node::Symlink("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into()),
+                ),
+                e("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", file(None)),
+                e(
+                    "usr/lib/x86_64-linux-gnu/libc.so.6",
+                    elf(&["ld-linux-x86-64.so.2"], &[], false),
+                ),
+                e(
+                    "usr/lib/x86_64-linux-gnu/priv/libcore.so",
+                    elf(&["libshared.so", "libc.so.6"], &[], false),
+                ),
+                e(
+                    "usr/lib/x86_64-linux-gnu/priv/libshared.so",
+                    elf(&["libc.so.6"], &[], false),
+                ),
+                e("opt/x/libx.so", file(None)),
+                e(
+                    "etc/ld.so.conf.d/x.conf",
+                    Node::File {
+                        needs: None,
+                        text: Some("# x\n/opt/x\n".into()),
+                    },
+                ),
+                e("usr/bin/dash", elf(&["libc.so.6"], &[], true)),
+                e("usr/bin/x", elf(&["libx.so"], &[], true)),
+                e(
+                    "usr/lib/systemd/systemd",
+                    elf(
+                        &["libcore.so", "libshared.so"],
+                        &["$ORIGIN/../x86_64-linux-gnu/priv"],
+                        true,
+                    ),
+                ),
+                e(
+                    "usr/bin/broken",
+                    elf(&["libc.so.6", "libgone.so.1"], &[], true),
+                ),
+                e(
+                    "usr/lib/x86_64-linux-gnu/tc/q_atm.so",
+                    elf(&["libatm.so.1"], &[], false),
+                ),
+                e("usr/lib/systemd/system/a.service", file(None)),
+            ],
+        }
+    }
+
+    #[test]
+    fn executables_load_their_libraries_through_the_images_links() {
+        let (problems, warnings) = check(&[("00-os", os())]);
+        assert_eq!(
+            problems,
+            [
+                "/usr/bin/broken (layer 00-os) needs libgone.so.1, which is in none of the image's library paths (/opt/x /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib /usr/lib /lib64 /usr/lib64)"
+            ]
+        );
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "/usr/lib/x86_64-linux-gnu/tc/q_atm.so (layer 00-os) needs libatm.so.1"
+            )
+        );
+    }
+
+    #[test]
+    fn a_directory_over_a_link_and_a_missing_unit_are_problems() {
+        let e = |p: &str, n: Node| (p.to_string(), n);
+        let role = LayerIndex {
+            entries: vec![
+                e("lib", Node::Dir),
+                e(
+                    "etc/systemd/system/multi-user.target.wants/a.service",
+                    Node::Symlink("/usr/lib/systemd/system/a.service".into()),
+                ),
+                e(
+                    "etc/systemd/system/multi-user.target.wants/b.service",
+                    Node::Symlink("/lib/systemd/system/b.service".into()),
+                ),
+                e("usr/lib/x86_64-linux-gnu/libc.so.6", file(None)),
+            ],
+        };
+        let (problems, _) = check(&[("00-os", os()), ("02-lb", role)]);
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems[0].starts_with("/lib (layer 02-lb) is a directory over the symbolic link /lib -> usr/lib of layer 00-os"));
+        assert!(problems[1].starts_with("/usr/bin/broken (layer 00-os) needs libgone.so.1"));
+        assert!(problems[2].starts_with("/etc/systemd/system/multi-user.target.wants/b.service (layer 02-lb) enables b.service, but its target /lib/systemd/system/b.service is no unit file"));
+    }
+
+    #[test]
+    fn a_library_that_lacks_a_library_names_the_program_that_loads_it() {
+        let mut os = os();
+        os.entries.retain(|(p, _)| !p.ends_with("libshared.so"));
+        let (problems, _) = check(&[("00-os", os)]);
+        assert!(
+            problems.iter().any(|p| p.starts_with("/usr/lib/systemd/systemd (layer 00-os) needs libshared.so")),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.starts_with("/usr/lib/x86_64-linux-gnu/priv/libcore.so (layer 00-os), which /usr/lib/systemd/systemd loads, needs libshared.so")),
+            "{problems:#?}"
+        );
+    }
+}

@@ -1,0 +1,578 @@
+//! A whole node's PXE files (issue 15): the `/init` script judged by dash
+//! (its syntax, and a run in a chroot with `mount` and `switch_root`
+//! stubbed), and, with a base OS pinned in `[os]`, the kernel, the initrd
+//! without secrets, the secrets apart, boot.ipxe, verify and two builds of
+//! the same bytes.
+
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+
+use crate::build::{build, synthetic};
+use crate::http::Server;
+use crate::judge::{judge, judge_sh};
+use crate::lab::{Lab, repo};
+
+/// The script `imgbuild` writes as `/init` (`include_str!`'d verbatim).
+fn init_script() -> PathBuf {
+    repo().join("src/output/pxe/init.sh")
+}
+
+#[test]
+fn the_init_script_passes_dash_syntax_check() {
+    judge("dash").arg("-n").arg(init_script()).ok();
+}
+
+/// Copies `/usr/bin/dash` and the libraries it loads into `root`, at their
+/// paths, as `/bin/sh`.
+fn install_dash(root: &Path) {
+    let ldd = judge("ldd").arg("/usr/bin/dash").ok();
+    for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
+        let dest = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(std::fs::canonicalize(lib).unwrap(), &dest).unwrap();
+    }
+    std::fs::copy("/usr/bin/dash", root.join("bin/sh")).unwrap();
+}
+
+/// Writes an executable `path` below `root`.
+fn script(root: &Path, path: &str, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = root.join(path);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A root as the kernel unpacks a whole node: dash as `/bin/sh`, busybox's
+/// cp, mkdir and cat, stubs of `mount` and `switch_root` that log to
+/// `/run/log` (switch_root also lists the new root), `/init`, a command
+/// line, and a few files of the node.
+fn initramfs_root(dir: &Path, cmdline: &str) -> PathBuf {
+    let root = dir.join("root");
+    for d in ["bin", "dev", "newroot", "proc", "run", "sys", "etc", "sbin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    install_dash(&root);
+    std::fs::copy("/usr/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["cp", "mkdir", "cat", "find", "sort"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    script(
+        &root,
+        "usr/sbin/mount",
+        "#!/bin/sh\necho \"mount $*\" >>/run/log\n\
+         case \"$*\" in *tmpfs*) [ -e /fail-tmpfs ] && exit 32 ;; esac\nexit 0\n",
+    );
+    script(
+        &root,
+        "usr/sbin/switch_root",
+        "#!/bin/sh\necho \"switch_root $*\" >>/run/log\n\
+         cd \"$1\" && find . | sort >>/run/log\n",
+    );
+    script(&root, "sbin/myinit", "#!/bin/sh\n");
+    std::fs::write(root.join("proc/cmdline"), format!("{cmdline}\n")).unwrap();
+    std::fs::write(root.join("etc/hostname"), "node01\n").unwrap();
+    std::fs::write(root.join(".hidden"), "x").unwrap();
+    std::fs::copy(init_script(), root.join("init")).unwrap();
+    root
+}
+
+/// Runs `/init` in `root` (a user namespace gives chroot to a non-root
+/// user); its output and the stubs' log, or None when chroot is refused.
+fn run_init(root: &Path) -> Option<(String, String)> {
+    let out = judge("unshare")
+        .args(["--map-root-user", "chroot"])
+        .arg(root)
+        .args(["/bin/sh", "/init"])
+        .output();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && text.contains("unshare") {
+        eprintln!("skipped: cannot chroot here: {text}");
+        return None;
+    }
+    assert!(out.status.success(), "{text}");
+    let log = std::fs::read_to_string(root.join("run/log")).unwrap();
+    Some((text, log))
+}
+
+#[test]
+fn the_init_script_copies_the_root_into_a_tmpfs_and_switch_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmdline = "BOOT_IMAGE=x console=ttyS0 imgbuild.rootsize=512M imgbuild.init=/sbin/myinit";
+    let root = initramfs_root(dir.path(), cmdline);
+    let Some((out, log)) = run_init(&root) else {
+        return;
+    };
+    assert!(
+        out.contains("imgbuild-init: copying the root into a tmpfs (size=512M)")
+            && out.contains("imgbuild-init: switch_root to /sbin/myinit"),
+        "{out}"
+    );
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "mount -t proc proc /proc",
+            "mount -t devtmpfs devtmpfs /dev",
+            "mount -t tmpfs -o size=512M,mode=0755 root /newroot",
+            "switch_root /newroot /sbin/myinit"
+        ],
+        "{log}"
+    );
+    // the node is in the new root; /init, the command line, the mount
+    // points' contents and the new root itself are not
+    for f in ["./etc/hostname", "./.hidden", "./sbin/myinit", "./bin/sh"] {
+        assert!(lines.contains(&f), "{f} was not copied:\n{log}");
+    }
+    for d in ["./proc", "./dev", "./sys", "./run"] {
+        assert!(lines.contains(&d), "no mount point {d}:\n{log}");
+    }
+    for f in ["./init", "./newroot", "./proc/cmdline", "./run/log"] {
+        assert!(!lines.contains(&f), "{f} was copied:\n{log}");
+    }
+}
+
+#[test]
+fn the_init_script_defaults_to_75_percent_and_sbin_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = initramfs_root(dir.path(), "console=ttyS0");
+    script(&root, "sbin/init", "#!/bin/sh\n");
+    let Some((_, log)) = run_init(&root) else {
+        return;
+    };
+    assert!(
+        log.contains("mount -t tmpfs -o size=75%,mode=0755 root /newroot\n")
+            && log.contains("switch_root /newroot /sbin/init\n"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_init_script_drops_to_a_shell_when_the_tmpfs_cannot_be_mounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = initramfs_root(dir.path(), "imgbuild.rootsize=512M");
+    std::fs::write(root.join("fail-tmpfs"), "").unwrap();
+    let Some((out, log)) = run_init(&root) else {
+        return;
+    };
+    assert!(
+        out.contains(
+            "imgbuild-init: FAILED: cannot mount a tmpfs of size=512M on /newroot; starting a shell"
+        ),
+        "{out}"
+    );
+    assert!(!log.contains("switch_root"), "{log}");
+}
+
+#[test]
+fn the_init_script_refuses_an_init_the_root_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = initramfs_root(dir.path(), "imgbuild.init=/sbin/nothere");
+    let Some((out, log)) = run_init(&root) else {
+        return;
+    };
+    assert!(
+        out.contains("imgbuild-init: FAILED: no /sbin/nothere in the root"),
+        "{out}"
+    );
+    assert!(!log.contains("switch_root"), "{log}");
+}
+
+// ---- a whole node: a lab with `[os] base` in pins.toml.
+
+const KERNEL: &[u8] = b"imgbuild test kernel 6.1.0";
+const BASE_URL: &str = "https://deb.example/imgbuild-test/debian-base-12-amd64.tar.gz";
+
+/// A gzip'd tar as a root filesystem archive is: `./`-relative paths,
+/// directories before their files, root owners. A path ending in `/` is a
+/// directory.
+fn root_targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        let dir = path.ends_with('/');
+        h.set_entry_type(if dir {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        h.set_mode(if dir { 0o755 } else { 0o644 });
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, format!("./{path}"), *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// A root filesystem archive: a kernel below /boot (when `kernel`) and a
+/// few files of a Debian root.
+fn base_tar(kernel: bool) -> Vec<u8> {
+    let mut entries: Vec<(&str, &[u8])> = vec![
+        ("boot/", b""),
+        ("boot/config-6.1.0-test", b"CONFIG=y\n"),
+        ("etc/", b""),
+        ("etc/debian_version", b"12.0\n"),
+        ("etc/os-release", b"ID=debian\n"),
+        ("usr/", b""),
+        ("usr/lib/", b""),
+        ("usr/lib/os-release", b"ID=debian\n"),
+        ("var/", b""),
+        ("var/lib/", b""),
+        ("var/lib/dpkg/", b""),
+        ("var/lib/dpkg/status", b""),
+    ];
+    if kernel {
+        entries.insert(2, ("boot/vmlinuz-6.1.0-test", KERNEL));
+    }
+    root_targz(&entries)
+}
+
+/// An ar member: its header, its bytes, padded to an even length.
+fn ar_member(name: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut m = format!(
+        "{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+        1_700_000_000,
+        0,
+        0,
+        "100644",
+        bytes.len()
+    )
+    .into_bytes();
+    m.extend_from_slice(bytes);
+    if bytes.len() % 2 == 1 {
+        m.push(b'\n');
+    }
+    m
+}
+
+/// A `.deb` of `package` as dpkg-deb lays it out: debian-binary, then a
+/// control archive, then a data archive holding its copyright file.
+fn deb(package: &str, version: &str) -> Vec<u8> {
+    let control = format!(
+        "Package: {package}\nVersion: {version}\nArchitecture: amd64\n\
+         Maintainer: imgbuild tests <tests@example.invalid>\n\
+         Description: a stand-in for {package}\n"
+    );
+    let control = root_targz(&[("control", control.as_bytes())]);
+    let doc = format!("usr/share/doc/{package}/");
+    let copyright = format!("{doc}copyright");
+    let data = root_targz(&[
+        ("usr/", b""),
+        ("usr/share/", b""),
+        ("usr/share/doc/", b""),
+        (&doc, b""),
+        (&copyright, b"test\n"),
+    ]);
+    let mut ar = b"!<arch>\n".to_vec();
+    ar.extend(ar_member("debian-binary", b"2.0\n"));
+    ar.extend(ar_member("control.tar.gz", &control));
+    ar.extend(ar_member("data.tar.gz", &data));
+    ar
+}
+
+/// Every package a role of the lab lists in `os_packages: [...]`.
+fn os_packages(lab: &Lab) -> std::collections::BTreeSet<String> {
+    let mut all = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(lab.path("manifests/roles")).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        for l in text.lines() {
+            if let Some(list) = l.strip_prefix("os_packages:") {
+                let list = list.trim().trim_start_matches('[').trim_end_matches(']');
+                all.extend(list.split(',').map(|p| p.trim().to_string()));
+            }
+        }
+    }
+    all.retain(|p| !p.is_empty());
+    all
+}
+
+/// A pin of `pins.toml` served behind the mirror: name, version, url and
+/// the file's sha256.
+fn pin(
+    server: &Server,
+    source: &toml::Value,
+    fields: &[(&str, &str)],
+    bytes: &[u8],
+) -> toml::Value {
+    let mut t = toml::Table::new();
+    for (k, v) in fields {
+        t.insert((*k).into(), (*v).into());
+    }
+    t.insert(
+        "sha256".into(),
+        hex::encode(sha2::Sha256::digest(bytes)).into(),
+    );
+    t.insert("source".into(), source.clone());
+    let url = t["url"].as_str().unwrap().to_string();
+    server.put(
+        &format!("mirror/{}", url.split_once("://").unwrap().1),
+        bytes.to_vec(),
+    );
+    toml::Value::Table(t)
+}
+
+/// The lab with `base` pinned as its `[os] base` and a stand-in `.deb`
+/// pinned for every OS package its roles list, all behind the mirror.
+fn whole(lab: Lab, server: &Server, base: &[u8]) -> Lab {
+    let pins = lab.path("manifests/pins.toml");
+    let mut doc: toml::Table = toml::from_str(&std::fs::read_to_string(&pins).unwrap()).unwrap();
+    let source = doc["artifact"][0]["source"].clone();
+    let base_pin = [
+        ("name", "debian-base"),
+        ("version", "12-test"),
+        ("arch", "amd64"),
+        ("url", BASE_URL),
+    ];
+    let base_pin = pin(server, &source, &base_pin, base);
+    doc.get_mut("artifact")
+        .unwrap()
+        .as_array_mut()
+        .unwrap()
+        .push(base_pin);
+    let mut debs = Vec::new();
+    for p in os_packages(&lab) {
+        let url = format!("https://deb.example/imgbuild-test/pool/{p}_1.0-test_amd64.deb");
+        let fields = [
+            ("name", p.as_str()),
+            ("version", "1.0-test"),
+            ("arch", "amd64"),
+            ("url", url.as_str()),
+        ];
+        debs.push(pin(server, &source, &fields, &deb(&p, "1.0-test")));
+    }
+    doc.insert("deb".into(), toml::Value::Array(debs));
+    let mut os = toml::Table::new();
+    os.insert("base".into(), "debian-base".into());
+    doc.insert("os".into(), toml::Value::Table(os));
+    std::fs::write(&pins, toml::to_string(&doc).unwrap()).unwrap();
+    lab
+}
+
+/// `zcat FILES... | cpio -it`: the names the kernel would unpack, in order.
+fn cpio_names(files: &[PathBuf]) -> Vec<String> {
+    let files: Vec<String> = files.iter().map(|p| format!("'{}'", p.display())).collect();
+    judge_sh(&format!(
+        "cat {} | zcat | cpio -it --quiet",
+        files.join(" ")
+    ))
+    .ok()
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// The names in the node's secrets layer, as cpio names them, and the
+/// names of its regular files.
+fn secrets_layer_names(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let layer = std::fs::read_dir(dir.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-secrets.tar.gz"))
+        .unwrap();
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(layer).unwrap(),
+    ));
+    let (mut all, mut files) = (Vec::new(), Vec::new());
+    for e in a.entries().unwrap() {
+        let e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let name = name
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        if e.header().entry_type().is_file() {
+            files.push(name.clone());
+        }
+        all.push(name);
+    }
+    (all, files)
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Builds node01 into `out` with `extra` arguments.
+fn build_node(lab: &Lab, server: &Server, out: &str, extra: &[&str]) {
+    let mut args = vec!["node", "--role", "node01", "--out", out];
+    args.extend_from_slice(extra);
+    build(lab, server, &args, &[]).assert_ok();
+}
+
+#[test]
+
+fn a_whole_node_is_its_kernel_an_initrd_without_secrets_and_the_secrets_apart() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(true));
+    build_node(&lab, &server, "a", &[]);
+    let dir = lab.path("a/node01");
+    let pxe = dir.join("pxe");
+    assert_eq!(std::fs::read(pxe.join("vmlinuz")).unwrap(), KERNEL);
+    assert_eq!(mode(&pxe.join("vmlinuz")), 0o644);
+    assert!(!pxe.join("overlay.cpio.gz").exists());
+    let initrd = cpio_names(&[pxe.join("initrd.cpio.gz")]);
+    for f in [
+        "init",
+        "newroot",
+        "boot/vmlinuz-6.1.0-test",
+        "etc/os-release",
+        "etc/hosts",
+    ] {
+        assert!(
+            initrd.iter().any(|n| n == f),
+            "{f} not in the initrd: {initrd:?}"
+        );
+    }
+    // /init comes after the shared layers: the base's files are unpacked first
+    let at = |f: &str| initrd.iter().position(|n| n == f).unwrap();
+    assert!(at("etc/os-release") < at("init"), "{initrd:?}");
+    let (secrets, secret_files) = secrets_layer_names(&dir);
+    assert!(
+        secret_files.iter().any(|n| n.ends_with(".key")),
+        "{secrets:?}"
+    );
+    for n in &initrd {
+        let private = n.starts_with("etc/kubernetes/pki/") && n.ends_with(".key");
+        assert!(
+            !private && !secret_files.contains(n),
+            "{n} is in the initrd"
+        );
+    }
+    // the secrets file holds the secrets layer and nothing else, privately
+    assert_eq!(cpio_names(&[pxe.join("secrets.cpio.gz")]), secrets);
+    assert_eq!(mode(&pxe.join("secrets.cpio.gz")), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(pxe.join("cmdline")).unwrap(),
+        "console=tty0 console=ttyS0,115200 imgbuild.rootsize=75%\n"
+    );
+    let ipxe = std::fs::read_to_string(pxe.join("boot.ipxe")).unwrap();
+    assert!(
+        ipxe.contains("kernel ${base-url}/pxe/vmlinuz initrd=initrd.cpio.gz console=tty0 ")
+            && !ipxe.contains("initrd ${base-url}/pxe/secrets.cpio.gz"),
+        "{ipxe}"
+    );
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    for f in [
+        "vmlinuz",
+        "init.cpio.gz",
+        "initrd.cpio.gz",
+        "secrets.cpio.gz",
+        "cmdline",
+    ] {
+        assert!(sums.contains(&format!("  pxe/{f}\n")), "{f}: {sums}");
+    }
+    lab.imgbuild(&["verify", "a/node01"]).assert_ok();
+}
+
+#[test]
+
+fn a_whole_node_builds_to_the_same_bytes_and_verify_rebuilds_its_secrets_choice() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(true));
+    build_node(&lab, &server, "a", &[]);
+    build_node(&lab, &server, "b", &[]);
+    build_node(&lab, &server, "s", &["--pxe-secrets"]);
+    let read = |f: &str| std::fs::read_to_string(lab.path(f)).unwrap();
+    assert_eq!(read("a/node01/SHA256SUMS"), read("b/node01/SHA256SUMS"));
+    let ipxe = read("s/node01/pxe/boot.ipxe");
+    assert!(
+        ipxe.contains("initrd=initrd.cpio.gz initrd=secrets.cpio.gz console=")
+            && ipxe.contains("initrd ${base-url}/pxe/secrets.cpio.gz secrets.cpio.gz\nboot\n"),
+        "{ipxe}"
+    );
+    build(&lab, &server, &["verify", "s/node01", "--rebuild"], &[])
+        .assert_ok()
+        .assert_stderr_has("identical to a rebuild");
+    // a secrets file anyone can read fails verification
+    let secrets = lab.path("a/node01/pxe/secrets.cpio.gz");
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    // and so does a key slipped into what is served to everyone
+    let initrd = lab.path("a/node01/pxe/initrd.cpio.gz");
+    let mut bytes = std::fs::read(&initrd).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, b"-----BEGIN PRIVATE KEY-----\n").unwrap();
+    bytes.extend(gz.finish().unwrap());
+    std::fs::write(&initrd, bytes).unwrap();
+    lab.imgbuild(&["verify", "a/node01"])
+        .assert_failed()
+        .assert_stderr_has("pxe/secrets.cpio.gz: mode 0644")
+        .assert_stderr_has(
+            "pxe/initrd.cpio.gz is published to many machines and holds a PEM private key",
+        );
+}
+
+#[test]
+
+fn in_url_mode_a_whole_node_loads_its_shared_segments_by_digest() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(true));
+    build_node(&lab, &server, "embed", &[]);
+    build_node(
+        &lab,
+        &server,
+        "url",
+        &["--seed-layers", "url=http://10.0.0.5/layers"],
+    );
+    let dir = lab.path("url/node01");
+    let ipxe = std::fs::read_to_string(dir.join("pxe/boot.ipxe")).unwrap();
+    let mut served: Vec<PathBuf> = ipxe
+        .lines()
+        .filter_map(|l| l.strip_prefix("initrd ${layers-url}/sha256/"))
+        .map(|l| dir.join("pxe/segments").join(l.split_once(' ').unwrap().1))
+        .collect();
+    assert!(
+        served[0].to_string_lossy().ends_with("-os.cpio.gz"),
+        "{ipxe}"
+    );
+    served.push(dir.join("pxe/initrd.cpio.gz"));
+    // the segments then the node's initrd unpack as the embedded initrd
+    assert_eq!(
+        cpio_names(&served),
+        cpio_names(&[lab.path("embed/node01/pxe/initrd.cpio.gz")])
+    );
+    lab.imgbuild(&["verify", "url/node01"]).assert_ok();
+}
+
+#[test]
+
+fn a_base_without_a_kernel_is_an_error_naming_the_os_layer() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(false));
+    build(
+        &lab,
+        &server,
+        &["node", "--role", "node01", "--out", "o"],
+        &[],
+    )
+    .assert_failed()
+    .assert_stderr_has("the os layer 00-os has no kernel");
+}
+
+#[test]
+fn the_stand_in_debs_are_what_dpkg_deb_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nftables_1.0-test_amd64.deb");
+    std::fs::write(&file, deb("nftables", "1.0-test")).unwrap();
+    let info = judge("dpkg-deb").args(["--field"]).arg(&file).ok();
+    assert!(
+        info.contains("Package: nftables\n") && info.contains("Version: 1.0-test\n"),
+        "{info}"
+    );
+    let contents = judge("dpkg-deb").arg("--contents").arg(&file).ok();
+    assert!(
+        contents.contains(" usr/share/doc/nftables/copyright"),
+        "{contents}"
+    );
+}
