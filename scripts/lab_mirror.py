@@ -92,9 +92,10 @@ def apiserver_stand_in(version):
 # did not sign (a client without one is let in: the real apiserver serves
 # these paths to anonymous clients, system:public-info-viewer, which
 # haproxy's and keepalived's health checks rely on), and answers GET
-# /healthz, /livez, /readyz and /version. /readyz is 200 "ok" while etcd
-# (--etcd-servers, with the --etcd-* client certificate) answers, 500
-# otherwise, checked every 10 s.
+# /healthz, /livez, /readyz and /version (other paths get s_server's error
+# text, not a 404). /readyz is 200 "ok" while etcd (--etcd-servers, with the
+# --etcd-* client certificate) answers, 500 otherwise: checked every 5 s
+# until it answers, then every 30 s.
 set -eu
 me="kube-apiserver {version} ({STAND_IN_NOTE})"
 port=6443 bind=0.0.0.0 cert='' key='' ca='' etcd='' eca='' ecert='' ekey=''
@@ -137,10 +138,11 @@ reply readyz '500 Internal Server Error' text/plain '[-]etcd failed: not checked
   while :; do
     if etcd_ok; then
       reply readyz '200 OK' text/plain ok
+      sleep 30
     else
       reply readyz '500 Internal Server Error' text/plain '[-]etcd failed: reason withheld'
+      sleep 5
     fi
-    sleep 10
   done
 ) &
 cd "$www"
