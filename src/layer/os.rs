@@ -158,12 +158,16 @@ fn generated(kind: Kind, mode: u32, size: u64) -> Member {
 /// The base archive, every member in archive order, then its hard links.
 fn write_base(w: &mut Emit<'_>, blob: &Path, label: &str) -> Result<(), OsError> {
     let mut made = Made::default();
-    let mut links: Vec<(String, String)> = Vec::new();
+    let mut links: Vec<HardLink> = Vec::new();
     rootfs::walk(open(blob)?, label, blob, |m, r| {
         made.parents(w, &m.path, |_| false)?;
         made.0.insert(m.path.clone());
         match &m.kind {
-            Kind::HardLink(target) => links.push((m.path.clone(), target.clone())),
+            Kind::HardLink(target) => links.push(HardLink {
+                place: m.path.clone(),
+                path: m.path.clone(),
+                target: target.clone(),
+            }),
             _ => w.member(&m.path, m, r)?,
         }
         Ok(())
@@ -171,33 +175,40 @@ fn write_base(w: &mut Emit<'_>, blob: &Path, label: &str) -> Result<(), OsError>
     materialise(w, || open(blob), label, blob, &links)
 }
 
-/// Writes each hard link `(path, target)` as a copy of its target, read in a
-/// second pass over the archive `reopen` gives.
+/// A hard link of an archive: where it goes, its own path in the archive,
+/// and its target's.
+struct HardLink {
+    place: String,
+    path: String,
+    target: String,
+}
+
+/// Writes each hard link as a copy of its file (a link to a link is one to
+/// the file), read in a second pass over the archive `reopen` gives.
 fn materialise(
     w: &mut Emit<'_>,
     reopen: impl FnOnce() -> Result<Box<dyn Read + Send>, OsError>,
     label: &str,
     blob: &Path,
-    links: &[(String, String)],
+    links: &[HardLink],
 ) -> Result<(), OsError> {
     if links.is_empty() {
         return Ok(());
     }
     let direct: BTreeMap<&str, &str> = links
         .iter()
-        .map(|(l, t)| (l.as_str(), t.as_str()))
+        .map(|l| (l.path.as_str(), l.target.as_str()))
         .collect();
     let mut wanted: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for (link, target) in links {
-        // a link to a link is a link to its file
-        let mut t = target.as_str();
+    for l in links {
+        let mut t = l.target.as_str();
         for _ in 0..links.len() {
             match direct.get(t) {
                 Some(next) => t = next,
                 None => break,
             }
         }
-        wanted.entry(t.to_string()).or_default().push(link);
+        wanted.entry(t.to_string()).or_default().push(&l.place);
     }
     rootfs::walk(reopen()?, label, blob, |m, r| {
         let Some(paths) = wanted.get(&m.path) else {
@@ -263,8 +274,8 @@ struct Unpack<'a> {
     package: &'a str,
     /// Its `.list` lines.
     list: Vec<String>,
-    /// Its hard links: (place, target's place).
-    links: Vec<(String, String)>,
+    /// Its hard links.
+    links: Vec<HardLink>,
 }
 
 impl Packages {
@@ -421,17 +432,12 @@ impl Packages {
         }
         self.parents(w, &place)?;
         match &m.kind {
-            Kind::HardLink(target) => {
-                let target = self.place(
-                    u.package,
-                    &Member {
-                        path: target.clone(),
-                        kind: Kind::File,
-                        ..m.clone()
-                    },
-                )?;
-                u.links.push((place, target));
-            }
+            // materialised from its target, found by its path in the archive
+            Kind::HardLink(target) => u.links.push(HardLink {
+                place,
+                path: m.path.clone(),
+                target: target.clone(),
+            }),
             Kind::Symlink(t) => {
                 w.member(&place, m, r)?;
                 self.links.insert(place, t.clone());
