@@ -183,8 +183,8 @@ fn elves(dir: &Path) -> Vec<PathBuf> {
 fn base_libraries() -> &'static BTreeMap<String, PathBuf> {
     static LIBS: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
     LIBS.get_or_init(|| {
-        let x = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("debs-x-{}", std::process::id()));
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let x = tmp.path().to_path_buf();
         for d in debs() {
             judge("dpkg-deb").arg("-x").arg(&d.file).arg(&x).ok();
         }
