@@ -18,11 +18,14 @@
 mod deb;
 mod dpkg;
 mod os;
+mod packages;
 mod resolve;
 pub(crate) mod rootfs;
 mod store;
 mod write;
 
+#[allow(unused_imports, reason = "for the PXE output's kernel")]
+pub(crate) use os::kernels;
 pub use resolve::Inputs;
 pub use store::Store;
 
