@@ -24,8 +24,6 @@ pub(crate) mod rootfs;
 mod store;
 mod write;
 
-#[allow(unused_imports, reason = "for the PXE output's kernel")]
-pub(crate) use os::kernels;
 pub use resolve::Inputs;
 pub use store::Store;
 

@@ -20,34 +20,6 @@ use super::rootfs::{self, Kind, Member};
 use super::write::{Emit, Resolved};
 use crate::fetch::archive::ArchiveError;
 
-/// Where a Debian root keeps its kernels: `boot/vmlinuz-<version>`.
-#[cfg_attr(not(test), allow(dead_code, reason = "for the PXE output's kernel"))]
-const KERNEL_PREFIX: &str = "boot/vmlinuz-";
-
-/// The kernels of a built `os` layer (`file`, named `name` in errors):
-/// every regular file `/boot/vmlinuz-*`, by path (without the leading `/`),
-/// with its bytes, in the layer's order. (PXE boots the base's kernel.)
-#[cfg_attr(not(test), allow(dead_code, reason = "for the PXE output's kernel"))]
-pub(crate) fn kernels(file: &Path, name: &str) -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
-    let label = format!("layer {name}");
-    let read = |source| ArchiveError::Read {
-        archive: label.clone(),
-        path: file.to_path_buf(),
-        source,
-    };
-    let tar = rootfs::decompress(std::fs::File::open(file).map_err(read)?).map_err(read)?;
-    let mut out = Vec::new();
-    rootfs::walk(tar, &label, file, |m, r| {
-        if m.kind == Kind::File && m.path.starts_with(KERNEL_PREFIX) {
-            let mut bytes = Vec::new();
-            r.read_to_end(&mut bytes)?;
-            out.push((m.path.clone(), bytes));
-        }
-        Ok(())
-    })?;
-    Ok(out)
-}
-
 /// Errors of making the OS layers.
 #[derive(Debug, thiserror::Error)]
 pub enum OsError {
@@ -239,56 +211,4 @@ pub(super) fn materialise(
         Ok(())
     })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn the_kernels_of_an_os_layer_are_its_boot_vmlinuz_files() {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut add = |path: &str, t: tar::EntryType, body: &[u8], link: Option<&str>| {
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(0o644);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(0);
-            h.set_entry_type(t);
-            h.set_size(body.len() as u64);
-            match link {
-                Some(l) => b.append_link(&mut h, path, l).unwrap(),
-                None => b.append_data(&mut h, path, body).unwrap(),
-            }
-        };
-        add("boot/", tar::EntryType::Directory, b"", None);
-        add(
-            "boot/vmlinuz-6.1.0-test",
-            tar::EntryType::Regular,
-            b"kernel",
-            None,
-        );
-        add(
-            "boot/config-6.1.0-test",
-            tar::EntryType::Regular,
-            b"config",
-            None,
-        );
-        add(
-            "vmlinuz",
-            tar::EntryType::Symlink,
-            b"",
-            Some("boot/vmlinuz-6.1.0-test"),
-        );
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&b.into_inner().unwrap()).unwrap();
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), gz.finish().unwrap()).unwrap();
-        let k = kernels(f.path(), "00-os").unwrap();
-        assert_eq!(
-            k,
-            [("boot/vmlinuz-6.1.0-test".to_string(), b"kernel".to_vec())]
-        );
-    }
 }
