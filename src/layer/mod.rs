@@ -18,6 +18,7 @@
 mod deb;
 mod dpkg;
 mod os;
+mod packages;
 mod resolve;
 pub(crate) mod rootfs;
 mod store;

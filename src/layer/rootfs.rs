@@ -297,13 +297,22 @@ fn member<R: Read>(entry: &tar::Entry<R>) -> Result<Member, MemberError> {
     let h = entry.header();
     let raw = entry.path().map_err(MemberError::Io)?;
     let shown = raw.to_string_lossy().into_owned();
+    // a name is written again as it is: never one mended on the way
+    if raw.to_str().is_none() {
+        return Err(MemberError::Unsafe(shown, "has a name that is not UTF-8"));
+    }
     let path = root_path(&shown)
         .ok_or_else(|| MemberError::Unsafe(shown.clone(), "has a `..` component"))?;
     let link = || -> Result<String, MemberError> {
         let target = entry.link_name().map_err(MemberError::Io)?;
-        Ok(target
-            .map(|t| t.to_string_lossy().into_owned())
-            .unwrap_or_default())
+        match target.as_deref().map(Path::to_str) {
+            None => Ok(String::new()),
+            Some(Some(t)) => Ok(t.to_string()),
+            Some(None) => Err(MemberError::Unsafe(
+                shown.clone(),
+                "is a link whose target is not UTF-8",
+            )),
+        }
     };
     let t = h.entry_type();
     let kind = if t.is_dir() {
@@ -466,6 +475,20 @@ mod tests {
         ] {
             assert!(paths(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_refused_not_mended() {
+        let mut bytes = tar_of(&[("./a-b", "f")]);
+        bytes[3] = 0xff; // `./a\xffb`
+        let mut h = tar::Header::from_byte_slice(&bytes[..512]).clone();
+        h.set_cksum();
+        bytes[..512].copy_from_slice(h.as_bytes());
+        let e = walk(bytes.as_slice(), "t", Path::new("t.tar"), |_, _| Ok(()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("has a name that is not UTF-8"), "{e}");
     }
 
     #[test]

@@ -99,6 +99,16 @@ pub fn image_json(m: &Manifests, plan: &Plan, layers: &[BuiltLayer], opts: &Opti
             });
         }
     }
+    for package in plan.debs() {
+        if let Some(pin) = m.pins.deb(package, plan.arch) {
+            inputs.push(InputJson {
+                artifact: format!("deb:{}", pin.package),
+                version: pin.version.clone(),
+                url: pin.url.clone(),
+                checksum: pin.checksum.to_string(),
+            });
+        }
+    }
     ImageJson {
         node: plan.target.clone(),
         kind: plan.kind,

@@ -205,11 +205,21 @@ fn check_layer_files(
 /// Every input against its pin.
 fn check_inputs(m: &Manifests, image: &ImageJson, p: &mut Problems) {
     for i in &image.inputs {
-        let pin = m
-            .pins
-            .artifacts
-            .iter()
-            .find(|p| p.name == i.artifact && p.url == i.url);
+        // artifacts by name, the base OS's packages as `deb:<package>`
+        let pin = match i.artifact.strip_prefix("deb:") {
+            Some(package) => m
+                .pins
+                .debs
+                .iter()
+                .find(|d| d.package == package && d.url == i.url)
+                .map(|d| (&d.version, &d.checksum)),
+            None => m
+                .pins
+                .artifacts
+                .iter()
+                .find(|p| p.name == i.artifact && p.url == i.url)
+                .map(|a| (&a.version, &a.checksum)),
+        };
         match pin {
             None => p.push(format!(
                 "input {} {} ({}) has no pin in {}",
@@ -218,10 +228,12 @@ fn check_inputs(m: &Manifests, image: &ImageJson, p: &mut Problems) {
                 i.url,
                 m.dir.display()
             )),
-            Some(pin) if pin.checksum.to_string() != i.checksum || pin.version != i.version => {
+            Some((version, checksum))
+                if checksum.to_string() != i.checksum || *version != i.version =>
+            {
                 p.push(format!(
-                    "input {} {}: built from {}, but the pin says {} {}",
-                    i.artifact, i.version, i.checksum, pin.version, pin.checksum
+                    "input {} {}: built from {}, but the pin says {version} {checksum}",
+                    i.artifact, i.version, i.checksum
                 ));
             }
             Some(_) => {}

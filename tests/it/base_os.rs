@@ -183,8 +183,8 @@ fn elves(dir: &Path) -> Vec<PathBuf> {
 fn base_libraries() -> &'static BTreeMap<String, PathBuf> {
     static LIBS: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
     LIBS.get_or_init(|| {
-        let x = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("debs-x-{}", std::process::id()));
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let x = tmp.path().to_path_buf();
         for d in debs() {
             judge("dpkg-deb").arg("-x").arg(&d.file).arg(&x).ok();
         }
@@ -704,4 +704,43 @@ fn the_os_base_names_a_tar_artifact_and_os_names_no_role() {
     with_pins("\n[os]\nbase = \"nope\"\n")
         .plan("master01")
         .assert_stderr_has("[os] base `nope` names no [[artifact]] of pins.toml");
+}
+
+#[test]
+fn a_bundle_carries_the_base_and_the_debs_to_an_offline_build() {
+    let (lab, server) = os_lab(true);
+    let mirror = server.url("mirror");
+    lab.imgbuild(&[
+        "bundle", "export", "site.tar", "--cache", "cache", "--mirror", &mirror,
+    ])
+    .assert_ok();
+    let imported = lab
+        .imgbuild(&["bundle", "import", "site.tar", "--cache", "site-cache"])
+        .assert_ok();
+    assert!(
+        !imported.stderr().contains("is not pinned"),
+        "{}",
+        imported.stderr()
+    );
+    let before = server.total_requests();
+    let args = [
+        "node",
+        "--role",
+        "master01",
+        "--cache",
+        "site-cache",
+        "--offline",
+        "--format",
+        "layers",
+    ];
+    let env = [
+        ("SOURCE_DATE_EPOCH", "1700000000"),
+        ("IMGBUILD_NOW", "2026-11-23T00:00:00Z"),
+    ];
+    lab.imgbuild_env(&args, &env).assert_ok();
+    assert_eq!(
+        server.total_requests(),
+        before,
+        "the offline build reached the network"
+    );
 }
