@@ -342,10 +342,13 @@ fn check_published(dir: &Path, tree: &Tree, p: &mut Problems) {
             let mut r = BufReader::new(file);
             let n = r.read(&mut head)?;
             let chained = io::Cursor::new(head[..n].to_vec()).chain(r);
+            // what is published may carry the base OS, whose own files hold
+            // sample VRRP passwords
+            let scope = scan::Scope::WithOs;
             if head[..n] == [0x1f, 0x8b] {
-                scan::scan(MultiGzDecoder::new(chained))
+                scan::scan_for(MultiGzDecoder::new(chained), scope)
             } else {
-                scan::scan(chained)
+                scan::scan_for(chained, scope)
             }
         });
         match found {

@@ -8,7 +8,10 @@
 use std::io::{self, Read};
 
 const MARKERS: [(&str, &str); 6] = [
-    ("PRIVATE KEY-----", "a PEM private key"),
+    // a PEM block's BEGIN line and its first base64 character: every private
+    // key's DER starts with a SEQUENCE (0x30), `M` in base64. The bare string
+    // also stands in TLS libraries (GnuTLS, GLib, libssh2) as a constant.
+    ("PRIVATE KEY-----\nM", "a PEM private key"),
     ("client-key-data:", "a kubeconfig with a client key"),
     ("token-secret:", "a bootstrap token"),
     ("system:bootstrapper,", "a token.csv line"),
@@ -19,10 +22,27 @@ const MARKERS: [(&str, &str); 6] = [
     ),
 ];
 
+/// Which markers a scan looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every marker: imgbuild's own layers.
+    All,
+    /// Without the VRRP password's `auth_pass `, which a pinned OS's own
+    /// files hold as a sample (keepalived's documentation): a PXE initrd
+    /// carries the base OS too.
+    WithOs,
+}
+
 /// What private material `r` holds, if any, reading it once in chunks.
-pub fn scan(mut r: impl Read) -> io::Result<Option<&'static str>> {
+pub fn scan(r: impl Read) -> io::Result<Option<&'static str>> {
+    scan_for(r, Scope::All)
+}
+
+/// [`scan`] with the markers of `scope`.
+pub fn scan_for(mut r: impl Read, scope: Scope) -> io::Result<Option<&'static str>> {
     let finders: Vec<(memchr::memmem::Finder<'static>, &'static str)> = MARKERS
         .iter()
+        .filter(|(m, _)| scope == Scope::All || *m != "auth_pass ")
         .map(|(m, what)| (memchr::memmem::Finder::new(m.as_bytes()), *what))
         .collect();
     let keep = MARKERS.iter().map(|(m, _)| m.len()).max().unwrap_or(0) - 1;
@@ -66,7 +86,16 @@ mod tests {
 
     #[test]
     fn a_marker_is_found_across_reads_and_far_into_a_big_file() {
-        let text = b"xx-----BEGIN EC PRIVATE KEY-----\nyy";
+        let text = b"xx-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\nyy";
+        // a TLS library's string constant is no key
+        assert_eq!(
+            scan(&b"-----BEGIN PRIVATE KEY-----\0-----END"[..]).unwrap(),
+            None
+        );
+        assert_eq!(
+            scan_for(&b"auth_pass 1111\n"[..], Scope::WithOs).unwrap(),
+            None
+        );
         assert_eq!(scan(Drip(text)).unwrap(), Some("a PEM private key"));
         let mut big = vec![0u8; 5 << 20];
         big.extend_from_slice(b"token-secret: abc");

@@ -502,7 +502,11 @@ fn a_whole_node_builds_to_the_same_bytes_and_verify_rebuilds_its_secrets_choice(
     let initrd = lab.path("a/node01/pxe/initrd.cpio.gz");
     let mut bytes = std::fs::read(&initrd).unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, b"-----BEGIN PRIVATE KEY-----\n").unwrap();
+    std::io::Write::write_all(
+        &mut gz,
+        b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n",
+    )
+    .unwrap();
     bytes.extend(gz.finish().unwrap());
     std::fs::write(&initrd, bytes).unwrap();
     lab.imgbuild(&["verify", "a/node01"])
