@@ -360,8 +360,8 @@ Where a target is missed, see "Why" below.
 
 ```
 just build && just bench          # BENCH_RUNS=N for more runs
-{exe} --cache cache --offline cluster --out out                          # (a), (b)
-{exe} --cache cache --offline cluster --out out --seed-layers url=http://boot.example/layers   # (c)
+{os.path.relpath(exe, repo)} --cache cache --offline cluster --out out                          # (a), (b)
+{os.path.relpath(exe, repo)} --cache cache --offline cluster --out out --seed-layers url=http://boot.example/layers   # (c)
 /usr/bin/time -f '%e %M' …        # seconds and peak RSS
 pigz -6 -p {cores} -c LAYER.tar > /dev/null   # the limit, per distinct layer
 target/release/examples/deflate_limit {cores} LAYER.tar...   # the limit, imgbuild's deflate
