@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::build::{build, built_root, extract, synthetic};
+use crate::build::{build, build_layers, built_root, extract, synthetic};
 use crate::judge::judge;
 
 /// Runs `script` with dash in a mount namespace where /etc/kubernetes/addons
@@ -117,13 +117,7 @@ fn coredns_forwards_to_the_manifests_nameservers_when_there_are_some() {
         !lab.read("cluster.yaml").contains("host_network"),
         "the lab sets no host network"
     );
-    build(
-        &lab,
-        &server,
-        &["node", "--role", "master01", "--format", "layers"],
-        &[],
-    )
-    .assert_ok();
+    build_layers(&lab, &server, "master01", "out");
     let corefile = |out: &str| {
         let root = extract(
             &lab.path(&format!("{out}/master01")),
@@ -151,13 +145,7 @@ fn coredns_forwards_to_the_manifests_nameservers_when_there_are_some() {
 #[test]
 fn etcd_listens_on_127_0_0_1_too_unless_the_node_address_is_a_loopback_one() {
     let (lab, server) = synthetic();
-    build(
-        &lab,
-        &server,
-        &["node", "--role", "master01", "--format", "layers"],
-        &[],
-    )
-    .assert_ok();
+    build_layers(&lab, &server, "master01", "out");
     let env = std::fs::read_to_string(
         extract(&lab.path("out/master01"), &lab.path("a")).join("etc/etcd/etcd.env"),
     )

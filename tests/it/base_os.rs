@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
 
-use crate::build::{build, synthetic};
+use crate::build::{build, build_layers, synthetic};
 use crate::http::Server;
 use crate::judge::{judge, judge_sh};
 use crate::lab::Lab;
@@ -471,13 +471,7 @@ fn the_plan_starts_with_the_os_and_its_packages() {
 #[test]
 fn a_node_on_the_base_os_builds_and_dpkg_knows_its_packages() {
     let (lab, server) = os_lab(true);
-    build(
-        &lab,
-        &server,
-        &["node", "--role", "master01", "--format", "layers"],
-        &[],
-    )
-    .assert_ok();
+    build_layers(&lab, &server, "master01", "out");
     let dir = lab.path("out/master01");
     os_layer_keeps_the_base(&members(&dir.join("layers/00-os.tar.gz")));
     let packages = members(&dir.join("layers/01-os-packages.tar.gz"));

@@ -922,10 +922,15 @@ fn verify_rebuild_of_an_arm64_role_image_rebuilds_it_for_arm64() {
 /// Builds `node`'s layers alone into `out/` and extracts them into
 /// `<out>-root-<node>`; the root.
 pub(crate) fn built_root(lab: &Lab, server: &Server, node: &str, out: &str) -> PathBuf {
-    let args = ["node", "--role", node, "--format", "layers", "--out", out];
-    build(lab, server, &args, &[]).assert_ok();
+    build_layers(lab, server, node, out);
     extract(
         &lab.path(&format!("{out}/{node}")),
         &lab.path(&format!("{out}-root-{node}")),
     )
+}
+
+/// Builds `node`'s layers alone into `out/<node>`.
+pub(crate) fn build_layers(lab: &Lab, server: &Server, node: &str, out: &str) {
+    let args = ["node", "--role", node, "--format", "layers", "--out", out];
+    build(lab, server, &args, &[]).assert_ok();
 }

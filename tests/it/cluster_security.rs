@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use ::time::format_description::well_known::Rfc3339;
 use ::time::{Duration, OffsetDateTime};
 
-use crate::build::{append_to_layer, build, extract, reseal_first_layer, synthetic};
+use crate::build::{append_to_layer, build, build_layers, extract, reseal_first_layer, synthetic};
 use crate::judge::judge;
 use crate::lab::{Lab, Run};
 
@@ -477,13 +477,7 @@ fn a_generic_worker_image_asks_the_cluster_ca_for_its_serving_certificate() {
         !plan.contains("kubelet.crt") && !plan.contains("kubelet.conf.d"),
         "{plan}"
     );
-    build(
-        &lab,
-        &server,
-        &["node", "--role", "worker", "--format", "layers"],
-        &[],
-    )
-    .assert_ok();
+    build_layers(&lab, &server, "worker", "out");
     let root = extract(&lab.path("out/worker"), &lab.path("root-worker"));
     let config = yaml(&root.join("var/lib/kubelet/config.yaml"));
     assert_eq!(config["serverTLSBootstrap"], true, "{config}");

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::build::{append_to_layer, build, reseal_first_layer, synthetic};
+use crate::build::{append_to_layer, build, build_layers, reseal_first_layer, synthetic};
 use crate::lab::Lab;
 
 /// `imgbuild verify DIR` under `timeout`, so a hang fails instead of blocking.
@@ -33,13 +33,7 @@ fn add_to_sums(lab: &Lab, dir: &str, line: &str) {
 #[test]
 fn verify_opens_no_fifo_follows_no_link_and_reports_every_problem() {
     let (lab, server) = synthetic();
-    build(
-        &lab,
-        &server,
-        &["node", "--role", "node01", "--format", "layers"],
-        &[],
-    )
-    .assert_ok();
+    build_layers(&lab, &server, "node01", "out");
     let dir = lab.path("out/node01");
     std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).unwrap();
     let fifo = dir.join("pipe");
@@ -70,13 +64,7 @@ fn verify_opens_no_fifo_follows_no_link_and_reports_every_problem() {
 #[test]
 fn verify_finds_a_key_past_the_first_megabyte_of_a_shared_layer() {
     let (lab, server) = synthetic();
-    build(
-        &lab,
-        &server,
-        &["node", "--role", "node01", "--format", "layers"],
-        &[],
-    )
-    .assert_ok();
+    build_layers(&lab, &server, "node01", "out");
     let dir = lab.path("out/node01");
     let mut big = vec![b'x'; 3 << 20];
     big.extend_from_slice(
@@ -139,13 +127,7 @@ fn verify_goes_on_past_an_unreadable_layer_and_checks_published_segments() {
 #[test]
 fn verify_names_a_certificate_that_does_not_chain_to_the_states_ca() {
     let (lab, server) = synthetic();
-    build(
-        &lab,
-        &server,
-        &["node", "--role", "master01", "--format", "layers"],
-        &[],
-    )
-    .assert_ok();
+    build_layers(&lab, &server, "master01", "out");
     build(&lab, &server, &["verify", "out/master01"], &[]).assert_ok();
     // the state's CAs replaced after the build: the node's certificates are
     // no longer the state's
