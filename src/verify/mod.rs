@@ -9,6 +9,7 @@
 //! but regular files is opened, and every problem is reported, not the
 //! first. [`compare`] names the first file that differs from a rebuild.
 
+mod needles;
 mod scan;
 mod tree;
 
@@ -86,14 +87,21 @@ pub fn check(m: &Manifests, dir: &Path, state: Option<&Path>) -> Result<ImageJso
     if let Some(image) = &image {
         check_layer_files(dir, image, &tree, &digests, &mut p);
         check_inputs(m, image, &mut p);
-        // the OS layers hold the pinned base and packages, public inputs
-        // whose own files (keepalived's samples, TLS libraries) carry the
-        // markers: no secret of imgbuild's goes there
-        let os = |l: &LayerJson| matches!(l.kind(), LayerKind::Os | LayerKind::OsPackages);
-        for l in image.layers.iter().filter(|l| tree.has(&l.file) && !os(l)) {
-            check_secrets(dir, image, l, state, &mut p);
+        let needles = state.map_or_else(Vec::new, |st| match needles::from_state(st) {
+            Ok(n) => n,
+            Err(e) => {
+                p.push(format!("{}: cannot read the state: {e}", st.display()));
+                Vec::new()
+            }
+        });
+        let look = Look {
+            state,
+            needles: &needles,
+        };
+        for l in image.layers.iter().filter(|l| tree.has(&l.file)) {
+            check_secrets(dir, image, l, &look, &mut p);
         }
-        check_published(dir, &tree, &mut p);
+        check_published(dir, image, &tree, &needles, &mut p);
     }
     check_private_modes(dir, &tree, &mut p);
     match image {
@@ -241,14 +249,25 @@ fn check_inputs(m: &Manifests, image: &ImageJson, p: &mut Problems) {
     }
 }
 
+/// What secrets are looked for with: the state (its CAs for the chain
+/// check) and the needles of its secrets.
+struct Look<'a> {
+    state: Option<&'a Path>,
+    needles: &'a [needles::Needle],
+}
+
+/// The scope of a layer's scan: what a pinned base OS brings holds generic
+/// markers of its own (see [`scan::Scope::Os`]).
+fn scope_of(kind: LayerKind) -> scan::Scope {
+    match kind {
+        LayerKind::Os | LayerKind::OsPackages => scan::Scope::Os,
+        _ => scan::Scope::All,
+    }
+}
+
 /// Secrets in one layer: where they are and their modes.
-fn check_secrets(
-    dir: &Path,
-    image: &ImageJson,
-    l: &LayerJson,
-    state: Option<&Path>,
-    p: &mut Problems,
-) {
+fn check_secrets(dir: &Path, image: &ImageJson, l: &LayerJson, look: &Look, p: &mut Problems) {
+    let state = look.state;
     let path = dir.join(&l.file);
     let secret_layer = l.kind() == LayerKind::Secrets;
     if secret_layer
@@ -277,7 +296,7 @@ fn check_secrets(
                     e.read_to_end(&mut pem)?;
                     chain_problem(state, l, &name, &pem, p);
                 }
-            } else if let Some(what) = scan::scan(&mut e)? {
+            } else if let Some(what) = scan::scan_for(&mut e, scope_of(l.kind()), look.needles)? {
                 p.push(format!(
                     "{}: /{name} holds {what} outside the secrets layer",
                     l.file
@@ -325,7 +344,15 @@ fn chain_problem(state: &Path, l: &LayerJson, name: &str, pem: &[u8], p: &mut Pr
 /// What is published to many machines holds no private material: the PXE
 /// segments served by digest, a whole node's initrd and `/init` segment
 /// (served without its secrets), and every blob of the public OCI image.
-fn check_published(dir: &Path, tree: &Tree, p: &mut Problems) {
+/// What carries a pinned base OS is searched for the cluster's own secrets
+/// and imgbuild's specific markers ([`scan::Scope::Os`]).
+fn check_published(
+    dir: &Path,
+    image: &ImageJson,
+    tree: &Tree,
+    needles: &[needles::Needle],
+    p: &mut Problems,
+) {
     let public_blobs = match public_oci_blobs(dir, tree) {
         Ok(b) => b,
         Err(e) => {
@@ -342,13 +369,11 @@ fn check_published(dir: &Path, tree: &Tree, p: &mut Problems) {
             let mut r = BufReader::new(file);
             let n = r.read(&mut head)?;
             let chained = io::Cursor::new(head[..n].to_vec()).chain(r);
-            // what is published may carry the base OS, whose own files hold
-            // sample VRRP passwords
-            let scope = scan::Scope::WithOs;
+            let scope = published_scope(image, f);
             if head[..n] == [0x1f, 0x8b] {
-                scan::scan_for(MultiGzDecoder::new(chained), scope)
+                scan::scan_for(MultiGzDecoder::new(chained), scope, needles)
             } else {
-                scan::scan_for(chained, scope)
+                scan::scan_for(chained, scope, needles)
             }
         });
         match found {
@@ -358,6 +383,23 @@ fn check_published(dir: &Path, tree: &Tree, p: &mut Problems) {
             Ok(None) => {}
             Err(e) => p.io(f, &e),
         }
+    }
+}
+
+/// The scope of a published file: [`scan::Scope::Os`] for a whole node's
+/// initrd (it starts with the base OS), an OS layer's PXE segment and its
+/// OCI blob.
+fn published_scope(image: &ImageJson, file: &str) -> scan::Scope {
+    let os = |l: &&LayerJson| scope_of(l.kind()) == scan::Scope::Os;
+    let whole = image.layers.iter().any(|l| os(&l));
+    let os_layer = image.layers.iter().filter(os).any(|l| {
+        file == format!("pxe/segments/{}.cpio.gz", l.name)
+            || file == format!("oci/blobs/{}", l.digest.replacen(':', "/", 1))
+    });
+    if os_layer || (whole && file == "pxe/initrd.cpio.gz") {
+        scan::Scope::Os
+    } else {
+        scan::Scope::All
     }
 }
 

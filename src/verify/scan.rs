@@ -3,9 +3,13 @@
 //! bootstrap token, a token.csv line (imgbuild makes none any more; one is
 //! still private), a VRRP password and an EncryptionConfiguration (its keys
 //! decrypt every Secret at rest), through files of any size (a key appended
-//! to a 100 MB binary is found too).
+//! to a 100 MB binary is found too). In what a pinned base OS brings, the
+//! generic PEM and VRRP markers give way to the cluster's own secrets
+//! ([`Scope::Os`], [`super::needles`]).
 
 use std::io::{self, Read};
+
+use super::needles::Needle;
 
 const MARKERS: [(&str, &str); 6] = [
     // a PEM block's BEGIN line and its first base64 character: every private
@@ -27,25 +31,45 @@ const MARKERS: [(&str, &str); 6] = [
 pub enum Scope {
     /// Every marker: imgbuild's own layers.
     All,
-    /// Without the VRRP password's `auth_pass `, which a pinned OS's own
-    /// files hold as a sample (keepalived's documentation): a PXE initrd
-    /// carries the base OS too.
-    WithOs,
+    /// What a pinned base OS brings (its layers, and the published files
+    /// that carry them): without the generic PEM key and VRRP password
+    /// markers, which a Debian base holds in its own files (GnuTLS's
+    /// self-test keys, keepalived's samples); the cluster's own secrets are
+    /// looked for by their needles instead ([`super::needles`]).
+    Os,
 }
+
+/// Generic markers a pinned base OS holds in its own files.
+const OS_OWN: [&str; 2] = ["PRIVATE KEY-----\nM", "auth_pass "];
 
 /// What private material `r` holds, if any, reading it once in chunks.
-pub fn scan(r: impl Read) -> io::Result<Option<&'static str>> {
-    scan_for(r, Scope::All)
+#[cfg(test)]
+pub fn scan(r: impl Read) -> io::Result<Option<String>> {
+    scan_for(r, Scope::All, &[])
 }
 
-/// [`scan`] with the markers of `scope`.
-pub fn scan_for(mut r: impl Read, scope: Scope) -> io::Result<Option<&'static str>> {
-    let finders: Vec<(memchr::memmem::Finder<'static>, &'static str)> = MARKERS
+/// [`scan`] with the markers of `scope` and the cluster's own `needles`;
+/// a needle found is named by the state file its secret came from, never
+/// by its bytes.
+pub fn scan_for(mut r: impl Read, scope: Scope, needles: &[Needle]) -> io::Result<Option<String>> {
+    let markers = MARKERS
         .iter()
-        .filter(|(m, _)| scope == Scope::All || *m != "auth_pass ")
-        .map(|(m, what)| (memchr::memmem::Finder::new(m.as_bytes()), *what))
+        .filter(|(m, _)| scope == Scope::All || !OS_OWN.contains(m))
+        .map(|(m, what)| (m.as_bytes(), (*what).to_string()));
+    let own = needles.iter().map(|n| {
+        let what = format!("a secret of the cluster's state ({})", n.from.display());
+        (n.bytes.as_slice(), what)
+    });
+    let finders: Vec<(memchr::memmem::Finder<'_>, String)> = markers
+        .chain(own)
+        .map(|(m, what)| (memchr::memmem::Finder::new(m), what))
         .collect();
-    let keep = MARKERS.iter().map(|(m, _)| m.len()).max().unwrap_or(0) - 1;
+    let keep = finders
+        .iter()
+        .map(|(f, _)| f.needle().len())
+        .max()
+        .unwrap_or(1)
+        - 1;
     let mut buf = vec![0u8; 1 << 20];
     let mut have = 0;
     loop {
@@ -54,12 +78,8 @@ pub fn scan_for(mut r: impl Read, scope: Scope) -> io::Result<Option<&'static st
             return Ok(None);
         }
         have += n;
-        if let Some(what) = finders
-            .iter()
-            .find(|(f, _)| f.find(&buf[..have]).is_some())
-            .map(|(_, w)| *w)
-        {
-            return Ok(Some(what));
+        if let Some((_, what)) = finders.iter().find(|(f, _)| f.find(&buf[..have]).is_some()) {
+            return Ok(Some(what.clone()));
         }
         // keep the tail, in case a marker spans two reads
         let tail = have.saturating_sub(keep);
@@ -93,17 +113,30 @@ mod tests {
             None
         );
         assert_eq!(
-            scan_for(&b"auth_pass 1111\n"[..], Scope::WithOs).unwrap(),
+            scan_for(&b"auth_pass 1111\n"[..], Scope::Os, &[]).unwrap(),
             None
         );
-        assert_eq!(scan(Drip(text)).unwrap(), Some("a PEM private key"));
+        // GnuTLS's self-test key in a base OS's library: not the cluster's
+        let gnutls = b"\0-----BEGIN RSA PRIVATE KEY-----\nMIICXAIBAAKBgQC7\n";
+        assert_eq!(scan_for(&gnutls[..], Scope::Os, &[]).unwrap(), None);
+        let ours = Needle {
+            bytes: b"MIICXAIBAAKBgQC7".to_vec(),
+            from: "state/pki/ca.key".into(),
+        };
+        assert_eq!(
+            scan_for(Drip(gnutls), Scope::Os, &[ours])
+                .unwrap()
+                .as_deref(),
+            Some("a secret of the cluster's state (state/pki/ca.key)")
+        );
+        assert_eq!(scan(Drip(text)).unwrap(), Some("a PEM private key".into()));
         let mut big = vec![0u8; 5 << 20];
         big.extend_from_slice(b"token-secret: abc");
-        assert_eq!(scan(&big[..]).unwrap(), Some("a bootstrap token"));
+        assert_eq!(scan(&big[..]).unwrap(), Some("a bootstrap token".into()));
         let config = b"apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n";
         assert_eq!(
             scan(Drip(config)).unwrap(),
-            Some("an EncryptionConfiguration (the key to Secrets at rest)")
+            Some("an EncryptionConfiguration (the key to Secrets at rest)".into())
         );
         assert_eq!(scan(&b"nothing here"[..]).unwrap(), None);
     }

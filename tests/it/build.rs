@@ -440,13 +440,25 @@ pub(crate) fn append_to_layer(layer: &Path, path: &str, data: &[u8]) {
 /// Makes image.json (the first layer's digest and size) and SHA256SUMS agree
 /// with the bytes now in the output directory.
 pub(crate) fn reseal_first_layer(dir: &Path) {
+    reseal_layer(dir, &dir.join("layers/00-base.tar.gz"));
+}
+
+/// After a layer file was changed: its digest and size in image.json, and
+/// every line of SHA256SUMS, made to match again.
+pub(crate) fn reseal_layer(dir: &Path, layer: &Path) {
     use sha2::Digest;
-    let base = dir.join("layers/00-base.tar.gz");
-    let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&base).unwrap()));
-    let size = std::fs::metadata(&base).unwrap().len();
+    let digest = hex::encode(sha2::Sha256::digest(std::fs::read(layer).unwrap()));
+    let size = std::fs::metadata(layer).unwrap().len();
+    let file = layer.strip_prefix(dir).unwrap().to_str().unwrap();
     let mut image = image_json(dir);
-    image["layers"][0]["digest"] = format!("sha256:{digest}").into();
-    image["layers"][0]["size"] = size.into();
+    let entry = image["layers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|l| l["file"] == file)
+        .unwrap();
+    entry["digest"] = format!("sha256:{digest}").into();
+    entry["size"] = size.into();
     std::fs::write(
         dir.join("image.json"),
         serde_json::to_string_pretty(&image).unwrap(),

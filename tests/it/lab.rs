@@ -239,6 +239,15 @@ impl Run {
         );
         self
     }
+
+    pub fn assert_stderr_lacks(self, text: &str) -> Run {
+        assert!(
+            !self.stderr().contains(text),
+            "stderr has `{text}`:\n{}",
+            self.stderr()
+        );
+        self
+    }
 }
 
 /// Compares `actual` with `tests/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it.

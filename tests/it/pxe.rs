@@ -183,6 +183,11 @@ fn the_init_script_refuses_an_init_the_root_lacks() {
 // ---- a whole node: a lab with `[os] base` in pins.toml.
 
 const KERNEL: &[u8] = b"imgbuild test kernel 6.1.0";
+/// What Debian's libgnutls.so.30 holds among its constants: a self-test key
+/// in PEM (a public test vector, not the cluster's).
+const GNUTLS_SELF_TEST: &[u8] = b"\x7fELF\0\0-----BEGIN RSA PRIVATE KEY-----\n\
+MIICXAIBAAKBgQC7ZkP18sXXtozMxd/1iDuxyUtqDqGtIFBACIChT1yj0Phsz+Y8\n\
+-----END RSA PRIVATE KEY-----\n\0auth_pass 1111\n\0";
 const BASE_URL: &str = "https://deb.example/imgbuild-test/debian-base-12-amd64.tar.gz";
 
 /// A gzip'd tar as a root filesystem archive is: `./`-relative paths,
@@ -223,6 +228,8 @@ fn base_tar(kernel: bool) -> Vec<u8> {
         ("usr/", b""),
         ("usr/lib/", b""),
         ("usr/lib/os-release", b"ID=debian\n"),
+        ("usr/lib/x86_64-linux-gnu/", b""),
+        ("usr/lib/x86_64-linux-gnu/libgnutls.so.30", GNUTLS_SELF_TEST),
         ("var/", b""),
         ("var/lib/", b""),
         ("var/lib/dpkg/", b""),
@@ -498,23 +505,48 @@ fn a_whole_node_builds_to_the_same_bytes_and_verify_rebuilds_its_secrets_choice(
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .unwrap();
-    // and so does a key slipped into what is served to everyone
-    let initrd = lab.path("a/node01/pxe/initrd.cpio.gz");
-    let mut bytes = std::fs::read(&initrd).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(
-        &mut gz,
-        b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n",
-    )
-    .unwrap();
-    bytes.extend(gz.finish().unwrap());
-    std::fs::write(&initrd, bytes).unwrap();
+    // and so does one of the cluster's own keys slipped into what is
+    // served to everyone, though the base's own PEM keys are not flagged
+    let key = std::fs::read(lab.path("state/lab/pki/ca.key")).unwrap();
+    append_gzip_member(&lab.path("a/node01/pxe/initrd.cpio.gz"), &key);
     lab.imgbuild(&["verify", "a/node01"])
         .assert_failed()
         .assert_stderr_has("pxe/secrets.cpio.gz: mode 0644")
         .assert_stderr_has(
-            "pxe/initrd.cpio.gz is published to many machines and holds a PEM private key",
-        );
+            "pxe/initrd.cpio.gz is published to many machines and holds a secret of the cluster's state (",
+        )
+        .assert_stderr_lacks("BEGIN");
+}
+
+/// Appends `bytes` to the gzip file `path` as one more member.
+fn append_gzip_member(path: &Path, bytes: &[u8]) {
+    let mut all = std::fs::read(path).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, bytes).unwrap();
+    all.extend(gz.finish().unwrap());
+    std::fs::write(path, all).unwrap();
+}
+
+#[test]
+fn verify_tells_the_bases_own_pem_keys_from_the_clusters_in_the_os_layer() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(true));
+    build_node(&lab, &server, "a", &["--format", "layers,pxe"]);
+    // the base carries GnuTLS's self-test key: verify passes
+    lab.imgbuild(&["verify", "a/node01"]).assert_ok();
+    // the cluster's VRRP password in a file of the OS layer is found
+    let auth = std::fs::read_to_string(lab.path("state/lab/keepalived-auth.conf")).unwrap();
+    let layer = std::fs::read_dir(lab.path("a/node01/layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-os.tar.gz"))
+        .unwrap();
+    crate::build::append_to_layer(&layer, "usr/share/doc/x/sample.conf", auth.as_bytes());
+    crate::build::reseal_layer(&lab.path("a/node01"), &layer);
+    lab.imgbuild(&["verify", "a/node01"])
+        .assert_failed()
+        .assert_stderr_has("/usr/share/doc/x/sample.conf holds a secret of the cluster's state (")
+        .assert_stderr_has("keepalived-auth.conf) outside the secrets layer");
 }
 
 #[test]
