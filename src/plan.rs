@@ -513,10 +513,14 @@ fn build(
     })
 }
 
-/// Every OS package the roles name, each once, sorted.
+/// Every OS package of `[os] packages` and of the roles, each once, sorted.
 fn os_packages(m: &Manifests, roles: &[String]) -> Vec<String> {
-    let all: std::collections::BTreeSet<&String> =
-        roles.iter().flat_map(|r| &m.roles[r].os_packages).collect();
+    let every_node = m.pins.os.iter().flat_map(|os| &os.packages);
+    let all: std::collections::BTreeSet<&String> = roles
+        .iter()
+        .flat_map(|r| &m.roles[r].os_packages)
+        .chain(every_node)
+        .collect();
     all.into_iter().cloned().collect()
 }
 

@@ -351,6 +351,8 @@ impl ArtifactPin {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct OsBase {
     pub(crate) base: String,
+    /// `[os] packages`: every node's, beside its roles' `os_packages`.
+    pub(crate) packages: Vec<String>,
 }
 
 /// A pinned Debian package (`[[deb]]`): one `.deb` file.

@@ -302,6 +302,10 @@ pub(crate) struct RawOs {
     /// The `name` of the `[[artifact]]` pins (one per arch) that are the
     /// root filesystem archive.
     pub(crate) base: toml::Spanned<String>,
+    /// Packages every node gets on top of the base (a `[[deb]]` each), as
+    /// a base without systemd or a kernel needs.
+    #[serde(default)]
+    pub(crate) packages: Vec<toml::Spanned<String>>,
 }
 
 /// `[[deb]]`: one `.deb` file, pinned by its checksum.

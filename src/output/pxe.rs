@@ -169,13 +169,17 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Writes a whole node's `pxe/vmlinuz`, the kernel of its `os` layer (the
-/// first of `layers`); returns its sha256.
+/// Writes a whole node's `pxe/vmlinuz`, the kernel of its OS layers (the
+/// `os` layer first of `layers`, then `os-packages`); returns its sha256.
 pub(crate) fn kernel(layers: &[BuiltLayer], out: &Path) -> Result<Option<String>, KernelError> {
-    match layers.first().filter(|l| l.kind == LayerKind::Os) {
-        Some(os) => kernel::write(os, &out.join("pxe").join(KERNEL)).map(Some),
-        None => Ok(None),
+    if !is_whole(layers) {
+        return Ok(None);
     }
+    let os: Vec<&BuiltLayer> = layers
+        .iter()
+        .take_while(|l| matches!(l.kind, LayerKind::Os | LayerKind::OsPackages))
+        .collect();
+    kernel::write(&os, &out.join("pxe").join(KERNEL)).map(Some)
 }
 
 /// A shared layer's PXE segment, loaded from BASE in url mode.

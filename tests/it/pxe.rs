@@ -262,6 +262,11 @@ fn ar_member(name: &str, bytes: &[u8]) -> Vec<u8> {
 /// A `.deb` of `package` as dpkg-deb lays it out: debian-binary, then a
 /// control archive, then a data archive holding its copyright file.
 fn deb(package: &str, version: &str) -> Vec<u8> {
+    deb_with(package, version, &[])
+}
+
+/// [`deb`] whose data archive also holds `files` (directories end in `/`).
+fn deb_with(package: &str, version: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
     let control = format!(
         "Package: {package}\nVersion: {version}\nArchitecture: amd64\n\
          Maintainer: imgbuild tests <tests@example.invalid>\n\
@@ -270,13 +275,15 @@ fn deb(package: &str, version: &str) -> Vec<u8> {
     let control = root_targz(&[("control", control.as_bytes())]);
     let doc = format!("usr/share/doc/{package}/");
     let copyright = format!("{doc}copyright");
-    let data = root_targz(&[
+    let mut entries: Vec<(&str, &[u8])> = files.to_vec();
+    entries.extend_from_slice(&[
         ("usr/", b""),
         ("usr/share/", b""),
         ("usr/share/doc/", b""),
         (&doc, b""),
         (&copyright, b"test\n"),
     ]);
+    let data = root_targz(&entries);
     let mut ar = b"!<arch>\n".to_vec();
     ar.extend(ar_member("debian-binary", b"2.0\n"));
     ar.extend(ar_member("control.tar.gz", &control));
@@ -593,7 +600,76 @@ fn a_base_without_a_kernel_is_an_error_naming_the_os_layer() {
         &[],
     )
     .assert_failed()
-    .assert_stderr_has("the os layer 00-os has no kernel");
+    .assert_stderr_has("the os layer 00-os (with 01-os-packages) has no kernel");
+}
+
+/// Adds `package` (pinned, behind the mirror) to `[os] packages`.
+fn with_os_package(lab: &Lab, server: &Server, package: &str, bytes: &[u8]) {
+    let pins = lab.path("manifests/pins.toml");
+    let mut doc: toml::Table = toml::from_str(&std::fs::read_to_string(&pins).unwrap()).unwrap();
+    let source = doc["artifact"][0]["source"].clone();
+    let url = format!("https://deb.example/imgbuild-test/pool/{package}_1.0-test_amd64.deb");
+    let fields = [
+        ("name", package),
+        ("version", "1.0-test"),
+        ("arch", "amd64"),
+        ("url", url.as_str()),
+    ];
+    let deb = pin(server, &source, &fields, bytes);
+    doc.get_mut("deb")
+        .unwrap()
+        .as_array_mut()
+        .unwrap()
+        .push(deb);
+    let os = doc.get_mut("os").unwrap().as_table_mut().unwrap();
+    os.insert("packages".into(), toml::Value::Array(vec![package.into()]));
+    std::fs::write(&pins, toml::to_string(&doc).unwrap()).unwrap();
+}
+
+#[test]
+fn a_kernel_from_a_pinned_linux_image_package_boots_a_base_without_one() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(false));
+    let image = deb_with(
+        "linux-image-test",
+        "1.0-test",
+        &[("boot/", b""), ("boot/vmlinuz-6.1.0-test", KERNEL)],
+    );
+    with_os_package(&lab, &server, "linux-image-test", &image);
+    build_node(&lab, &server, "a", &[]);
+    let dir = lab.path("a/node01");
+    assert_eq!(std::fs::read(dir.join("pxe/vmlinuz")).unwrap(), KERNEL);
+    // every node has it, whatever its roles, and dpkg knows it
+    let initrd = cpio_names(&[dir.join("pxe/initrd.cpio.gz")]);
+    assert!(
+        initrd.iter().any(|n| n == "boot/vmlinuz-6.1.0-test"),
+        "{initrd:?}"
+    );
+    let plan = lab.imgbuild(&["plan", "--role", "master01"]).assert_ok();
+    assert!(
+        plan.stdout().contains("linux-image-test"),
+        "{}",
+        plan.stdout()
+    );
+    lab.imgbuild(&["verify", "a/node01"]).assert_ok();
+}
+
+#[test]
+fn an_os_package_without_a_pin_is_an_error_at_its_place_in_pins_toml() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(true));
+    let pins = lab.path("manifests/pins.toml");
+    let text = std::fs::read_to_string(&pins).unwrap();
+    let text = text.replace(
+        "[os]\n",
+        "[os]\npackages = [\"systemd-sysv\", \"Bad_Name\"]\n",
+    );
+    std::fs::write(&pins, text).unwrap();
+    lab.imgbuild(&["plan", "--role", "node01"])
+        .assert_failed()
+        .assert_stderr_has("pins.toml:")
+        .assert_stderr_has("[os] packages needs OS package `systemd-sysv` on amd64 (node `")
+        .assert_stderr_has("[os] packages: `Bad_Name` is not a Debian package name");
 }
 
 #[test]

@@ -24,11 +24,25 @@ pub(super) fn validate_os(
     raw: Option<RawOs>,
     artifacts: &[ArtifactPin],
     d: &mut Diagnostics,
-) -> (Option<OsBase>, Option<Loc>) {
+) -> (Option<OsBase>, Option<OsLocs>) {
     let Some(raw) = raw else {
         return (None, None);
     };
     let loc = f.at(&raw.base);
+    let mut packages: Vec<(String, Loc)> = Vec::new();
+    for p in &raw.packages {
+        let name = p.get_ref();
+        if !is_debian_package(name) {
+            d.error(
+                f.at(p),
+                format!("[os] packages: `{name}` is not a Debian package name (at least 2 of a-z 0-9 + . -, starting with a letter or digit)"),
+            );
+        } else if packages.iter().any(|(n, _)| n == name) {
+            d.error(f.at(p), format!("[os] packages lists `{name}` twice"));
+        } else {
+            packages.push((name.clone(), f.at(p)));
+        }
+    }
     let base = raw.base.into_inner();
     let pins: Vec<&ArtifactPin> = artifacts.iter().filter(|a| a.name == base).collect();
     if pins.is_empty() {
@@ -46,7 +60,24 @@ pub(super) fn validate_os(
             ),
         );
     }
-    (Some(OsBase { base }), Some(loc))
+    let os = OsBase {
+        base,
+        packages: packages.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    (
+        Some(os),
+        Some(OsLocs {
+            base: loc,
+            packages,
+        }),
+    )
+}
+
+/// Where `[os]`'s base and each of its packages stand in pins.toml.
+#[derive(Debug, Clone)]
+pub(super) struct OsLocs {
+    base: Loc,
+    packages: Vec<(String, Loc)>,
 }
 
 /// Every `[[deb]]`, each on its own and none twice for one arch.
@@ -231,14 +262,15 @@ pub(super) fn is_debian_version(s: &str) -> bool {
 /// file), each problem once.
 pub(super) fn check_os(
     pins: &Pins,
-    os_loc: Option<&Loc>,
+    locs: Option<&OsLocs>,
     role_packages: &RolePackages,
     nodes: &[Node],
     d: &mut Diagnostics,
 ) {
-    let (Some(os), Some(os_loc)) = (&pins.os, os_loc) else {
+    let (Some(os), Some(locs)) = (&pins.os, locs) else {
         return;
     };
+    let os_loc = &locs.base;
     let any = pins.artifacts.iter().any(|a| a.name == os.base);
     let mut arches: BTreeMap<Arch, &str> = BTreeMap::new();
     for n in nodes {
@@ -252,24 +284,27 @@ pub(super) fn check_os(
             );
         }
     }
+    check_debs(pins, "[os] packages", &locs.packages, nodes, d);
     for (role, packages) in role_packages {
-        check_role_debs(pins, role, packages, nodes, d);
+        let holders: Vec<Node> = nodes
+            .iter()
+            .filter(|n| role == BASE_ROLE || n.has_role(role))
+            .cloned()
+            .collect();
+        check_debs(pins, &format!("role `{role}`"), packages, &holders, d);
     }
 }
 
-/// Every package of `role` has a `[[deb]]` for each arch of its nodes.
-fn check_role_debs(
+/// Every package `who` needs has a `[[deb]]` for each arch of `nodes`.
+fn check_debs(
     pins: &Pins,
-    role: &str,
+    who: &str,
     packages: &[(String, Loc)],
     nodes: &[Node],
     d: &mut Diagnostics,
 ) {
     let mut arches: BTreeMap<Arch, &str> = BTreeMap::new();
-    for n in nodes
-        .iter()
-        .filter(|n| role == BASE_ROLE || n.has_role(role))
-    {
+    for n in nodes {
         arches.entry(n.arch).or_insert(&n.name);
     }
     let mut reported = BTreeSet::new();
@@ -279,7 +314,7 @@ fn check_role_debs(
                 d.error(
                     loc.clone(),
                     format!(
-                        "role `{role}` needs OS package `{package}` on {arch} (node `{node}`), but pins.toml has no [[deb]] `{package}` for {arch}; with [os], every OS package is a pinned .deb"
+                        "{who} needs OS package `{package}` on {arch} (node `{node}`), but pins.toml has no [[deb]] `{package}` for {arch}; with [os], every OS package is a pinned .deb"
                     ),
                 );
             }

@@ -123,7 +123,7 @@ fn parse_cluster(path: &Path, d: &mut Diagnostics) -> Result<Option<RawCluster>,
 fn parse_pins(
     path: &Path,
     d: &mut Diagnostics,
-) -> Result<Option<(Pins, Option<Loc>)>, ManifestError> {
+) -> Result<Option<(Pins, Option<debs::OsLocs>)>, ManifestError> {
     let Some(text) = read(path, d)? else {
         return Ok(None);
     };

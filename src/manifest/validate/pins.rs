@@ -30,13 +30,13 @@ impl PinsFile<'_> {
 /// Where each pin was first defined (its line), by what identifies it.
 pub(super) type FirstSeen<K> = HashMap<K, u64>;
 
-/// The validated pins, and where `[os]`'s base stands when there is one.
+/// The validated pins, and where `[os]` stands when there is one.
 pub(super) fn validate_pins(
     file: &Path,
     text: &str,
     raw: RawPins,
     d: &mut Diagnostics,
-) -> (Pins, Option<Loc>) {
+) -> (Pins, Option<super::debs::OsLocs>) {
     let f = PinsFile { path: file, text };
     let mut pins = Pins::default();
     let mut seen = FirstSeen::new();

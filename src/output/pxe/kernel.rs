@@ -1,5 +1,6 @@
-//! `pxe/vmlinuz`: takes the `os` layer (the pinned base's `.tar.gz`) and
-//! copies out its kernel, in one pass over the layer: the one regular file
+//! `pxe/vmlinuz`: takes the `os` layer (the pinned base's `.tar.gz`) and the
+//! `os-packages` layer (the kernel may come as a pinned `linux-image` deb)
+//! and copies out the kernel, in one pass over each: the one regular file
 //! `boot/vmlinuz-*`, or, where the base holds several, the one its
 //! `vmlinuz` link (at `/` or `/boot`, as Debian's linux-image makes them)
 //! names. No kernel, or several and no link that picks one, is an error
@@ -181,21 +182,36 @@ fn choose<'f>(layer: &str, found: &'f Found) -> Result<&'f [u8], KernelError> {
     }
 }
 
-/// Writes the kernel of the `os` layer to `dest` (mode 0644); returns its
-/// sha256.
-pub(crate) fn write(os: &BuiltLayer, dest: &Path) -> Result<String, KernelError> {
-    let file = File::open(&os.file).map_err(|source| KernelError::Read {
-        layer: os.name.clone(),
-        path: os.file.clone(),
-        source,
-    })?;
-    let found = scan(&os.name, &os.file, file)?;
-    let body = choose(&os.name, &found)?;
+/// Writes the kernel of the OS layers to `dest` (mode 0644): the `os`
+/// layer and, when it follows, the `os-packages` layer, whose pinned
+/// `linux-image` package brings the kernel when the base has none (a file
+/// or link of a later layer replaces the earlier's); returns its sha256.
+pub(crate) fn write(layers: &[&BuiltLayer], dest: &Path) -> Result<String, KernelError> {
+    let mut found = Found::default();
+    for l in layers {
+        let file = File::open(&l.file).map_err(|source| KernelError::Read {
+            layer: l.name.clone(),
+            path: l.file.clone(),
+            source,
+        })?;
+        let one = scan(&l.name, &l.file, file)?;
+        found.kernels.extend(one.kernels);
+        found.links.extend(one.links);
+    }
+    let label = match layers {
+        [os] => os.name.clone(),
+        [os, rest @ ..] => {
+            let rest: Vec<&str> = rest.iter().map(|l| l.name.as_str()).collect();
+            format!("{} (with {})", os.name, rest.join(", "))
+        }
+        [] => String::new(),
+    };
+    let body = choose(&label, &found)?;
     let dir = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)
         .and_then(|()| fsutil::write_atomic(dest, body, 0o644))
         .map_err(|source| KernelError::Write {
-            layer: os.name.clone(),
+            layer: label.clone(),
             path: dest.to_path_buf(),
             source,
         })?;
