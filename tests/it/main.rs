@@ -17,6 +17,7 @@ mod images;
 mod judge;
 mod lab;
 mod node_os;
+mod os_pins;
 mod pki;
 mod plan;
 mod pxe;
