@@ -52,6 +52,9 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
 }
 
+/// The line that opens the node OS part of the shipped pins.toml.
+pub const SHIPPED_OS_MARKER: &str = "\n# The node OS (docs/base-os.md)";
+
 /// Every file below `dir`, recursively.
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -80,11 +83,20 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 impl Lab {
-    /// A copy of `manifests/` and `layers/` of the repository.
+    /// A copy of `manifests/` and `layers/` of the repository, without the
+    /// node OS (its `[os]`, base and `[[deb]]` pins: the last part of
+    /// pins.toml): the layers as overlays, as most tests build them; the
+    /// tests of the OS path pin their own base and packages.
     pub fn new() -> Lab {
         let dir = tempfile::tempdir().unwrap();
         copy_tree(&repo().join("manifests"), &dir.path().join("manifests"));
         copy_tree(&repo().join("layers"), &dir.path().join("layers"));
+        let pins = dir.path().join("manifests/pins.toml");
+        let text = std::fs::read_to_string(&pins).unwrap();
+        let cut = text
+            .find(SHIPPED_OS_MARKER)
+            .expect("manifests/pins.toml ends with its node OS part");
+        std::fs::write(&pins, &text[..cut]).unwrap();
         Lab { dir }
     }
 

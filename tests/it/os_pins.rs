@@ -169,4 +169,24 @@ fn the_shipped_manifests_pin_a_public_base_and_every_node_package() {
     for want in ["systemd-sysv", "udev", "linux-image-cloud-amd64"] {
         assert!(debs.contains(&want), "{want}");
     }
+    // imgbuild takes them: a node's plan starts with the base and its debs
+    let plan = judge(env!("CARGO_BIN_EXE_imgbuild"))
+        .arg("--manifests")
+        .arg(repo().join("manifests"))
+        .args(["plan", "--role", "node01"])
+        .ok();
+    assert!(plan.contains("\n00-os (1 files)\n"), "{plan}");
+    assert!(
+        plan.contains("archive debian-rootfs 12.8-20241202: every member"),
+        "{plan}"
+    );
+    assert!(plan.contains("deb systemd-sysv "), "{plan}");
+    // and the part the other tests' copies leave out is the OS alone
+    let text = std::fs::read_to_string(repo().join("manifests/pins.toml")).unwrap();
+    let os_part = &text[text.find(crate::lab::SHIPPED_OS_MARKER).unwrap()..];
+    assert!(
+        !os_part.contains("[[artifact]]\nname = \"kube"),
+        "{os_part}"
+    );
+    assert!(!os_part.contains("[[image]]"));
 }
