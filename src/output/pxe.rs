@@ -39,7 +39,7 @@ use crate::fsutil::{self, Sha256Writer};
 use crate::layer::{BuiltLayer, Store};
 use crate::manifest::Arch;
 use crate::newc;
-use crate::plan::{LayerKind, Plan};
+use crate::plan::{LayerKind, Plan, TargetKind};
 
 /// A whole node's kernel, below `pxe/`.
 pub(crate) const KERNEL: &str = "vmlinuz";
@@ -295,8 +295,38 @@ pub(crate) fn whole_boot_script(
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
     fs::write(dir.join(CMDLINE), format!("{}\n", cmdline(plan.arch)))?;
-    let s = whole_script(&plan.target, plan.arch, remote, base, secrets);
+    let mut s = whole_script(&plan.target, plan.arch, remote, base, secrets);
+    if plan.kind == TargetKind::Role {
+        s = generic_identity(&s);
+    }
     fs::write(dir.join("boot.ipxe"), s)
+}
+
+/// What a role's generic image adds to its kernel line: the identity the
+/// DHCP server gave iPXE (its host name and address), which `/init` writes
+/// into the root (`imgbuild.hostname=`, `imgbuild.ip=` in the kernel's
+/// `ip=` syntax; docs/build.md).
+const GENERIC_IDENTITY: &str = "imgbuild.hostname=${hostname} \
+imgbuild.ip=${net0/ip}::${net0/gateway}:${net0/netmask}:${hostname}::none";
+
+/// `script` with [`GENERIC_IDENTITY`] on its kernel line and a comment
+/// saying where the identity comes from.
+fn generic_identity(script: &str) -> String {
+    let mut out = String::new();
+    for line in script.lines() {
+        if line.starts_with("kernel ") {
+            out.push_str(
+                "# A role's generic image: its host name and address are the ones DHCP\n\
+# gave iPXE (set hostname and net0/ip, net0/netmask, net0/gateway by hand\n\
+# for a static one); /init writes them into the root.\n",
+            );
+            out.push_str(&format!("{line} {GENERIC_IDENTITY}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// A whole node's `boot.ipxe`: the base's kernel with [`cmdline`], the

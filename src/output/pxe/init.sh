@@ -5,6 +5,14 @@
 # half the RAM). It uses the node's own dash, coreutils and util-linux.
 #   imgbuild.rootsize=SIZE  the tmpfs's size (mount's size=; default 75%)
 #   imgbuild.init=PATH      what to run in it (default /sbin/init)
+# A role's generic image takes its identity from the command line (a node's
+# image has its own; its boot.ipxe passes none of these):
+#   imgbuild.hostname=NAME  /etc/hostname and the 127.0.1.1 line of /etc/hosts
+#   imgbuild.ip=CLIENT:SERVER:GATEWAY:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1
+#                           the kernel's ip= syntax (nfsroot.rst; `dhcp` alone,
+#                           or AUTOCONF dhcp, for DHCP): a systemd-networkd
+#                           .network for DEVICE (every en*/eth* NIC when
+#                           empty), systemd-networkd enabled
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 say() {
   if [ -c /dev/kmsg ]; then
@@ -21,11 +29,74 @@ mount -t proc proc /proc || fail "cannot mount /proc"
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
 # the kernel opens /dev/console before /init only when the archive has one
 [ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
-size=75% init=/sbin/init
+# a dotted netmask (or a prefix length) as a prefix length
+prefix() {
+  case $1 in
+    *.*) ;;
+    *) echo "$1"; return ;;
+  esac
+  n=0
+  for o in $(echo "$1" | tr . ' '); do
+    case $o in
+      255) n=$((n + 8)) ;; 254) n=$((n + 7)) ;; 252) n=$((n + 6)) ;;
+      248) n=$((n + 5)) ;; 240) n=$((n + 4)) ;; 224) n=$((n + 3)) ;;
+      192) n=$((n + 2)) ;; 128) n=$((n + 1)) ;; 0) ;;
+      *) return 1 ;;
+    esac
+  done
+  echo "$n"
+}
+# the node's name from the command line, in the new root
+set_hostname() {
+  case $1 in
+    *[!a-z0-9.-]* | -* | '') fail "imgbuild.hostname=$1 is not a host name" ;;
+  esac
+  echo "$1" >/newroot/etc/hostname || fail "cannot write /etc/hostname"
+  hosts=/newroot/etc/hosts
+  if [ -f $hosts ]; then
+    grep -v '^127\.0\.1\.1[[:space:]]' $hosts >$hosts.new
+  fi
+  echo "127.0.1.1 $1" >>$hosts.new || fail "cannot write /etc/hosts"
+  mv $hosts.new $hosts || fail "cannot write /etc/hosts"
+  say "host name $1"
+}
+# the kernel's ip= syntax as a systemd-networkd .network
+set_network() {
+  old_ifs=$IFS IFS=:
+  # shellcheck disable=SC2086 # split on ':' on purpose
+  set -- $1
+  IFS=$old_ifs
+  client=$1 gw=${3:-} mask=${4:-} dev=${6:-} auto=${7:-} dns0=${8:-} dns1=${9:-}
+  [ -n "$dev" ] || dev='en* eth*'
+  units=/newroot/etc/systemd
+  [ -e /newroot/lib/systemd/system/systemd-networkd.service ] ||
+    [ -e /newroot/usr/lib/systemd/system/systemd-networkd.service ] ||
+    fail "imgbuild.ip= given, but the root has no systemd-networkd"
+  mkdir -p $units/network $units/system/multi-user.target.wants || fail "cannot make $units"
+  {
+    printf '# from the kernel command line (imgbuild.ip=), by /init\n[Match]\nName=%s\n\n[Network]\n' "$dev"
+    case $client:$auto in
+      dhcp:* | *:dhcp | *:on | *:any) echo 'DHCP=yes' ;;
+      *)
+        p=$(prefix "${mask:-24}") || fail "imgbuild.ip=: netmask $mask is not one"
+        echo "Address=$client/$p"
+        [ -z "$gw" ] || echo "Gateway=$gw"
+        ;;
+    esac
+    for d in $dns0 $dns1; do echo "DNS=$d"; done
+  } >$units/network/10-imgbuild-cmdline.network || fail "cannot write the .network"
+  ln -sf /lib/systemd/system/systemd-networkd.service \
+    $units/system/multi-user.target.wants/systemd-networkd.service || fail "cannot enable systemd-networkd"
+  say "network $client on $dev"
+}
+size=75% init=/sbin/init hostname='' ip=''
+# shellcheck disable=SC2013 # the command line's words
 for a in $(cat /proc/cmdline); do
   case $a in
     imgbuild.rootsize=*) size=${a#*=} ;;
     imgbuild.init=*) init=${a#*=} ;;
+    imgbuild.hostname=*) hostname=${a#*=} ;;
+    imgbuild.ip=*) ip=${a#*=} ;;
   esac
 done
 mount -t tmpfs -o "size=$size,mode=0755" root /newroot ||
@@ -40,6 +111,10 @@ done
 mkdir -p /newroot/proc /newroot/dev /newroot/sys /newroot/run ||
   fail "cannot make the mount points in the tmpfs"
 [ -x "/newroot$init" ] || fail "no $init in the root"
+# a name from imgbuild.ip= stands when imgbuild.hostname= is not given
+[ -n "$hostname" ] || hostname=$(echo "$ip" | cut -s -d: -f5)
+[ -z "$hostname" ] || set_hostname "$hostname"
+[ -z "$ip" ] || set_network "$ip"
 # switch_root moves /proc and /dev into the new root and frees this one
 say "switch_root to $init"
 exec switch_root /newroot "$init"
