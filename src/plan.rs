@@ -467,7 +467,12 @@ fn build(
     if let Some(base) = m.pins.os_base(arch) {
         let os = os_entry(base);
         layers.push((OS_LAYER.to_string(), LayerKind::Os, vec![os]));
-        let entries = os_packages_layer(m, target, arch, base, &os_packages, &mut owners)?;
+        // the layer holds `[os] packages` too: the base's additions
+        let mut debs = os_packages.clone();
+        debs.extend(m.pins.os.iter().flat_map(|os| os.packages.iter().cloned()));
+        debs.sort();
+        debs.dedup();
+        let entries = os_packages_layer(m, target, arch, base, &debs, &mut owners)?;
         layers.push((
             OS_PACKAGES_LAYER.to_string(),
             LayerKind::OsPackages,
@@ -513,14 +518,10 @@ fn build(
     })
 }
 
-/// Every OS package of `[os] packages` and of the roles, each once, sorted.
+/// Every OS package the roles name, each once, sorted.
 fn os_packages(m: &Manifests, roles: &[String]) -> Vec<String> {
-    let every_node = m.pins.os.iter().flat_map(|os| &os.packages);
-    let all: std::collections::BTreeSet<&String> = roles
-        .iter()
-        .flat_map(|r| &m.roles[r].os_packages)
-        .chain(every_node)
-        .collect();
+    let all: std::collections::BTreeSet<&String> =
+        roles.iter().flat_map(|r| &m.roles[r].os_packages).collect();
     all.into_iter().cloned().collect()
 }
 

@@ -19,7 +19,7 @@ use super::SeedLayers;
 use super::iso::{self, IsoFile};
 use crate::layer::BuiltLayer;
 use crate::manifest::Manifests;
-use crate::plan::{Plan, Source, TargetKind};
+use crate::plan::{LayerKind, Plan, Source, TargetKind};
 use crate::quote;
 
 /// The units the plan enables that the host OS must provide (haproxy,
@@ -315,6 +315,14 @@ pub fn files(
 ) -> io::Result<Vec<IsoFile>> {
     let dir = out.join("cloud-init");
     fs::create_dir_all(&dir)?;
+    // a seed is for a machine that runs its OS already: the pinned base OS
+    // and its packages are the image's, never extracted over a running host
+    let layers: Vec<BuiltLayer> = layers
+        .iter()
+        .filter(|l| !matches!(l.kind, LayerKind::Os | LayerKind::OsPackages))
+        .cloned()
+        .collect();
+    let layers = layers.as_slice();
     let mut files = vec![
         IsoFile::bytes(
             "user-data",

@@ -756,6 +756,30 @@ fn a_generic_role_image_boots_with_the_identity_dhcp_gave_ipxe() {
 }
 
 #[test]
+fn a_seed_for_a_running_host_leaves_the_base_os_out() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(true));
+    build_node(&lab, &server, "c", &["--format", "layers,cloud-init"]);
+    let dir = lab.path("c/node01");
+    assert!(dir.join("layers/00-os.tar.gz").is_file());
+    let user_data = std::fs::read_to_string(dir.join("cloud-init/user-data")).unwrap();
+    assert!(user_data.contains("-worker.tar.gz"), "{user_data}");
+    assert!(
+        !user_data.contains("-os.tar.gz") && !user_data.contains("-os-packages.tar.gz"),
+        "{user_data}"
+    );
+    let names = judge("isoinfo")
+        .args(["-J", "-f", "-i"])
+        .arg(dir.join("cloud-init/seed.iso"))
+        .ok();
+    assert!(
+        names.contains("/layers/") && !names.contains("-os"),
+        "{names}"
+    );
+    lab.imgbuild(&["verify", "c/node01"]).assert_ok();
+}
+
+#[test]
 fn the_stand_in_debs_are_what_dpkg_deb_reads() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nftables_1.0-test_amd64.deb");
