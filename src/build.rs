@@ -172,7 +172,8 @@ impl<'a> Build<'a> {
             arch: plan.arch,
             mtime: self.settings.mtime(),
             jobs: self.settings.ctx.jobs,
-            cpio: self.opts.formats.has(output::Format::Pxe),
+            cpio: self.opts.formats.has(output::Format::Pxe)
+                || self.opts.formats.has(output::Format::Disk),
             images: &self.images,
             os_layer: None,
         };

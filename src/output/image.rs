@@ -39,6 +39,8 @@ pub enum Format {
     Pxe,
     /// oci/: the node image as an OCI image layout
     Oci,
+    /// disk/: with a base OS, a bootable GPT disk (disk.raw, disk.qcow2)
+    Disk,
 }
 
 impl Format {
@@ -48,6 +50,7 @@ impl Format {
             Format::CloudInit => "cloud-init",
             Format::Pxe => "pxe",
             Format::Oci => "oci",
+            Format::Disk => "disk",
         }
     }
 }

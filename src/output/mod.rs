@@ -11,6 +11,7 @@
 //! is removed by the next ([`clean_debris`]).
 
 pub mod cloudinit;
+pub mod disk;
 pub mod image;
 pub mod iso;
 pub mod oci;
@@ -56,6 +57,16 @@ pub enum OutputError {
         #[source]
         source: pxe::KernelError,
     },
+    #[error("cannot make the disk of {target}")]
+    Disk {
+        target: String,
+        #[source]
+        source: disk::DiskError,
+    },
+    #[error(
+        "cannot make the disk of {target}: --format disk needs a base OS ([os] in pins.toml); without one the layers are overlays for an OS imgbuild does not build"
+    )]
+    DiskWithoutOs { target: String },
 }
 
 /// How to build: formats, seed mode, and the one timestamp.
@@ -495,7 +506,15 @@ impl Assembly<'_> {
             let kernel = kernel.join().unwrap_or(Err(pxe::KernelError::Panicked));
             (iso, kernel, initrds)
         });
+        let disk = if self.opts.formats.has(Format::Disk) {
+            self.disk()?
+        } else {
+            Vec::new()
+        };
         self.drop_private_segments();
+        for (file, h) in disk {
+            self.known.insert(file, h);
+        }
         let kernel = kernel.map_err(|source| OutputError::Kernel {
             target: target.to_string(),
             source,
@@ -528,6 +547,49 @@ impl Assembly<'_> {
             let h = pxe::overlay(&local, self.store, self.tmp)?;
             Ok(vec![("pxe/overlay.cpio.gz".to_string(), h)])
         }
+    }
+
+    /// `disk/`: the kernel and the initrds of every layer (url mode or not:
+    /// a disk boots alone) made in a scratch directory, then the disk.
+    fn disk(&self) -> Result<Vec<(String, String)>, OutputError> {
+        let target = self.plan.target.as_str();
+        if !pxe::is_whole(self.layers) {
+            return Err(OutputError::DiskWithoutOs {
+                target: target.to_string(),
+            });
+        }
+        let work = self.tmp.join(".disk-work");
+        let sde = self.opts.source_date_epoch;
+        pxe::kernel(self.layers, &work).map_err(|source| OutputError::Kernel {
+            target: target.to_string(),
+            source,
+        })?;
+        let made =
+            pxe::initrds(self.layers, self.store, sde, &work).map_err(io_err(target, &work))?;
+        let mut initrds = vec![("initrd.img", work.join("pxe").join(pxe::INITRD))];
+        // a role's generic disk takes its secrets from the seed, as its
+        // identity: it carries none
+        let node = self.plan.kind == crate::plan::TargetKind::Node;
+        let private = node && made.iter().any(|(f, _)| f.ends_with(pxe::SECRETS));
+        if private {
+            initrds.push(("secrets.img", work.join("pxe").join(pxe::SECRETS)));
+        }
+        let input = disk::Input {
+            target,
+            arch: self.plan.arch,
+            layers: self.layers,
+            kernel: &work.join("pxe").join(pxe::KERNEL),
+            initrds,
+            cmdline: pxe::cmdline(self.plan.arch),
+            mtime: sde,
+            private,
+        };
+        let written = disk::write(&input, self.tmp).map_err(|source| OutputError::Disk {
+            target: target.to_string(),
+            source,
+        })?;
+        fs::remove_dir_all(&work).map_err(io_err(target, &work))?;
+        Ok(written)
     }
 
     /// The OCI layer blobs linked, and the layers kept (with their digests)

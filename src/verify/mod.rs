@@ -103,7 +103,7 @@ pub fn check(m: &Manifests, dir: &Path, state: Option<&Path>) -> Result<ImageJso
         }
         check_published(dir, image, &tree, &needles, &mut p);
     }
-    check_private_modes(dir, &tree, &mut p);
+    check_private_modes(dir, &tree, image.as_ref(), &mut p);
     match image {
         Some(image) if p.0.is_empty() => Ok(image),
         _ => Err(VerifyError::Failed {
@@ -442,13 +442,19 @@ fn public_oci_blobs(dir: &Path, tree: &Tree) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// The files that carry the secrets layer are private.
-fn check_private_modes(dir: &Path, tree: &Tree, p: &mut Problems) {
-    let private_files = [
+/// The files that carry the secrets layer are private (a node's disk
+/// too; a role's generic disk carries no secret).
+fn check_private_modes(dir: &Path, tree: &Tree, image: Option<&ImageJson>, p: &mut Problems) {
+    let mut private_files = vec![
         "cloud-init/seed.iso",
         "pxe/overlay.cpio.gz",
         "pxe/secrets.cpio.gz",
     ];
+    let node = image.is_some_and(|i| i.kind == crate::plan::TargetKind::Node);
+    let secrets = image.is_some_and(|i| i.layers.iter().any(|l| l.kind() == LayerKind::Secrets));
+    if node && secrets {
+        private_files.extend([crate::output::disk::RAW, crate::output::disk::QCOW2]);
+    }
     for private in private_files {
         if let Ok(meta) = fs::metadata(dir.join(private))
             && tree.has(private)

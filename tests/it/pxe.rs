@@ -110,10 +110,11 @@ fn the_init_script_copies_the_root_into_a_tmpfs_and_switch_roots() {
     );
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(
-        lines[..4],
+        lines[..5],
         [
             "mount -t proc proc /proc",
             "mount -t devtmpfs devtmpfs /dev",
+            "mount -t sysfs sysfs /sys",
             "mount -t tmpfs -o size=512M,mode=0755 root /newroot",
             "switch_root /newroot /sbin/myinit"
         ],
@@ -241,7 +242,7 @@ fn the_init_script_refuses_a_bad_host_name_and_dhcp_needs_no_address() {
 
 // ---- a whole node: a lab with `[os] base` in pins.toml.
 
-const KERNEL: &[u8] = b"imgbuild test kernel 6.1.0";
+pub(crate) const KERNEL: &[u8] = b"imgbuild test kernel 6.1.0";
 /// What Debian's libgnutls.so.30 holds among its constants: a self-test key
 /// in PEM (a public test vector, not the cluster's).
 const GNUTLS_SELF_TEST: &[u8] = b"\x7fELF\0\0-----BEGIN RSA PRIVATE KEY-----\n\
@@ -277,7 +278,7 @@ fn root_targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// A root filesystem archive: a kernel below /boot (when `kernel`) and a
 /// few files of a Debian root.
-fn base_tar(kernel: bool) -> Vec<u8> {
+pub(crate) fn base_tar(kernel: bool) -> Vec<u8> {
     let mut entries: Vec<(&str, &[u8])> = vec![
         ("boot/", b""),
         ("boot/config-6.1.0-test", b"CONFIG=y\n"),
@@ -325,7 +326,7 @@ fn deb(package: &str, version: &str) -> Vec<u8> {
 }
 
 /// [`deb`] whose data archive also holds `files` (directories end in `/`).
-fn deb_with(package: &str, version: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn deb_with(package: &str, version: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
     let control = format!(
         "Package: {package}\nVersion: {version}\nArchitecture: amd64\n\
          Maintainer: imgbuild tests <tests@example.invalid>\n\
@@ -393,7 +394,7 @@ fn pin(
 
 /// The lab with `base` pinned as its `[os] base` and a stand-in `.deb`
 /// pinned for every OS package its roles list, all behind the mirror.
-fn whole(lab: Lab, server: &Server, base: &[u8]) -> Lab {
+pub(crate) fn whole(lab: Lab, server: &Server, base: &[u8]) -> Lab {
     let pins = lab.path("manifests/pins.toml");
     let mut doc: toml::Table = toml::from_str(&std::fs::read_to_string(&pins).unwrap()).unwrap();
     let source = doc["artifact"][0]["source"].clone();
@@ -468,13 +469,13 @@ fn secrets_layer_names(dir: &Path) -> (Vec<String>, Vec<String>) {
     (all, files)
 }
 
-fn mode(p: &Path) -> u32 {
+pub(crate) fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
 /// Builds node01 into `out` with `extra` arguments.
-fn build_node(lab: &Lab, server: &Server, out: &str, extra: &[&str]) {
+pub(crate) fn build_node(lab: &Lab, server: &Server, out: &str, extra: &[&str]) {
     let mut args = vec!["node", "--role", "node01", "--out", out];
     args.extend_from_slice(extra);
     build(lab, server, &args, &[]).assert_ok();
@@ -663,7 +664,7 @@ fn a_base_without_a_kernel_is_an_error_naming_the_os_layer() {
 }
 
 /// Adds `package` (pinned, behind the mirror) to `[os] packages`.
-fn with_os_package(lab: &Lab, server: &Server, package: &str, bytes: &[u8]) {
+pub(crate) fn with_os_package(lab: &Lab, server: &Server, package: &str, bytes: &[u8]) {
     let pins = lab.path("manifests/pins.toml");
     let mut doc: toml::Table = toml::from_str(&std::fs::read_to_string(&pins).unwrap()).unwrap();
     let source = doc["artifact"][0]["source"].clone();

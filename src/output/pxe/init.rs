@@ -1,8 +1,9 @@
 //! The `/init` segment of a whole node's initramfs: takes the build's one
 //! timestamp and produces a gzip'd newc cpio (no trailer, like a layer's
 //! segment) of `/init` ([`SCRIPT`], 0755) and the directories it needs:
-//! `/dev` and `/proc` to mount on, and the empty `/newroot` where it mounts
-//! the tmpfs it copies the node into before it switch_roots to systemd.
+//! `/dev` and `/proc` to mount on, the empty `/newroot` where it mounts
+//! the tmpfs it copies the node into before it switch_roots to systemd,
+//! and the repart.d(5) definition of a disk's state partition.
 //! Owners are root, every mtime is SOURCE_DATE_EPOCH and the gzip is the
 //! layers' (level 6, header mtime 0, no name), so the bytes are reproducible.
 
@@ -14,6 +15,20 @@ use crate::newc;
 
 /// The `/init` script (a POSIX shell script for the node's own `/bin/sh`).
 pub(crate) const SCRIPT: &str = include_str!("init.sh");
+
+/// Where `/init` keeps the state partition's repart.d(5) definition, in
+/// the initial root only (not copied into the node's).
+pub(crate) const REPART_DIR: &str = "imgbuild.repart.d";
+const REPART_STATE: &str = "imgbuild.repart.d/50-imgbuild-state.conf";
+/// The state partition of a disk (`--format disk`): made by systemd-repart
+/// on the first boot from the disk in the space after the ESP, grown into
+/// what is free on later boots, ext4.
+const REPART: &str = "# imgbuild: the state partition of a node booted from its disk (docs/build.md)\n\
+[Partition]\n\
+Type=linux-generic\n\
+Label=imgbuild-state\n\
+Format=ext4\n\
+SizeMinBytes=256M\n";
 
 /// `data` as one gzip member, as the layers compress.
 pub(crate) fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
@@ -27,8 +42,10 @@ pub(crate) fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
 pub(crate) fn segment(mtime: i64) -> io::Result<Vec<u8>> {
     let mtime = u32::try_from(mtime).unwrap_or(0);
     let script = SCRIPT.as_bytes();
-    let entries: [(&str, u32, &[u8]); 4] = [
+    let entries: [(&str, u32, &[u8]); 6] = [
         ("dev", newc::S_IFDIR | 0o755, b""),
+        (REPART_DIR, newc::S_IFDIR | 0o755, b""),
+        (REPART_STATE, newc::S_IFREG | 0o644, REPART.as_bytes()),
         ("init", newc::S_IFREG | 0o755, script),
         ("newroot", newc::S_IFDIR | 0o755, b""),
         ("proc", newc::S_IFDIR | 0o555, b""),
@@ -91,13 +108,16 @@ mod tests {
             names,
             [
                 ("dev", 0o040755),
+                ("imgbuild.repart.d", 0o040755),
+                ("imgbuild.repart.d/50-imgbuild-state.conf", 0o100644),
                 ("init", 0o100755),
                 ("newroot", 0o040755),
                 ("proc", 0o040555)
             ]
         );
         assert!(got.iter().all(|e| e.2 == 1_700_000_000));
-        assert_eq!(got[1].3, SCRIPT);
+        assert_eq!(got[3].3, SCRIPT);
+        assert!(got[2].3.contains("Label=imgbuild-state\nFormat=ext4\n"));
         // the layers' gzip: header mtime 0, no name, OS unknown
         assert_eq!(&seg[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
         assert_eq!(seg, segment(1_700_000_000).unwrap());
@@ -110,7 +130,7 @@ mod tests {
         for needle in [
             "imgbuild.rootsize=*",
             "imgbuild.init=*",
-            "size=75% init=/sbin/init",
+            "size=75% init=/sbin/init hostname='' ip='' esp=''",
             "exec switch_root /newroot \"$init\"",
             "echo \"imgbuild-init: $*\" >/dev/kmsg",
             "exec /bin/sh",

@@ -13,6 +13,13 @@
 #                           or AUTOCONF dhcp, for DHCP): a systemd-networkd
 #                           .network for DEVICE (every en*/eth* NIC when
 #                           empty), systemd-networkd enabled
+# Booted from a disk (--format disk):
+#   imgbuild.esp=PARTUUID=U the EFI system partition it was loaded from: on
+#                           its disk, systemd-repart creates (first boot) or
+#                           grows the state partition (/imgbuild.repart.d:
+#                           ext4, label imgbuild-state), mounted at
+#                           /var/lib/imgbuild/state with etcd's and
+#                           containerd's directories bound from it
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 say() {
   if [ -c /dev/kmsg ]; then
@@ -27,6 +34,7 @@ fail() {
 }
 mount -t proc proc /proc || fail "cannot mount /proc"
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
+mount -t sysfs sysfs /sys 2>/dev/null || true
 # the kernel opens /dev/console before /init only when the archive has one
 [ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
 # a dotted netmask (or a prefix length) as a prefix length
@@ -89,7 +97,35 @@ set_network() {
     $units/system/multi-user.target.wants/systemd-networkd.service || fail "cannot enable systemd-networkd"
   say "network $client on $dev"
 }
-size=75% init=/sbin/init hostname='' ip=''
+# the state partition on the disk the ESP $1 (PARTUUID=...) is on
+set_state() {
+  modprobe -q -a virtio_pci virtio_blk virtio_scsi sd_mod ahci nvme 2>/dev/null
+  i=0
+  until esp=$(blkid -l -o device -t "$1") && [ -n "$esp" ]; do
+    i=$((i + 1))
+    [ $i -lt 30 ] || fail "no partition $1 (imgbuild.esp=)"
+    sleep 1
+  done
+  disk=/dev/$(lsblk -no pkname "$esp" | head -n 1)
+  [ -b "$disk" ] || fail "no disk holds $esp"
+  systemd-repart --dry-run=no --no-pager --definitions=/imgbuild.repart.d "$disk" ||
+    fail "systemd-repart could not make the state partition on $disk"
+  i=0
+  until part=$(blkid -l -o device -t PARTLABEL=imgbuild-state) && [ -n "$part" ]; do
+    i=$((i + 1))
+    [ $i -lt 10 ] || fail "no imgbuild-state partition on $disk"
+    sleep 1
+  done
+  st=/newroot/var/lib/imgbuild/state
+  mkdir -p $st || fail "cannot make $st"
+  mount -t ext4 "$part" $st || fail "cannot mount $part"
+  for d in etcd containerd; do
+    mkdir -p "$st/$d" "/newroot/var/lib/$d" || fail "cannot make /var/lib/$d"
+    mount --bind "$st/$d" "/newroot/var/lib/$d" || fail "cannot bind /var/lib/$d to the state partition"
+  done
+  say "state on $part ($disk)"
+}
+size=75% init=/sbin/init hostname='' ip='' esp=''
 # shellcheck disable=SC2013 # the command line's words
 for a in $(cat /proc/cmdline); do
   case $a in
@@ -97,6 +133,7 @@ for a in $(cat /proc/cmdline); do
     imgbuild.init=*) init=${a#*=} ;;
     imgbuild.hostname=*) hostname=${a#*=} ;;
     imgbuild.ip=*) ip=${a#*=} ;;
+    imgbuild.esp=*) esp=${a#*=} ;;
   esac
 done
 mount -t tmpfs -o "size=$size,mode=0755" root /newroot ||
@@ -104,7 +141,7 @@ mount -t tmpfs -o "size=$size,mode=0755" root /newroot ||
 say "copying the root into a tmpfs (size=$size)"
 for e in /* /.[!.]*; do
   case $e in
-    /proc | /dev | /sys | /run | /newroot | /init | '/.[!.]*') continue ;;
+    /proc | /dev | /sys | /run | /newroot | /init | /imgbuild.repart.d | '/.[!.]*') continue ;;
   esac
   cp -a "$e" /newroot/ || fail "cannot copy $e into the tmpfs"
 done
@@ -115,6 +152,7 @@ mkdir -p /newroot/proc /newroot/dev /newroot/sys /newroot/run ||
 [ -n "$hostname" ] || hostname=$(echo "$ip" | cut -s -d: -f5)
 [ -z "$hostname" ] || set_hostname "$hostname"
 [ -z "$ip" ] || set_network "$ip"
+[ -z "$esp" ] || set_state "$esp"
 # switch_root moves /proc and /dev into the new root and frees this one
 say "switch_root to $init"
 exec switch_root /newroot "$init"
