@@ -99,7 +99,7 @@ set_network() {
 }
 # the state partition on the disk the ESP $1 (PARTUUID=...) is on
 set_state() {
-  modprobe -q -a virtio_pci virtio_blk virtio_scsi sd_mod ahci nvme 2>/dev/null
+  modprobe -q -a virtio_pci virtio_blk virtio_scsi sd_mod ahci nvme loop 2>/dev/null
   i=0
   until esp=$(blkid -l -o device -t "$1") && [ -n "$esp" ]; do
     i=$((i + 1))
