@@ -56,7 +56,7 @@ fn initramfs_root(dir: &Path, cmdline: &str) -> PathBuf {
     install_dash(&root);
     std::fs::copy("/usr/bin/busybox", root.join("bin/busybox")).unwrap();
     for applet in [
-        "cp", "mkdir", "cat", "find", "sort", "cut", "tr", "grep", "mv", "ln",
+        "cp", "mkdir", "cat", "find", "sort", "cut", "tr", "grep", "mv", "ln", "uname",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -238,6 +238,43 @@ fn the_init_script_refuses_a_bad_host_name_and_dhcp_needs_no_address() {
     )
     .unwrap();
     assert!(network.ends_with("[Network]\nDHCP=yes\n"), "{network}");
+}
+
+#[test]
+fn the_init_script_indexes_a_kernels_modules_that_no_depmod_indexed() {
+    let kver = judge("uname").arg("-r").ok().trim().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let root = initramfs_root(dir.path(), "console=ttyS0");
+    script(&root, "sbin/init", "#!/bin/sh\n");
+    script(
+        &root,
+        "usr/sbin/depmod",
+        "#!/bin/sh\necho \"depmod $*\" >>/run/log\n",
+    );
+    let modules = root.join("lib/modules").join(&kver);
+    std::fs::create_dir_all(&modules).unwrap();
+    let (out, log) = run_init(&root).unwrap();
+    assert!(log.contains(&format!("depmod -a {kver}\n")), "{log}");
+    assert!(
+        out.contains(&format!(
+            "imgbuild-init: indexed the modules of {kver} (depmod)"
+        )),
+        "{out}"
+    );
+    // an indexed kernel is left alone
+    let dir = tempfile::tempdir().unwrap();
+    let root = initramfs_root(dir.path(), "console=ttyS0");
+    script(&root, "sbin/init", "#!/bin/sh\n");
+    script(
+        &root,
+        "usr/sbin/depmod",
+        "#!/bin/sh\necho \"depmod $*\" >>/run/log\n",
+    );
+    let modules = root.join("lib/modules").join(&kver);
+    std::fs::create_dir_all(&modules).unwrap();
+    std::fs::write(modules.join("modules.dep.bin"), b"").unwrap();
+    let (_, log) = run_init(&root).unwrap();
+    assert!(!log.contains("depmod -a"), "{log}");
 }
 
 // ---- a whole node: a lab with `[os] base` in pins.toml.

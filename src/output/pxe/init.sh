@@ -136,6 +136,12 @@ for a in $(cat /proc/cmdline); do
     imgbuild.esp=*) esp=${a#*=} ;;
   esac
 done
+# a kernel unpacked from its .deb (no maintainer script ran) has no module
+# index: build it here, in RAM, so that modprobe and udev find the modules
+kver=$(uname -r)
+if [ -n "$kver" ] && [ -d "/lib/modules/$kver" ] && [ ! -e "/lib/modules/$kver/modules.dep.bin" ]; then
+  if depmod -a "$kver"; then say "indexed the modules of $kver (depmod)"; else say "depmod $kver failed"; fi
+fi
 mount -t tmpfs -o "size=$size,mode=0755" root /newroot ||
   fail "cannot mount a tmpfs of size=$size on /newroot"
 say "copying the root into a tmpfs (size=$size)"
