@@ -91,6 +91,22 @@ pub enum Command {
     Pki(PkiCommand),
     /// Check an output directory: checksums, pins, secret placement and modes.
     Verify(VerifyArgs),
+    /// Sign a node's image, SBOM and provenance with an ECDSA P-256 key
+    /// (writes DIR/signatures/; `verify --key` checks them).
+    Sign(SignArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// A node output directory (OUT/<node>).
+    pub dir: PathBuf,
+    /// The private key, PEM (PKCS#8 or SEC1), ECDSA P-256.
+    #[arg(long, value_name = "KEY.pem")]
+    pub key: PathBuf,
+    /// The image's repository in cosign's payload (docker-reference)
+    /// [default: the node's name].
+    #[arg(long, value_name = "REPO")]
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +257,9 @@ pub struct VerifyArgs {
     /// checked and shown].
     #[arg(long, value_name = "embed|url=BASE", requires = "rebuild")]
     pub seed_layers: Option<SeedLayers>,
+    /// Also check DIR/signatures/ (`imgbuild sign`) with this public key (PEM).
+    #[arg(long, value_name = "PUB.pem")]
+    pub key: Option<PathBuf>,
 }
 
 /// `--mirror`: an http(s):// or file:// URL.

@@ -27,6 +27,7 @@ mod report;
 mod rootcheck;
 mod rootpath;
 mod settings;
+mod sign;
 mod sums;
 mod tarutil;
 mod verify;
@@ -37,14 +38,17 @@ pub use layer::GZIP_LEVEL;
 
 use cli::{BundleCommand, Cli, Command};
 use commands::{bundle, cluster, fetch as fetch_cmd, node, pki as pki_cmd, plan as plan_cmd};
-use commands::{push, verify as verify_cmd};
+use commands::{push, sign as sign_cmd, verify as verify_cmd};
 use settings::Settings;
 
 /// Runs one command line. Data goes to stdout, messages to stderr.
 pub fn run(cli: &Cli) -> Result<(), Error> {
     let s = Settings::resolve(&cli.global)?;
-    if let Command::Push(args) = &cli.command {
-        return push::run(&s, args); // reads no manifest
+    match &cli.command {
+        // read no manifest
+        Command::Push(args) => return push::run(&s, args),
+        Command::Sign(args) => return sign_cmd::run(&s, args),
+        _ => {}
     }
     let m = s.load_manifests()?;
     match &cli.command {
@@ -57,5 +61,6 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         Command::Cluster(args) => cluster::run(&s, &m, args),
         Command::Verify(args) => verify_cmd::run(&s, &m, args),
         Command::Push(args) => push::run(&s, args),
+        Command::Sign(args) => sign_cmd::run(&s, args),
     }
 }

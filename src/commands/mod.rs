@@ -9,6 +9,7 @@ pub mod node;
 pub mod pki;
 pub mod plan;
 pub mod push;
+pub mod sign;
 pub mod verify;
 
 use std::io::Write;
@@ -41,6 +42,14 @@ pub enum Error {
     Pki(#[from] crate::pki::PkiError),
     #[error(transparent)]
     Verify(#[from] crate::verify::VerifyError),
+    #[error(transparent)]
+    Sign(#[from] crate::sign::SignError),
+    #[error("the signatures of {dir} do not verify with {key}:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Signatures {
+        dir: PathBuf,
+        key: PathBuf,
+        problems: Vec<String>,
+    },
     #[error("{count} file{s} of the PKI in {dir} need attention (see the table)", s = if *.count == 1 { "" } else { "s" })]
     PkiUnhealthy { count: usize, dir: PathBuf },
     #[error("cannot make a scratch directory {path} for the rebuild")]

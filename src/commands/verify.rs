@@ -30,6 +30,22 @@ pub fn run(s: &Settings, m: &Manifests, args: &VerifyArgs) -> Result<(), Error> 
             wanted,
         });
     }
+    if let Some(key) = &args.key {
+        let point = crate::sign::public_key(key)?;
+        let problems = crate::sign::check(&args.dir, &point);
+        if !problems.is_empty() {
+            return Err(Error::Signatures {
+                dir: args.dir.clone(),
+                key: key.clone(),
+                problems,
+            });
+        }
+        s.reporter.info(&format!(
+            "{}: signatures verified with {}",
+            args.dir.display(),
+            key.display()
+        ));
+    }
     if args.rebuild {
         rebuild(s, m, args, &image)?;
         s.reporter

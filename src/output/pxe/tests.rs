@@ -149,6 +149,8 @@ fn the_initrd_is_the_node_without_its_secrets_and_init_after_the_shared_layers()
             "etc/hosts",
             "etc/worker",
             "dev",
+            "imgbuild.repart.d",
+            "imgbuild.repart.d/50-imgbuild-state.conf",
             "init",
             "newroot",
             "proc",
@@ -162,7 +164,14 @@ fn the_initrd_is_the_node_without_its_secrets_and_init_after_the_shared_layers()
     );
     assert_eq!(
         names(&listing(&pxe(&out, INIT))),
-        ["dev", "init", "newroot", "proc"]
+        [
+            "dev",
+            "imgbuild.repart.d",
+            "imgbuild.repart.d/50-imgbuild-state.conf",
+            "init",
+            "newroot",
+            "proc"
+        ]
     );
     let text = fs::read(pxe(&out, INITRD)).unwrap();
     let mut plain = Vec::new();
@@ -223,7 +232,15 @@ fn in_url_mode_the_initrd_holds_init_and_the_node_layer() {
     initrds(&layers[4..], &store, SDE, &out).unwrap();
     assert_eq!(
         names(&listing(&pxe(&out, INITRD))),
-        ["dev", "init", "newroot", "proc", "etc/hostname"]
+        [
+            "dev",
+            "imgbuild.repart.d",
+            "imgbuild.repart.d/50-imgbuild-state.conf",
+            "init",
+            "newroot",
+            "proc",
+            "etc/hostname"
+        ]
     );
     assert_eq!(listing(&pxe(&out, SECRETS)).len(), 1);
 }
