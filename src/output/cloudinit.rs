@@ -6,7 +6,11 @@
 //! the role's services.
 //! With `--seed-layers url=BASE` the shared layers are fetched from
 //! `BASE/sha256/<digest>.tar.gz` (same checks) and the seed holds only the
-//! node's own layers. `meta-data` and `network-config` (v2, static; the NIC
+//! node's own layers. With an `[os]` (the stock-image path, [`Stock`]) the
+//! seed carries the node's pinned `.deb`s in `debs/`, and the script first
+//! checks the running release, then every sha256, then installs the
+//! packages not installed at their version with one `dpkg -i`, before any
+//! layer is extracted or unit enabled. `meta-data` and `network-config` (v2, static; the NIC
 //! matched by MAC and renamed when the node has one) carry the node's
 //! identity; `seed.iso` holds them all.
 
