@@ -24,12 +24,56 @@ pub enum DebError {
     },
     #[error("{path} is not a Debian package: {why}")]
     NotADeb { path: PathBuf, why: String },
+    #[error("cannot read the data archive of {path}")]
+    Data {
+        path: PathBuf,
+        #[source]
+        source: Box<ArchiveError>,
+    },
     #[error("cannot read the control archive of {path}")]
     Control {
         path: PathBuf,
         #[source]
         source: ArchiveError,
     },
+}
+
+/// What the stock-image path needs of a `.deb` (see
+/// `output::stock`): its control file and the systemd units it ships.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DebFacts {
+    /// `control`, as the package has it.
+    pub control: String,
+    /// The names of the units below `/lib/systemd/system/` or
+    /// `/usr/lib/systemd/system/`, sorted.
+    pub units: Vec<String>,
+}
+
+/// Reads the control file and the units of the `.deb` at `path`.
+pub fn facts(path: &Path) -> Result<DebFacts, DebError> {
+    let deb = read(path)?;
+    let mut units = Vec::new();
+    let data = deb.data()?;
+    rootfs::walk(data, "data.tar", path, |m, _| {
+        let unit = ["lib/systemd/system/", "usr/lib/systemd/system/"]
+            .iter()
+            .find_map(|dir| m.path.strip_prefix(dir))
+            .filter(|name| !name.is_empty() && !name.contains('/'));
+        if let (Some(name), Kind::File | Kind::Symlink(_)) = (unit, &m.kind) {
+            units.push(name.to_string());
+        }
+        Ok(())
+    })
+    .map_err(|source| DebError::Data {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    units.sort();
+    units.dedup();
+    Ok(DebFacts {
+        control: deb.control,
+        units,
+    })
 }
 
 /// Bytes shared by every pass over a `.deb`'s data.

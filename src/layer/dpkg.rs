@@ -95,6 +95,49 @@ pub(super) fn merge_status(base: &str, packages: &[Control]) -> String {
     stanzas.join("\n")
 }
 
+/// The whole value of `field` in a control stanza, its continuation
+/// lines joined.
+fn folded(text: &str, field: &str) -> Option<String> {
+    let mut lines = text.lines().skip_while(|l| {
+        l.starts_with([' ', '\t'])
+            || !l
+                .split_once(':')
+                .is_some_and(|(k, _)| k.eq_ignore_ascii_case(field))
+    });
+    let (_, first) = lines.next()?.split_once(':')?;
+    let mut value = first.trim().to_string();
+    for l in lines.take_while(|l| l.starts_with([' ', '\t'])) {
+        value.push(' ');
+        value.push_str(l.trim());
+    }
+    Some(value)
+}
+
+/// The packages a control file's `Pre-Depends` and `Depends` name, one
+/// list per clause with its alternatives (`a | b`) in order, each a bare
+/// package name (no version, no `:arch`, no restriction).
+pub fn depends(control: &str) -> Vec<Vec<String>> {
+    let mut clauses = Vec::new();
+    for f in ["Pre-Depends", "Depends"] {
+        let Some(value) = folded(control, f) else {
+            continue;
+        };
+        for clause in value.split(',') {
+            let alternatives: Vec<String> = clause
+                .split('|')
+                .filter_map(|a| {
+                    let name = a.trim().split([' ', '(', ':', '[', '<']).next()?;
+                    (!name.is_empty()).then(|| name.to_string())
+                })
+                .collect();
+            if !alternatives.is_empty() {
+                clauses.push(alternatives);
+            }
+        }
+    }
+    clauses
+}
+
 /// A data member's line in the `.list` file: `/` and its path (dpkg's own
 /// `/.` for the root).
 pub(super) fn list_line(path: &str) -> String {
@@ -125,6 +168,25 @@ mod tests {
         assert!(
             fresh.starts_with("Package: hello\nStatus: install ok installed\nVersion: 2.10-3\n")
         );
+    }
+
+    #[test]
+    fn depends_lists_every_clause_with_its_alternatives_in_order() {
+        let control = "Package: nftables\nVersion: 1.0.6\nPre-Depends: init-system-helpers (>= 1.54~)\n\
+                       Depends: libc6 (>= 2.34), libnftables1 (= 1.0.6-2+deb12u2),\n libedit2 (>= 3.1) | libreadline8:any,\n\
+                       \x20python3:any [amd64] <!nocheck>\nDescription: x\n Depends: not-a-field\n";
+        assert_eq!(
+            depends(control),
+            [
+                vec!["init-system-helpers"],
+                vec!["libc6"],
+                vec!["libnftables1"],
+                vec!["libedit2", "libreadline8"],
+                vec!["python3"],
+            ]
+        );
+        assert!(depends(HELLO).iter().any(|c| c == &["libc6"]));
+        assert!(depends("Package: a\nVersion: 1\n").is_empty());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub(crate) mod rootfs;
 mod store;
 mod write;
 
+pub use deb::{DebError, DebFacts, facts as deb_facts};
+pub use dpkg::depends as deb_depends;
 pub use resolve::Inputs;
 pub use store::Store;
 

@@ -38,6 +38,8 @@ use crate::report::Reporter;
 #[derive(Debug)]
 pub struct Store {
     pub(crate) dir: PathBuf,
+    /// The cache the store is in: where the pinned `.deb`s are.
+    pub(crate) cache: Cache,
     reporter: Reporter,
     /// Layers built or checked by this run, by key.
     fresh: Mutex<BTreeMap<String, BuiltLayer>>,
@@ -165,6 +167,7 @@ impl Store {
         fs::create_dir_all(&dir)?;
         let store = Store {
             dir,
+            cache: cache.clone(),
             reporter,
             fresh: Mutex::new(BTreeMap::new()),
             syncing: Mutex::new(Vec::new()),

@@ -6,7 +6,11 @@
 //! the role's services.
 //! With `--seed-layers url=BASE` the shared layers are fetched from
 //! `BASE/sha256/<digest>.tar.gz` (same checks) and the seed holds only the
-//! node's own layers. `meta-data` and `network-config` (v2, static; the NIC
+//! node's own layers. With an `[os]` (the stock-image path, [`Stock`]) the
+//! seed carries the node's pinned `.deb`s in `debs/`, and the script first
+//! checks the running release, then every sha256, then installs the
+//! packages not installed at their version with one `dpkg -i`, before any
+//! layer is extracted or unit enabled. `meta-data` and `network-config` (v2, static; the NIC
 //! matched by MAC and renamed when the node has one) carry the node's
 //! identity; `seed.iso` holds them all.
 
@@ -17,6 +21,7 @@ use std::path::Path;
 
 use super::SeedLayers;
 use super::iso::{self, IsoFile};
+use super::stock::Stock;
 use crate::layer::BuiltLayer;
 use crate::manifest::Manifests;
 use crate::plan::{LayerKind, Plan, Source, TargetKind};
@@ -38,9 +43,10 @@ fn os_units(plan: &Plan) -> Vec<&str> {
 }
 
 /// The first-boot script: checks the OS before it changes anything, applies
-/// the verified layers once per set of layer digests, and starts (first
-/// time) or restarts (the layers changed) the role's services.
-fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
+/// the verified layers once per set of layer digests (and, on a stock
+/// image, of the seed's `.deb`s, installed first), and starts (first time)
+/// or restarts (the seed changed) the role's services.
+fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers, stock: Option<&Stock>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "#!/bin/sh");
     let _ = writeln!(
@@ -50,7 +56,12 @@ fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
         plan.target, plan.arch
     );
     let _ = writeln!(s, "set -eu");
-    let digests: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+    let mut digests: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+    digests.extend(
+        stock
+            .iter()
+            .flat_map(|st| st.debs.iter().map(|d| d.sha256.as_str())),
+    );
     let _ = writeln!(s, "want={}", quote::sh(&digests.join(" ")));
     let _ = writeln!(s, "applied=/var/lib/imgbuild/applied-layers");
     let _ = writeln!(
@@ -59,10 +70,18 @@ fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
          echo \"imgbuild: the layers of {} are applied already\"\n  exit 0\nfi",
         plan.target
     );
-    package_check(&mut s, plan, layers, seed);
-    os_check(&mut s, plan);
+    if let Some(st) = stock {
+        release_check(&mut s, plan, st);
+    }
+    package_check(&mut s, plan, layers, seed, stock);
+    os_check(&mut s, plan, stock);
     fetch_layers(&mut s, layers, seed);
-    apply_layers(&mut s, layers);
+    if let Some(st) = stock {
+        fetch_debs(&mut s, st);
+        verify_seed(&mut s, plan, layers, st);
+        install_debs(&mut s, plan, st);
+    }
+    apply_layers(&mut s, layers, stock.is_none());
     hosts_line(&mut s, plan);
     start_services(&mut s, plan);
     s
@@ -70,8 +89,20 @@ fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> String {
 
 /// The Debian packages the script checks: the plan's, and curl when it
 /// downloads layers.
-fn packages<'a>(plan: &'a Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> Vec<&'a str> {
-    let mut packages: Vec<&str> = plan.os_packages.iter().map(String::as_str).collect();
+fn packages<'a>(
+    plan: &'a Plan,
+    layers: &[BuiltLayer],
+    seed: &SeedLayers,
+    stock: Option<&Stock>,
+) -> Vec<&'a str> {
+    // what the seed installs is no longer the OS's to have
+    let in_seed = |p: &&str| stock.is_some_and(|st| st.debs.iter().any(|d| d.package == *p));
+    let mut packages: Vec<&str> = plan
+        .os_packages
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !in_seed(p))
+        .collect();
     if seed.base().is_some() && layers.iter().any(|l| seed.remote(l)) {
         packages.push("curl");
     }
@@ -81,11 +112,17 @@ fn packages<'a>(plan: &'a Plan, layers: &[BuiltLayer], seed: &SeedLayers) -> Vec
 }
 
 /// Fails on the console, before anything changes, when a package the roles
-/// need is not installed (dpkg's status is `<want> ok installed`; a held
-/// package is installed too). The names are Debian package names, plain
-/// words to the shell.
-fn package_check(s: &mut String, plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) {
-    let packages = packages(plan, layers, seed);
+/// need, and the seed does not carry, is not installed (dpkg's status is
+/// `<want> ok installed`; a held package is installed too). The names are
+/// Debian package names, plain words to the shell.
+fn package_check(
+    s: &mut String,
+    plan: &Plan,
+    layers: &[BuiltLayer],
+    seed: &SeedLayers,
+    stock: Option<&Stock>,
+) {
+    let packages = packages(plan, layers, seed, stock);
     if packages.is_empty() {
         return;
     }
@@ -118,9 +155,14 @@ fn fail_if_missing(s: &mut String, what: &str) {
 }
 
 /// Fails on the console, before anything changes, when a unit the OS must
-/// provide is not there: no unit is ever enabled that does not exist.
-fn os_check(s: &mut String, plan: &Plan) {
-    let units = os_units(plan);
+/// provide (and no package of the seed ships) is not there: no unit is
+/// ever enabled that does not exist.
+fn os_check(s: &mut String, plan: &Plan, stock: Option<&Stock>) {
+    let shipped = stock.map(Stock::units).unwrap_or_default();
+    let units: Vec<&str> = os_units(plan)
+        .into_iter()
+        .filter(|u| !shipped.contains(u))
+        .collect();
     if units.is_empty() {
         return;
     }
@@ -138,6 +180,146 @@ fn os_check(s: &mut String, plan: &Plan) {
             plan.target
         ),
     );
+}
+
+/// Prints `imgbuild: <what>` on stderr and the console (appended: what the
+/// script printed there before stays when the console is a file) and exits
+/// 1; `pad` is the indent of the lines.
+fn fail(s: &mut String, pad: &str, what: &str) {
+    let _ = writeln!(s, "{pad}msg=\"imgbuild: {what}\"");
+    let _ = writeln!(s, "{pad}echo \"$msg\" >&2");
+    let _ = writeln!(s, "{pad}echo \"$msg\" >>/dev/console 2>/dev/null || true");
+    let _ = writeln!(s, "{pad}exit 1");
+}
+
+/// Fails on the console, before anything changes, unless the machine runs
+/// the release the seed's packages are pinned for (`ID` and `VERSION_ID`
+/// of its os-release, os-release(5)'s way: `/etc`, else `/usr/lib`) and
+/// dpkg's architecture is the node's.
+fn release_check(s: &mut String, plan: &Plan, st: &Stock) {
+    let r = &st.release;
+    let want = r.words();
+    let _ = writeln!(
+        s,
+        "if [ -f /etc/os-release ]; then release=/etc/os-release; else release=/usr/lib/os-release; fi"
+    );
+    let _ = writeln!(
+        s,
+        "running=$(ID= VERSION_ID=; . \"$release\" >/dev/null 2>&1; printf '%s %s' \"$ID\" \"$VERSION_ID\") || running="
+    );
+    let _ = writeln!(s, "if [ \"$running\" != {} ]; then", quote::sh(&want));
+    let what = format!(
+        "{t}: this machine runs ${{running:-a release without ID}} (ID and VERSION_ID of $release), but the seed's packages are pinned for {want} (the base {base}); boot {t} from a {want} image. Nothing was changed.",
+        t = plan.target,
+        want = want.trim_end(),
+        base = r.base,
+    );
+    fail(s, "  ", &what);
+    let _ = writeln!(s, "fi");
+    let _ = writeln!(s, "arch=$(dpkg --print-architecture 2>/dev/null || true)");
+    let _ = writeln!(s, "if [ \"$arch\" != {} ]; then", plan.arch);
+    let what = format!(
+        "{}: this machine's dpkg architecture is ${{arch:-unknown}}, but the seed's packages are for {}. Nothing was changed.",
+        plan.target, plan.arch
+    );
+    fail(s, "  ", &what);
+    let _ = writeln!(s, "fi");
+}
+
+/// Copies the seed's `.deb`s into `$work/debs`.
+fn fetch_debs(s: &mut String, st: &Stock) {
+    let _ = writeln!(s, "mkdir -p \"$work/debs\"");
+    for d in &st.debs {
+        let f = d.file_name();
+        let _ = writeln!(s, "cp \"$seed/debs/{f}\" \"$work/debs/{f}\"");
+    }
+}
+
+/// Checks every layer and `.deb` against the sha256 written here, before
+/// anything changes; names the files that differ on the console.
+fn verify_seed(s: &mut String, plan: &Plan, layers: &[BuiltLayer], st: &Stock) {
+    let _ = writeln!(s, "cd \"$work\"");
+    let _ = writeln!(s, "log=/run/imgbuild/sha256sum.log");
+    let _ = writeln!(
+        s,
+        "if ! sha256sum -c --strict --quiet <<'SUMS' >\"$log\" 2>&1"
+    );
+    for l in layers {
+        let _ = writeln!(s, "{}  {}.tar.gz", l.digest, l.name);
+    }
+    for d in &st.debs {
+        let _ = writeln!(s, "{}  debs/{}", d.sha256, d.file_name());
+    }
+    let _ = writeln!(s, "SUMS");
+    let _ = writeln!(s, "then");
+    let _ = writeln!(
+        s,
+        "  bad=$(sed -n 's/: FAILED.*$//p' \"$log\" | tr '\\n' ' ')"
+    );
+    let what = format!(
+        "{}: the seed's files ${{bad:-(see $log)}}do not match the sha256 its script names: a damaged or tampered seed. Nothing was changed.",
+        plan.target
+    );
+    fail(s, "  ", &what);
+    let _ = writeln!(s, "fi");
+    let _ = writeln!(s, "cd /");
+}
+
+/// Installs, with dpkg alone (no apt, no network), the seed's packages
+/// not installed at their pinned version, in one call, before any layer
+/// is applied or unit enabled; a `policy-rc.d` (unless the machine has
+/// one) keeps the maintainer scripts from starting services with their
+/// packaged configuration. A failure stops the script, the layers not
+/// applied and nothing recorded, so the next boot tries again.
+fn install_debs(s: &mut String, plan: &Plan, st: &Stock) {
+    let _ = writeln!(s, "install=");
+    let _ = writeln!(s, "want_deb() {{");
+    let _ = writeln!(
+        s,
+        "  case \"$(dpkg-query -W -f='${{Version}} ${{Status}}' \"$1\" 2>/dev/null || true)\" in\n    \
+         \"$2 \"*' ok installed') ;;\n    *) install=\"$install $work/debs/$3\" ;;\n  esac"
+    );
+    let _ = writeln!(s, "}}");
+    for d in &st.debs {
+        let _ = writeln!(
+            s,
+            "want_deb {} {} {}",
+            quote::sh(&d.query()),
+            quote::sh(&d.version),
+            quote::sh(&d.file_name())
+        );
+    }
+    let _ = writeln!(s, "if [ -n \"$install\" ]; then");
+    let _ = writeln!(s, "  policy=/usr/sbin/policy-rc.d");
+    let _ = writeln!(s, "  ours=");
+    let _ = writeln!(s, "  if [ ! -e \"$policy\" ] && [ ! -L \"$policy\" ]; then");
+    let _ = writeln!(
+        s,
+        "    printf '#!/bin/sh\\n# imgbuild: no service starts while the seed installs its packages\\nexit 101\\n' >\"$policy\""
+    );
+    let _ = writeln!(s, "    chmod 0755 \"$policy\"");
+    let _ = writeln!(s, "    ours=1");
+    let _ = writeln!(s, "  fi");
+    let _ = writeln!(s, "  log=/run/imgbuild/dpkg.log");
+    let _ = writeln!(s, "  rc=0");
+    let _ = writeln!(
+        s,
+        "  DEBIAN_FRONTEND=noninteractive dpkg -i --force-confdef --force-confold $install </dev/null >\"$log\" 2>&1 || rc=$?"
+    );
+    let _ = writeln!(s, "  [ -z \"$ours\" ] || rm -f \"$policy\"");
+    let _ = writeln!(s, "  if [ \"$rc\" != 0 ]; then");
+    let _ = writeln!(s, "    tail -n 20 \"$log\" >&2");
+    let _ = writeln!(
+        s,
+        "    tail -n 20 \"$log\" >>/dev/console 2>/dev/null || true"
+    );
+    let what = format!(
+        "{}: dpkg -i failed (exit $rc) installing the seed's packages$(echo \"$install\" | sed 's|[^ ]*/||g'); its output is in $log. None of the layers was applied; the next boot tries again.",
+        plan.target
+    );
+    fail(s, "    ", &what);
+    let _ = writeln!(s, "  fi");
+    let _ = writeln!(s, "fi");
 }
 
 /// Debian's `127.0.1.1 <hostname>` line, added to the base layer's shared
@@ -190,15 +372,17 @@ fn fetch_layers(s: &mut String, layers: &[BuiltLayer], seed: &SeedLayers) {
     }
 }
 
-/// Verifies every layer, then extracts them in order at `/`; leaves the
-/// work directory before removing it.
-fn apply_layers(s: &mut String, layers: &[BuiltLayer]) {
+/// Verifies every layer (unless `verify_seed` did), then extracts them in
+/// order at `/`; leaves the work directory before removing it.
+fn apply_layers(s: &mut String, layers: &[BuiltLayer], verify: bool) {
     let _ = writeln!(s, "cd \"$work\"");
-    let _ = writeln!(s, "sha256sum -c --strict <<'SUMS'");
-    for l in layers {
-        let _ = writeln!(s, "{}  {}.tar.gz", l.digest, l.name);
+    if verify {
+        let _ = writeln!(s, "sha256sum -c --strict <<'SUMS'");
+        for l in layers {
+            let _ = writeln!(s, "{}  {}.tar.gz", l.digest, l.name);
+        }
+        let _ = writeln!(s, "SUMS");
     }
-    let _ = writeln!(s, "SUMS");
     for l in layers {
         let _ = writeln!(
             s,
@@ -241,6 +425,7 @@ pub fn user_data(
     layers: &[BuiltLayer],
     digest: &str,
     seed: &SeedLayers,
+    stock: Option<&Stock>,
 ) -> String {
     let mut s = String::from("#cloud-config\n");
     let _ = writeln!(
@@ -262,7 +447,7 @@ pub fn user_data(
     let _ = writeln!(s, "    owner: root:root");
     let _ = writeln!(s, "    permissions: '0700'");
     let _ = writeln!(s, "    content: |");
-    s.push_str(&indent(&script(plan, layers, seed), "      "));
+    s.push_str(&indent(&script(plan, layers, seed, stock), "      "));
     let _ = writeln!(s, "runcmd:");
     let _ = writeln!(s, "  - [/usr/local/lib/imgbuild/apply-layers]");
     s
@@ -304,13 +489,15 @@ pub fn network_config(m: &Manifests, plan: &Plan) -> Option<String> {
 }
 
 /// Writes the seed's own files below `out/cloud-init/`; returns every file
-/// `seed.iso` holds (those, and the layers that travel in the seed).
+/// `seed.iso` holds (those, the layers that travel in the seed and, for a
+/// stock image, the `.deb`s in `debs/`).
 pub fn files(
     m: &Manifests,
     plan: &Plan,
     layers: &[BuiltLayer],
     digest: &str,
     seed: &SeedLayers,
+    stock: Option<&Stock>,
     out: &Path,
 ) -> io::Result<Vec<IsoFile>> {
     let dir = out.join("cloud-init");
@@ -326,7 +513,7 @@ pub fn files(
     let mut files = vec![
         IsoFile::bytes(
             "user-data",
-            user_data(m, plan, layers, digest, seed).into_bytes(),
+            user_data(m, plan, layers, digest, seed, stock).into_bytes(),
         ),
         IsoFile::bytes("meta-data", meta_data(plan, digest).into_bytes()),
     ];
@@ -345,6 +532,9 @@ pub fn files(
                 &out.join("layers").join(format!("{}.tar.gz", l.name)),
             ));
         }
+    }
+    for d in stock.iter().flat_map(|st| &st.debs) {
+        files.push(IsoFile::path(&format!("debs/{}", d.file_name()), &d.file));
     }
     Ok(files)
 }

@@ -17,6 +17,7 @@ pub mod iso;
 pub mod oci;
 pub mod push;
 pub mod pxe;
+pub mod stock;
 
 use std::fs;
 use std::io;
@@ -50,6 +51,12 @@ pub enum OutputError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("cannot make the seed of {target} for a stock image")]
+    Stock {
+        target: String,
+        #[source]
+        source: Box<stock::StockError>,
     },
     #[error("cannot take the PXE kernel of {target}")]
     Kernel {
@@ -343,6 +350,8 @@ struct Assembly<'a> {
     tmp: &'a Path,
     /// Digests of files hashed while they were written.
     known: Sums,
+    /// What a seed for a stock image carries (`[os]` and cloud-init).
+    stock: Option<stock::Stock>,
 }
 
 /// Assembles `out_root/<target>/` from `tmp` (made by [`scratch`], holding
@@ -360,6 +369,14 @@ pub fn assemble(
 ) -> Result<(PathBuf, Outcome), OutputError> {
     let target = plan.target.as_str();
     let dest = out_root.join(target);
+    let stock = if opts.formats.has(Format::CloudInit) {
+        stock::prepare(m, plan, layers, &store.cache).map_err(|source| OutputError::Stock {
+            target: target.to_string(),
+            source: Box::new(source),
+        })?
+    } else {
+        None
+    };
     let mut a = Assembly {
         m,
         plan,
@@ -368,6 +385,7 @@ pub fn assemble(
         opts,
         tmp,
         known: Sums::default(),
+        stock,
     };
     // the small files first: they decide whether anything changed
     let seed_files = a.small_files().map_err(io_err(target, tmp))?;
@@ -408,6 +426,7 @@ impl Assembly<'_> {
                 self.layers,
                 &digest,
                 seed,
+                self.stock.as_ref(),
                 self.tmp,
             )?)
         } else {

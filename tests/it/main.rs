@@ -25,6 +25,7 @@ mod pxe;
 mod registry;
 mod scripts;
 mod seed_script;
+mod stock;
 mod stores_and_state;
 mod units;
 mod validate;

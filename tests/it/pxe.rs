@@ -290,7 +290,7 @@ const BASE_URL: &str = "https://deb.example/imgbuild-test/debian-base-12-amd64.t
 /// A gzip'd tar as a root filesystem archive is: `./`-relative paths,
 /// directories before their files, root owners. A path ending in `/` is a
 /// directory.
-fn root_targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn root_targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
         Vec::new(),
         flate2::Compression::fast(),
@@ -364,8 +364,18 @@ fn deb(package: &str, version: &str) -> Vec<u8> {
 
 /// [`deb`] whose data archive also holds `files` (directories end in `/`).
 pub(crate) fn deb_with(package: &str, version: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    deb_control(package, version, "", files)
+}
+
+/// [`deb_with`] with more control fields (`Depends: x\n`).
+pub(crate) fn deb_control(
+    package: &str,
+    version: &str,
+    fields: &str,
+    files: &[(&str, &[u8])],
+) -> Vec<u8> {
     let control = format!(
-        "Package: {package}\nVersion: {version}\nArchitecture: amd64\n\
+        "Package: {package}\nVersion: {version}\nArchitecture: amd64\n{fields}\
          Maintainer: imgbuild tests <tests@example.invalid>\n\
          Description: a stand-in for {package}\n"
     );
@@ -406,7 +416,7 @@ fn os_packages(lab: &Lab) -> std::collections::BTreeSet<String> {
 
 /// A pin of `pins.toml` served behind the mirror: name, version, url and
 /// the file's sha256.
-fn pin(
+pub(crate) fn pin(
     server: &Server,
     source: &toml::Value,
     fields: &[(&str, &str)],
