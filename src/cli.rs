@@ -91,6 +91,19 @@ pub enum Command {
     Pki(PkiCommand),
     /// Check an output directory: checksums, pins, secret placement and modes.
     Verify(VerifyArgs),
+    /// What changed between two builds of a node (OUT/<node>) or of a cluster
+    /// (OUT): inputs, PKI, each layer's files. Exit 0 identical, 1 different, 2 error.
+    Diff(DiffArgs),
+}
+
+impl Command {
+    /// The exit code of a failed run: 2 for `diff` (1 means "they differ"), 1 else.
+    pub fn error_exit_code(&self) -> u8 {
+        match self {
+            Command::Diff(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +254,17 @@ pub struct VerifyArgs {
     /// checked and shown].
     #[arg(long, value_name = "embed|url=BASE", requires = "rebuild")]
     pub seed_layers: Option<SeedLayers>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The old build: a node output directory (OUT/<node>) or an output tree (OUT).
+    pub old: PathBuf,
+    /// The new build, of the same kind as OLD.
+    pub new: PathBuf,
+    /// Print canonical JSON (docs/diff.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--mirror`: an http(s):// or file:// URL.
