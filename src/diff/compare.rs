@@ -136,7 +136,7 @@ fn by_artifact(list: &[InputJson]) -> BTreeMap<String, InputJson> {
 }
 
 /// A layer's name without its `NN-` prefix.
-fn stem(l: &LayerJson) -> &str {
+pub fn stem(l: &LayerJson) -> &str {
     l.name.split_once('-').map_or(l.name.as_str(), |(_, s)| s)
 }
 

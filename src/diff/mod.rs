@@ -190,12 +190,21 @@ impl NodeDir {
             return Err(missing("image.json"));
         }
         let text = dir.read("image.json", MAX_SMALL_FILE)?;
-        let image = serde_json::from_slice(&text).map_err(|source| DiffError::ImageJson {
-            path: dir.path.join("image.json"),
-            source,
-        })?;
+        let image: ImageJson =
+            serde_json::from_slice(&text).map_err(|source| DiffError::ImageJson {
+                path: dir.path.join("image.json"),
+                source,
+            })?;
         if dir.kind(sums::FILE)? == Kind::Missing {
             return Err(missing(sums::FILE));
+        }
+        let mut stems: Vec<&str> = image.layers.iter().map(compare::stem).collect();
+        stems.sort_unstable();
+        if let Some(w) = stems.windows(2).find(|w| w[0] == w[1]) {
+            return Err(DiffError::Layer {
+                path: dir.path.join("image.json"),
+                problem: format!("it names two layers `{}`", w[0]),
+            });
         }
         let text = dir.read(sums::FILE, MAX_SMALL_FILE)?;
         let (sums, bad) = Sums::parse(&String::from_utf8_lossy(&text));

@@ -114,6 +114,11 @@ fn the_one_input_is_crictl(node: &Value) {
             .contains("/v1.35.1/crictl-v1.35.1-")
     );
     assert_ne!(i["old"]["checksum"], i["new"]["checksum"]);
+    assert_eq!(
+        node["versions"],
+        serde_json::json!([{"name": "crictl", "old": "v1.35.0", "new": "v1.35.1"}])
+    );
+    assert_eq!(node["image"], serde_json::json!([]));
 }
 
 /// The table of the bump names the input, the layer and the file.
