@@ -326,6 +326,12 @@ fn diff_of_two_cluster_trees_pairs_nodes_by_name() {
         "{}",
         run.stderr()
     );
+    // a node directory linked into a tree: refused, not followed
+    std::os::unix::fs::symlink("../old/master01", lab.path("new/master04")).unwrap();
+    let (code, run) = diff(&lab, &["old", "new"]);
+    assert_eq!(code, Some(2));
+    let err = run.stderr();
+    assert!(err.contains("new/master04 is a symbolic link"), "{err}");
 }
 
 #[test]
