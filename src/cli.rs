@@ -94,6 +94,19 @@ pub enum Command {
     /// Sign a node's image, SBOM and provenance with an ECDSA P-256 key
     /// (writes DIR/signatures/; `verify --key` checks them).
     Sign(SignArgs),
+    /// What changed between two builds of a node (OUT/<node>) or of a cluster
+    /// (OUT): inputs, PKI, each layer's files. Exit 0 identical, 1 different, 2 error.
+    Diff(DiffArgs),
+}
+
+impl Command {
+    /// The exit code of a failed run: 2 for `diff` (1 means "they differ"), 1 else.
+    pub fn error_exit_code(&self) -> u8 {
+        match self {
+            Command::Diff(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +273,17 @@ pub struct VerifyArgs {
     /// Also check DIR/signatures/ (`imgbuild sign`) with this public key (PEM).
     #[arg(long, value_name = "PUB.pem")]
     pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The old build: a node output directory (OUT/<node>) or an output tree (OUT).
+    pub old: PathBuf,
+    /// The new build, of the same kind as OLD.
+    pub new: PathBuf,
+    /// Print canonical JSON (docs/diff.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--mirror`: an http(s):// or file:// URL.

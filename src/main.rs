@@ -7,7 +7,8 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = imgbuild::cli::Cli::parse();
     match imgbuild::run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(imgbuild::Outcome::Done) => ExitCode::SUCCESS,
+        Ok(imgbuild::Outcome::Differ) => ExitCode::from(1),
         Err(err) => {
             let err = anyhow::Error::from(err);
             eprint!("error: {err}");
@@ -15,7 +16,7 @@ fn main() -> ExitCode {
                 eprint!("\n  caused by: {cause}");
             }
             eprintln!();
-            ExitCode::FAILURE
+            ExitCode::from(cli.command.error_exit_code())
         }
     }
 }

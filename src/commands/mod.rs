@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod cluster;
+pub mod diff;
 pub mod fetch;
 pub mod node;
 pub mod pki;
@@ -50,6 +51,8 @@ pub enum Error {
         key: PathBuf,
         problems: Vec<String>,
     },
+    #[error(transparent)]
+    Diff(#[from] crate::diff::DiffError),
     #[error("{count} file{s} of the PKI in {dir} need attention (see the table)", s = if *.count == 1 { "" } else { "s" })]
     PkiUnhealthy { count: usize, dir: PathBuf },
     #[error("cannot make a scratch directory {path} for the rebuild")]
@@ -66,6 +69,15 @@ pub enum Error {
     },
     #[error("cannot write to standard output")]
     Stdout(#[source] std::io::Error),
+}
+
+/// What a run that did not fail tells the shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Done,
+    /// `diff`: the two builds differ (exit 1, like diff(1)).
+    Differ,
 }
 
 /// The build options of a command line.

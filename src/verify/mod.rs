@@ -26,7 +26,8 @@ use crate::manifest::secrets;
 use crate::output::{Format, ImageJson, LayerJson};
 use crate::plan::LayerKind;
 use crate::sums::{self, Sums};
-use tree::{Tree, is_inside};
+use tree::Tree;
+pub use tree::is_inside;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {

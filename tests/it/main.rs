@@ -7,6 +7,7 @@ mod base_os;
 mod build;
 mod cluster_security;
 mod containerd;
+mod diff;
 mod disk;
 mod etcd;
 mod fetch;
