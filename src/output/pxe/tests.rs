@@ -128,6 +128,16 @@ fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
+/// What the `/init` segment holds, in order.
+const INIT_SEGMENT: [&str; 6] = [
+    "dev",
+    "imgbuild.repart.d",
+    "imgbuild.repart.d/50-imgbuild-state.conf",
+    "init",
+    "newroot",
+    "proc",
+];
+
 /// `out/pxe/<file>`.
 fn pxe(out: &Path, file: &str) -> PathBuf {
     out.join("pxe").join(file)
@@ -139,40 +149,17 @@ fn the_initrd_is_the_node_without_its_secrets_and_init_after_the_shared_layers()
     let (layers, store, out) = (node(dir.path()), store(dir.path()), dir.path().join("out"));
     let written = initrds(&layers, &store, SDE, &out).unwrap();
     let initrd = listing(&pxe(&out, INITRD));
-    assert_eq!(
-        names(&initrd),
-        [
-            "boot",
-            "boot/vmlinuz-6.1.0-test",
-            "etc/os-release",
-            "usr/sbin/haproxy",
-            "etc/hosts",
-            "etc/worker",
-            "dev",
-            "imgbuild.repart.d",
-            "imgbuild.repart.d/50-imgbuild-state.conf",
-            "init",
-            "newroot",
-            "proc",
-            "etc/hostname"
-        ]
-    );
+    let mut want = vec!["boot", "boot/vmlinuz-6.1.0-test", "etc/os-release"];
+    want.extend(["usr/sbin/haproxy", "etc/hosts", "etc/worker"]);
+    want.extend(INIT_SEGMENT);
+    want.push("etc/hostname");
+    assert_eq!(names(&initrd), want);
     assert!(initrd.contains(&("init".to_string(), 0o100755)));
     assert_eq!(
         listing(&pxe(&out, SECRETS)),
         [("etc/kubernetes/pki/apiserver.key".to_string(), 0o100600)]
     );
-    assert_eq!(
-        names(&listing(&pxe(&out, INIT))),
-        [
-            "dev",
-            "imgbuild.repart.d",
-            "imgbuild.repart.d/50-imgbuild-state.conf",
-            "init",
-            "newroot",
-            "proc"
-        ]
-    );
+    assert_eq!(names(&listing(&pxe(&out, INIT))), INIT_SEGMENT);
     let text = fs::read(pxe(&out, INITRD)).unwrap();
     let mut plain = Vec::new();
     flate2::read::MultiGzDecoder::new(text.as_slice())
