@@ -26,6 +26,7 @@ mod pxe;
 mod registry;
 mod scripts;
 mod seed_script;
+mod sign;
 mod stock;
 mod stores_and_state;
 mod units;
