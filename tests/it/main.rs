@@ -23,6 +23,7 @@ mod pki;
 mod plan;
 mod pxe;
 mod registry;
+mod sbom;
 mod scripts;
 mod seed_script;
 mod stores_and_state;
