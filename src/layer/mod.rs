@@ -16,7 +16,8 @@
 //! from, [`write`] writes them, [`store`] keeps what was built.
 
 mod deb;
-mod dpkg;
+pub(crate) mod dpkg;
+pub mod listing;
 mod os;
 mod packages;
 mod resolve;
@@ -26,6 +27,7 @@ mod write;
 
 pub use deb::{DebError, DebFacts, facts as deb_facts};
 pub use dpkg::depends as deb_depends;
+pub use listing::{Listing, Origin};
 pub use resolve::Inputs;
 pub use store::Store;
 
@@ -33,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::fetch::archive::ArchiveError;
 use crate::plan::{LayerKind, LayerPlan};
@@ -40,7 +43,7 @@ use store::Files;
 use write::Resolved;
 
 /// Bump when the layer format changes: every key changes with it.
-const FORMAT: &str = "imgbuild-layer-v2";
+pub const FORMAT: &str = "imgbuild-layer-v2";
 /// gzip level of every layer (public for the `deflate_limit` example).
 pub const GZIP_LEVEL: u32 = 6;
 
@@ -124,6 +127,12 @@ pub struct BuiltLayer {
     /// Size of the PXE segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) segment_size: Option<u64>,
+    /// sha256 of the layer's listing (`<key>.files.json` in the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) files_digest: Option<String>,
+    /// Every regular file of the layer with its digests and origin.
+    #[serde(skip)]
+    pub(crate) files: Option<Arc<Listing>>,
 }
 
 impl BuiltLayer {

@@ -14,6 +14,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::deb::DebError;
+use super::listing::Origin;
 use super::packages::Packages;
 use super::resolve::Content;
 use super::rootfs::{self, Kind, Member};
@@ -79,6 +80,9 @@ pub(super) fn open(blob: &Path) -> Result<Box<dyn Read + Send>, OsError> {
 pub(super) fn write(w: &mut Emit<'_>, resolved: Vec<Resolved<'_>>) -> Result<(), OsError> {
     let mut packages: Option<Packages> = None;
     for (e, content) in resolved {
+        // what the base and each .deb bring is theirs (dpkg's records of a
+        // .deb included)
+        w.origin = Origin::of(&e.source);
         match content {
             Content::Root { blob, label } => write_base(w, &blob, &label)?,
             Content::DpkgStatus { .. } | Content::Deb { .. } | Content::Bytes(_) => {

@@ -25,11 +25,11 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::write::STORED_MODE;
-use super::{BuiltLayer, LayerError, io_err};
+use super::{BuiltLayer, LayerError, Listing, io_err};
 use crate::fetch::Cache;
 use crate::fsutil;
 use crate::report::Reporter;
@@ -50,6 +50,8 @@ pub struct Store {
 pub(super) struct Files {
     pub(super) tar: PathBuf,
     pub(super) segment: PathBuf,
+    /// Its listing (`<key>.files.json`; none for the secrets layer).
+    pub(super) listing: PathBuf,
 }
 
 impl Files {
@@ -59,6 +61,7 @@ impl Files {
         Files {
             tar: dir.join(format!("{name}.tar.gz")),
             segment: dir.join(format!(".{name}.cpio.gz")),
+            listing: PathBuf::new(),
         }
     }
 
@@ -69,6 +72,7 @@ impl Files {
         Files {
             tar: dir.join(format!(".{key}.{pid}.tar.tmp")),
             segment: dir.join(format!(".{key}.{pid}.cpio.tmp")),
+            listing: PathBuf::new(),
         }
     }
 }
@@ -153,6 +157,34 @@ fn check_file(path: &Path, size: u64, digest: &str, stamp: Option<&Stamp>) -> Fo
     }
 }
 
+/// What reading a stored listing found.
+enum Listed {
+    Good(Listing),
+    /// None, or a record from before listings (the layer is built again).
+    Missing,
+    Damaged(String),
+}
+
+/// The stored listing `path`, checked against the sha256 its record keeps.
+fn read_listing(path: &Path, digest: Option<&str>) -> Listed {
+    let Some(digest) = digest else {
+        return Listed::Missing;
+    };
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Listed::Missing,
+        Err(e) => return Listed::Damaged(format!("cannot read it: {e}")),
+    };
+    let found = hex::encode(Sha256::digest(&bytes));
+    if found != digest {
+        return Listed::Damaged(format!("sha256 {found}, its record says {digest}"));
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(listing) => Listed::Good(listing),
+        Err(e) => Listed::Damaged(format!("not a listing: {e}")),
+    }
+}
+
 /// The stamp of the stored file `path`, made read-only first.
 fn restamp(path: &Path) -> io::Result<Stamp> {
     fs::set_permissions(path, fs::Permissions::from_mode(STORED_MODE))?;
@@ -215,6 +247,7 @@ impl Store {
         Files {
             tar: self.dir.join(format!("{key}.tar.gz")),
             segment: self.dir.join(format!("{key}.cpio.gz")),
+            listing: self.dir.join(format!("{key}.files.json")),
         }
     }
 
@@ -264,11 +297,17 @@ impl Store {
             (Found::Missing, _) | (_, Found::Missing) => return None,
             (Found::Good { hashed: t }, Found::Good { hashed: s }) => t || s,
         };
+        let listing = match read_listing(&files.listing, l.files_digest.as_deref()) {
+            Listed::Good(listing) => listing,
+            Listed::Missing => return None,
+            Listed::Damaged(why) => return self.discard(key, name, &files.listing, &why),
+        };
         if hashed {
             // best effort: without a new stamp, the next run hashes again
             let _ = self.restamp(key, &mut record, cpio);
         }
         let mut built = record.layer;
+        built.files = Some(Arc::new(listing));
         built.file = files.tar;
         built.segment = cpio.then_some(files.segment);
         self.remember(&built);
@@ -284,7 +323,12 @@ impl Store {
             path.display()
         ));
         let files = self.files(key);
-        for f in [&files.tar, &files.segment, &self.record_path(key)] {
+        for f in [
+            &files.tar,
+            &files.segment,
+            &files.listing,
+            &self.record_path(key),
+        ] {
             let _ = fs::remove_file(f);
         }
         None

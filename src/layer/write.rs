@@ -11,7 +11,11 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use sha2::Digest;
+
+use super::listing::{FileRecord, Listing, Origin, Tee};
 use super::os;
 use super::resolve::{Content, Inputs};
 use super::rootfs::{Kind, Member};
@@ -20,7 +24,7 @@ use super::{BuiltLayer, GZIP_LEVEL, LayerError, io_err};
 use crate::fetch::Cache;
 use crate::fetch::archive;
 use crate::fetch::oci::{self, PulledImage};
-use crate::fsutil::Sha256Writer;
+use crate::fsutil::{self, Sha256Writer};
 use crate::newc;
 use crate::pgzip;
 use crate::plan::{Entry, LayerKind, LayerPlan};
@@ -58,6 +62,13 @@ pub(super) fn write_layer(
         }
     };
     let io = |op, path: &Path| io_err(&layer.name, op, path);
+    let listing = w.listing.to_json();
+    let files_digest = hex::encode(sha2::Sha256::digest(listing.as_bytes()));
+    if !private {
+        // in place before the layer: a stored layer always has its listing
+        fsutil::write_atomic(&files.listing, listing.as_bytes(), STORED_MODE)
+            .map_err(io("write", &files.listing))?;
+    }
     if w.segment.is_some() {
         fs::rename(&tmp.segment, &files.segment).map_err(io("write", &files.segment))?;
     }
@@ -73,6 +84,8 @@ pub(super) fn write_layer(
         segment: w.segment.is_some().then(|| files.segment.clone()),
         segment_size: w.segment.as_ref().map(|s| s.size),
         segment_digest: w.segment.map(|s| s.digest),
+        files_digest: Some(files_digest),
+        files: Some(Arc::new(w.listing)),
     })
 }
 
@@ -82,6 +95,8 @@ struct Compressed {
     diff_id: String,
     /// The PXE segment's digest and size, when there is one.
     segment: Option<pgzip::Written>,
+    /// Every regular file of the layer, hashed.
+    listing: Listing,
 }
 
 /// The gzip'd tar written to `tmp.tar` (and the segment to `tmp.segment`
@@ -99,12 +114,16 @@ fn compress(
         .then(|| create(&tmp.segment, mode).map(Sha256Writer::new))
         .transpose()
         .map_err(io_err(&layer.name, "create", &tmp.segment))?;
+    let mut listing = Listing::default();
     let out = pgzip::write(
         tar,
         cpio,
         GZIP_LEVEL,
         inputs.jobs,
-        |s| write_entries(s, inputs, layer, resolved),
+        |s| {
+            listing = write_entries(s, inputs, layer, resolved)?;
+            Ok(())
+        },
         |e| io_err(&layer.name, "write", &tmp.tar)(e),
     )?;
     let segment = match (out.cpio, out.cpio_writer) {
@@ -123,6 +142,7 @@ fn compress(
         tar: out.tar,
         diff_id: out.diff_id,
         segment,
+        listing,
     })
 }
 
@@ -150,6 +170,11 @@ pub(super) struct Emit<'s> {
     /// SOURCE_DATE_EPOCH: every entry's mtime, or the latest one a root
     /// archive's member keeps.
     mtime: u64,
+    /// Every regular file written so far, hashed on its way.
+    pub(super) listing: Listing,
+    /// Where the members written by [`Emit::member`] come from (the base
+    /// archive, a `.deb`), as its caller says.
+    pub(super) origin: Option<Origin>,
 }
 
 impl Emit<'_> {
@@ -219,7 +244,8 @@ impl Emit<'_> {
         let t = self.tar_header();
         let c = self.cpio_header(path, newc::S_IFREG | (e.mode & 0o7777), owner, size)?;
         self.s.meta(&t, &c)?;
-        self.s.content(data, size)?;
+        let origin = Origin::of(&e.source);
+        self.content(path, (e.mode, owner), size, origin, data)?;
         let zeros = [0u8; 512];
         self.s.meta(
             &zeros[..tarutil::padding(size)],
@@ -273,7 +299,8 @@ impl Emit<'_> {
                 let t = self.tar_header();
                 let c = self.cpio_header_at(path, newc::S_IFREG | m.mode, owner, m.size, mtime)?;
                 self.s.meta(&t, &c)?;
-                self.s.content(data, m.size)?;
+                let origin = self.origin.clone();
+                self.content(path, (m.mode, owner), m.size, origin, data)?;
                 let zeros = [0u8; 512];
                 self.s.meta(
                     &zeros[..tarutil::padding(m.size)],
@@ -294,9 +321,35 @@ impl Emit<'_> {
         }
     }
 
-    /// The tar's end: two zero blocks. (A cpio segment has no trailer.)
-    fn finish(self) -> io::Result<()> {
-        self.s.meta(&[0u8; 1024], b"")
+    /// A regular file's content, hashed into the listing on its way.
+    fn content(
+        &mut self,
+        path: &str,
+        (mode, (uid, gid)): (u32, (u32, u32)),
+        size: u64,
+        origin: Option<Origin>,
+        data: &mut dyn Read,
+    ) -> io::Result<()> {
+        let mut tee = Tee::new(data, path, size);
+        self.s.content(&mut tee, size)?;
+        self.listing.add(tee.finish(FileRecord {
+            path: path.to_string(),
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            size,
+            sha256: String::new(),
+            sha1: String::new(),
+            origin,
+        }));
+        Ok(())
+    }
+
+    /// The tar's end: two zero blocks (a cpio segment has no trailer); the
+    /// listing of what was written.
+    fn finish(self) -> io::Result<Listing> {
+        self.s.meta(&[0u8; 1024], b"")?;
+        Ok(self.listing)
     }
 }
 
@@ -346,12 +399,14 @@ fn write_entries(
     inputs: &Inputs<'_>,
     layer: &LayerPlan,
     resolved: Vec<Resolved<'_>>,
-) -> Result<(), LayerError> {
+) -> Result<Listing, LayerError> {
     let mut w = Emit {
         s,
         headers: tar::Builder::new(Vec::new()),
         ino: 0,
         mtime: inputs.mtime,
+        listing: Listing::default(),
+        origin: None,
     };
     if matches!(layer.kind, LayerKind::Os | LayerKind::OsPackages) {
         os::write(&mut w, resolved).map_err(|source| LayerError::Os {

@@ -15,8 +15,10 @@ pub mod disk;
 pub mod image;
 pub mod iso;
 pub mod oci;
+pub mod provenance;
 pub mod push;
 pub mod pxe;
+pub mod sbom;
 pub mod stock;
 
 use std::fs;
@@ -435,11 +437,49 @@ impl Assembly<'_> {
         if formats.has(Format::Pxe) {
             self.boot_script()?;
         }
+        let mut written = std::collections::BTreeMap::new();
+        written.insert("image.json".to_string(), digest.clone());
         if formats.has(Format::Oci) {
             let (sde, with_secrets) = (self.opts.source_date_epoch, self.opts.oci_with_secrets);
-            oci::index(self.tmp, &image, self.layers, sde, with_secrets)?;
+            let manifest = oci::index(self.tmp, &image, self.layers, sde, with_secrets)?;
+            let hex = manifest.trim_start_matches("sha256:").to_string();
+            written.insert(format!("oci/blobs/sha256/{hex}"), hex);
         }
+        self.attestations(&image, &digest, written)?;
         Ok(seed_files)
+    }
+
+    /// The SBOM, then the provenance whose subjects are `written` (the
+    /// files made so far, by sha256), the SBOM and the layers.
+    fn attestations(
+        &mut self,
+        image: &ImageJson,
+        image_digest: &str,
+        mut written: std::collections::BTreeMap<String, String>,
+    ) -> io::Result<()> {
+        let sbom = sbom::spdx(&sbom::Input {
+            m: self.m,
+            plan: self.plan,
+            layers: self.layers,
+            image,
+            image_digest,
+        });
+        let sbom_digest = hex::encode(Sha256::digest(&sbom));
+        fsutil::write_atomic(&self.tmp.join(sbom::FILE), &sbom, 0o644)?;
+        self.known.insert(sbom::FILE, sbom_digest.clone());
+        written.insert(sbom::FILE.to_string(), sbom_digest);
+        let statement = provenance::statement(&provenance::Input {
+            m: self.m,
+            plan: self.plan,
+            image,
+            opts: self.opts,
+            files: &written,
+        });
+        fsutil::write_atomic(
+            &self.tmp.join(provenance::FILE),
+            statement.as_bytes(),
+            0o644,
+        )
     }
 
     /// boot.ipxe (and a whole node's cmdline), and in url mode the shared

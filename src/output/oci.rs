@@ -30,7 +30,7 @@ fn put(blobs: &Path, bytes: &[u8]) -> io::Result<(String, usize)> {
     Ok((format!("sha256:{hex}"), bytes.len()))
 }
 
-fn rfc3339(sde: i64) -> String {
+pub(crate) fn rfc3339(sde: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(sde)
         .ok()
         .and_then(|t| {
@@ -125,20 +125,25 @@ pub fn has_with_secrets(dir: &Path) -> bool {
 
 /// The small files of `out/oci/`: the config and manifest blobs of
 /// `<node>` (and of `<node>-with-secrets` when `with_secrets` and the node
-/// has a secrets layer), `index.json` and `oci-layout`.
+/// has a secrets layer), `index.json` and `oci-layout`. Returns the digest
+/// of `<node>`'s manifest (`sha256:<hex>`).
 pub fn index(
     out: &Path,
     image: &ImageJson,
     layers: &[BuiltLayer],
     sde: i64,
     with_secrets: bool,
-) -> io::Result<()> {
+) -> io::Result<String> {
     let dir = out.join("oci");
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
     let public = included(layers, false);
     let node = &image.node;
     let mut manifests = vec![manifest(&blobs, image, &public, sde, node)?];
+    let digest = manifests[0]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if with_secrets && public.len() != layers.len() {
         let all = included(layers, true);
         let tag = with_secrets_tag(node);
@@ -152,7 +157,7 @@ pub fn index(
         dir.join("oci-layout"),
         "{\"imageLayoutVersion\":\"1.0.0\"}\n",
     )?;
-    Ok(())
+    Ok(digest)
 }
 
 /// The layer blobs of `out/oci/` (the secrets layer only `with_secrets`):
@@ -186,6 +191,8 @@ mod tests {
             segment: None,
             segment_digest: None,
             segment_size: None,
+            files_digest: None,
+            files: None,
         }
     }
 

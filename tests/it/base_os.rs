@@ -355,7 +355,7 @@ fn mirror_path(url: &str) -> String {
 
 /// The lab cluster on the test base: `[os]`, the base's pin, a `[[deb]]`
 /// for every package, the worker's nftables libraries in its os_packages.
-fn os_lab(with_libc: bool) -> (Lab, Server) {
+pub(crate) fn os_lab(with_libc: bool) -> (Lab, Server) {
     let (lab, server) = synthetic();
     let base = base_archive(with_libc);
     let mut pins = format!(
@@ -539,7 +539,7 @@ fn os_layer_keeps_the_base(os: &BTreeMap<String, Built>) {
 }
 
 /// The OS layers extracted, in order, at `root`.
-fn extract_os(dir: &Path, root: &Path) -> PathBuf {
+pub(crate) fn extract_os(dir: &Path, root: &Path) -> PathBuf {
     std::fs::create_dir_all(root).unwrap();
     for l in ["00-os", "01-os-packages"] {
         judge("tar")

@@ -83,3 +83,23 @@ impl Judge {
         o.stdout
     }
 }
+
+/// A judge installed from PyPI by scripts/setup, in its own virtual
+/// environment (`$IMGBUILD_JUDGES_VENV`, by default
+/// `~/.cache/imgbuild/judges-venv`): `pyspdxtools`, or its `python3` with
+/// in-toto-attestation.
+pub fn py_judge(program: &str) -> Judge {
+    let venv = std::env::var_os("IMGBUILD_JUDGES_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/imgbuild/judges-venv")
+        });
+    let path = venv.join("bin").join(program);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup (it installs the PyPI judges)",
+        path.display()
+    );
+    judge(path.to_str().unwrap())
+}

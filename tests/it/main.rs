@@ -24,6 +24,7 @@ mod pki;
 mod plan;
 mod pxe;
 mod registry;
+mod sbom;
 mod scripts;
 mod seed_script;
 mod sign;

@@ -58,6 +58,8 @@ fn layer(dir: &Path, name: &str, kind: LayerKind, files: &[File3]) -> BuiltLayer
         segment: Some(segment),
         segment_digest: Some(sha256(&seg)),
         segment_size: Some(seg.len() as u64),
+        files_digest: None,
+        files: None,
     }
 }
 
