@@ -14,6 +14,10 @@ pub fn run(s: &Settings, args: &PushArgs) -> Result<(), Error> {
         s.reporter
             .info("push: the secrets layer is left out (--include-secrets adds it)");
     }
-    let digest = crate::output::push::push(&args.dir, &args.reference, args.include_secrets)?;
-    print(&format!("{}@{digest}\n", args.reference))
+    let pushed = crate::output::push::push(&args.dir, &args.reference, args.include_secrets)?;
+    for tag in &pushed.attached {
+        s.reporter
+            .info(&format!("push: attached {}:{tag}", args.reference));
+    }
+    print(&format!("{}@{}\n", args.reference, pushed.digest))
 }

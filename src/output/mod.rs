@@ -10,6 +10,7 @@
 //! so no directory is ever left half-written; what a killed run left there
 //! is removed by the next ([`clean_debris`]).
 
+pub mod attach;
 pub mod cloudinit;
 pub mod disk;
 pub mod image;

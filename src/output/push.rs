@@ -6,7 +6,8 @@
 //! without them, anonymous. The client sends them to the registry's own
 //! origin alone: an upload `Location` elsewhere gets the bytes without them.
 //! The secrets layer stays out unless `include_secrets`, which needs a layout
-//! built with `--oci-with-secrets`. Produces the pushed manifest's digest.
+//! built with `--oci-with-secrets`. What `imgbuild sign` wrote goes along
+//! ([`super::attach`]). Produces the pushed manifest's digest.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -126,8 +127,9 @@ fn has_secrets_layer(dir: &Path) -> bool {
         .is_none_or(|i| i.layers.iter().any(|l| l.kind() == LayerKind::Secrets))
 }
 
-/// Pushes `DIR/oci` as `reference`; returns the manifest digest.
-pub fn push(dir: &Path, reference: &str, include_secrets: bool) -> Result<String, PushError> {
+/// Pushes `DIR/oci` as `reference`, and what `imgbuild sign` signed of it
+/// ([`super::attach`]).
+pub fn push(dir: &Path, reference: &str, include_secrets: bool) -> Result<Pushed, PushError> {
     let layout = dir.join("oci");
     let chosen = choose(dir, include_secrets)?;
     let manifest_bytes = read(blob_path(&layout, &chosen.digest))?;
@@ -149,21 +151,49 @@ pub fn push(dir: &Path, reference: &str, include_secrets: bool) -> Result<String
         for d in std::iter::once(&config).chain(&manifest.layers) {
             upload_blob(&mut client, &layout, &d.digest).await?;
         }
-        let url = client.manifest_url(&tag);
-        let media_type = chosen.media_type.as_str();
-        let resp = client
-            .send(
-                &|c| {
-                    c.put(&url)
-                        .header(reqwest::header::CONTENT_TYPE, media_type)
-                        .body(manifest_bytes.clone())
-                },
-                &url,
-            )
-            .await?;
-        registry::check(resp, &url).await?;
-        Ok(chosen.digest.clone())
+        put_manifest(&mut client, &tag, &chosen.media_type, &manifest_bytes).await?;
+        // what `imgbuild sign` signed goes along, pointing at this image
+        let subject = super::attach::Subject {
+            media_type: chosen.media_type.clone(),
+            digest: chosen.digest.clone(),
+            size: manifest_bytes.len() as u64,
+        };
+        let tags = super::attach::attach(&mut client, dir, &subject).await?;
+        Ok(Pushed {
+            digest: chosen.digest.clone(),
+            attached: tags,
+        })
     })
+}
+
+/// What a push wrote: the image's manifest digest, and the tags of what
+/// was attached to it (signatures, attestations, the referrers index).
+#[derive(Debug)]
+pub struct Pushed {
+    pub digest: String,
+    pub attached: Vec<String>,
+}
+
+/// PUTs `bytes` as the manifest `reference` (a tag or digest).
+pub(crate) async fn put_manifest(
+    client: &mut Registry,
+    reference: &str,
+    media_type: &str,
+    bytes: &[u8],
+) -> Result<(), PushError> {
+    let url = client.manifest_url(reference);
+    let resp = client
+        .send(
+            &|c| {
+                c.put(&url)
+                    .header(reqwest::header::CONTENT_TYPE, media_type)
+                    .body(bytes.to_vec())
+            },
+            &url,
+        )
+        .await?;
+    registry::check(resp, &url).await?;
+    Ok(())
 }
 
 /// Uploads one blob of the layout unless the registry has it.
@@ -173,6 +203,16 @@ async fn upload_blob(client: &mut Registry, layout: &Path, digest: &str) -> Resu
     if head.status().is_success() {
         return Ok(());
     }
+    let bytes = read(blob_path(layout, digest))?;
+    upload_bytes(client, digest, &bytes).await
+}
+
+/// Uploads `bytes` as the blob `digest` (a monolithic upload).
+pub(crate) async fn upload_bytes(
+    client: &mut Registry,
+    digest: &str,
+    bytes: &[u8],
+) -> Result<(), PushError> {
     let start = client.upload_url();
     let resp = client.send(&|c| c.post(&start), &start).await?;
     let resp = registry::check(resp, &start).await?;
@@ -183,13 +223,12 @@ async fn upload_blob(client: &mut Registry, layout: &Path, digest: &str) -> Resu
         .unwrap_or_default()
         .to_string();
     let put = client.upload_put_url(&location, digest);
-    let bytes = read(blob_path(layout, digest))?;
     let resp = client
         .send(
             &|c| {
                 c.put(&put)
                     .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                    .body(bytes.clone())
+                    .body(bytes.to_vec())
             },
             &put,
         )

@@ -221,3 +221,125 @@ fn a_key_that_is_not_ecdsa_p256_is_refused_naming_it() {
         .assert_failed()
         .assert_stderr_has("cannot read");
 }
+
+/// GET `url` from the test registry (127.0.0.1): (status, body).
+fn get(url: &str, accept: &str) -> (u16, Vec<u8>) {
+    let o = judge("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Accept: {accept}"))
+        .arg(url)
+        .output();
+    let mut body = o.stdout;
+    let code_at = body.iter().rposition(|b| *b == b'\n').unwrap();
+    let code: u16 = String::from_utf8_lossy(&body[code_at + 1..])
+        .parse()
+        .unwrap();
+    body.truncate(code_at);
+    (code, body)
+}
+
+#[test]
+fn push_attaches_the_signature_and_attestations_where_cosign_and_oci_referrers_look() {
+    let (lab, server, reg, _) = crate::images::lab_with_images();
+    crate::images::run(
+        &lab,
+        &server,
+        &reg,
+        &["node", "--role", "node01", "--format", "layers,oci"],
+    )
+    .assert_ok();
+    let keydir = tempfile::tempdir().unwrap();
+    let (key, public) = keys(keydir.path(), "op", false);
+    let repo = format!("127.0.0.1:{}/nodes/node01", reg.port);
+    lab.imgbuild(&[
+        "sign",
+        "out/node01",
+        "--key",
+        key.to_str().unwrap(),
+        "--reference",
+        &repo,
+    ])
+    .assert_ok();
+    let pushed = lab
+        .imgbuild(&["push", "out/node01", &format!("{repo}:v1")])
+        .assert_ok();
+    let digest = pushed
+        .stdout()
+        .trim()
+        .rsplit_once('@')
+        .unwrap()
+        .1
+        .to_string();
+    let hex = digest.trim_start_matches("sha256:");
+    let base = format!("{}/v2/nodes/node01", reg.url());
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    // cosign's tag: the payload as the layer, the signature as its annotation
+    let (code, sig_m) = get(&format!("{base}/manifests/sha256-{hex}.sig"), oci);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&sig_m));
+    let m: serde_json::Value = serde_json::from_slice(&sig_m).unwrap();
+    assert_eq!(m["subject"]["digest"], digest.as_str());
+    let layer = &m["layers"][0];
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.dev.cosign.simplesigning.v1+json"
+    );
+    let (_, payload) = get(
+        &format!("{base}/blobs/{}", layer["digest"].as_str().unwrap()),
+        "*/*",
+    );
+    let p: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        p["critical"]["image"]["docker-manifest-digest"],
+        digest.as_str()
+    );
+    let sig = B64
+        .decode(
+            layer["annotations"]["dev.cosignproject.cosign/signature"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(openssl_verifies(keydir.path(), &public, &sig, &payload));
+    // the attestations: the provenance's and the SBOM's DSSE envelopes
+    let (code, att_m) = get(&format!("{base}/manifests/sha256-{hex}.att"), oci);
+    assert_eq!(code, 200);
+    let m: serde_json::Value = serde_json::from_slice(&att_m).unwrap();
+    let types: Vec<&str> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["annotations"]["predicateType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "https://slsa.dev/provenance/v1",
+            "https://spdx.dev/Document"
+        ]
+    );
+    // the referrers tag schema: an index naming both, by artifact type
+    let (code, index) = get(
+        &format!("{base}/manifests/sha256-{hex}"),
+        "application/vnd.oci.image.index.v1+json",
+    );
+    assert_eq!(code, 200);
+    let i: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let kinds: Vec<&str> = i["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["artifactType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "application/vnd.dev.cosign.artifact.sig.v1+json",
+            "application/vnd.dsse.envelope.v1+json"
+        ]
+    );
+    // skopeo, a registry client, reads the signature's manifest as one
+    judge("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{repo}:sha256-{hex}.sig"))
+        .ok();
+}
