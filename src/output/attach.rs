@@ -72,8 +72,11 @@ fn referrer(
     crate::json::canonical(&m).into_bytes()
 }
 
+/// A referrer manifest and the blobs its layers name.
+type Referrer = (Vec<u8>, Vec<Vec<u8>>);
+
 /// The cosign signature's manifest, when the directory is signed.
-fn signature(dir: &Path, subject: &Subject) -> Result<Option<(Vec<u8>, Vec<u8>)>, PushError> {
+fn signature(dir: &Path, subject: &Subject) -> Result<Option<Referrer>, PushError> {
     let (Some(payload), Some(sig)) = (
         read(dir, sign::COSIGN_PAYLOAD)?,
         read(dir, sign::COSIGN_SIG)?,
@@ -83,14 +86,11 @@ fn signature(dir: &Path, subject: &Subject) -> Result<Option<(Vec<u8>, Vec<u8>)>
     let sig = String::from_utf8_lossy(&sig).trim().to_string();
     let ann = serde_json::json!({"dev.cosignproject.cosign/signature": sig});
     let m = referrer(subject, SIG_ARTIFACT, &[(SIMPLESIGNING, &payload, ann)]);
-    Ok(Some((m, payload)))
+    Ok(Some((m, vec![payload])))
 }
 
 /// The attestations' manifest and the envelopes, when there are any.
-fn attestations(
-    dir: &Path,
-    subject: &Subject,
-) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>, PushError> {
+fn attestations(dir: &Path, subject: &Subject) -> Result<Option<Referrer>, PushError> {
     let mut envs = Vec::new();
     for rel in [sign::PROVENANCE_DSSE, sign::SBOM_DSSE] {
         if let Some(bytes) = read(dir, rel)? {
@@ -141,7 +141,7 @@ pub(crate) async fn attach(
     let att = attestations(dir, subject)?;
     let mut manifests: Vec<(String, Vec<u8>, &str)> = Vec::new();
     if let Some((m, payload)) = sig {
-        blobs.push(payload);
+        blobs.extend(payload);
         manifests.push((format!("sha256-{hex}.sig"), m, SIG_ARTIFACT));
     }
     if let Some((m, envs)) = att {
