@@ -640,7 +640,16 @@ impl Assembly<'_> {
             layers: self.layers,
             kernel: &work.join("pxe").join(pxe::KERNEL),
             initrds,
-            cmdline: pxe::cmdline(self.plan.arch),
+            // a role's generic disk takes the node's own layers from the
+            // node's seed attached to it (docs/build.md)
+            cmdline: if node {
+                pxe::cmdline(self.plan.arch)
+            } else {
+                format!(
+                    "{} imgbuild.seed=LABEL=cidata",
+                    pxe::cmdline(self.plan.arch)
+                )
+            },
             mtime: sde,
             private,
         };

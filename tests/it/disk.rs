@@ -143,6 +143,12 @@ fn two_disk_builds_are_the_same_bytes_and_a_generic_disk_holds_no_secret() {
         names.contains("initrd.img") && !names.contains("secrets"),
         "{names}"
     );
+    // it takes the node's own layers from the node's seed attached to it
+    let entry = String::from_utf8(esp_file(&raw, "loader/entries/imgbuild.conf")).unwrap();
+    assert!(
+        entry.contains(" imgbuild.seed=LABEL=cidata imgbuild.esp=PARTUUID="),
+        "{entry}"
+    );
 }
 
 #[test]

@@ -277,6 +277,96 @@ fn the_init_script_indexes_a_kernels_modules_that_no_depmod_indexed() {
     assert!(!log.contains("depmod -a"), "{log}");
 }
 
+/// A root whose `blkid` finds a seed volume and whose `mount -t iso9660`
+/// shows `seed` (user-data naming `layers`' sha256, and the layers), with
+/// `tar` done by busybox (which lacks --numeric-owner).
+fn seeded_root(dir: &Path, layers: &[(&str, Vec<u8>)], named: &[(&str, Vec<u8>)]) -> PathBuf {
+    let root = initramfs_root(dir, "console=ttyS0 imgbuild.seed=LABEL=cidata");
+    script(&root, "sbin/init", "#!/bin/sh\n");
+    for applet in ["sed", "head", "basename", "sha256sum"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    script(&root, "usr/sbin/blkid", "#!/bin/sh\necho /dev/fakeseed\n");
+    script(&root, "usr/sbin/modprobe", "#!/bin/sh\n");
+    script(
+        &root,
+        "usr/bin/umount",
+        "#!/bin/sh\necho \"umount $*\" >>/run/log\n",
+    );
+    script(
+        &root,
+        "usr/bin/tar",
+        "#!/bin/sh\necho \"tar $*\" >>/run/log\nexec busybox tar -xzf \"$2\" -C \"$4\"\n",
+    );
+    // mount: the seed's files appear where it is mounted
+    script(
+        &root,
+        "usr/sbin/mount",
+        "#!/bin/sh\necho \"mount $*\" >>/run/log\n\
+         case \"$*\" in *iso9660*) eval last=\\${$#}; cp -a /seedsrc/. \"$last\" ;; esac\n",
+    );
+    let src = root.join("seedsrc/layers");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut user_data = String::from("#cloud-config\n");
+    for (name, bytes) in named {
+        user_data.push_str(&format!(
+            "      {}  {name}\n",
+            hex::encode(sha2::Sha256::digest(bytes))
+        ));
+    }
+    std::fs::write(root.join("seedsrc/user-data"), user_data).unwrap();
+    for (name, bytes) in layers {
+        std::fs::write(src.join(name), bytes).unwrap();
+    }
+    root
+}
+
+#[test]
+fn the_init_script_takes_a_generic_images_node_layers_from_its_seed_checked() {
+    let node = root_targz(&[("etc/", b""), ("etc/hostname", b"node07\n")]);
+    let secrets = root_targz(&[("etc/", b""), ("etc/token", b"t")]);
+    let worker = root_targz(&[("etc/", b""), ("etc/worker", b"w")]);
+    let layers = [
+        ("03-worker.tar.gz", worker.clone()),
+        ("05-node.tar.gz", node.clone()),
+        ("06-secrets.tar.gz", secrets.clone()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let root = seeded_root(dir.path(), &layers, &layers);
+    let (out, log) = run_init(&root).unwrap();
+    assert!(
+        out.contains("imgbuild-init: the node's layers from the seed /dev/fakeseed (2)"),
+        "{out}"
+    );
+    let new = root.join("newroot");
+    assert_eq!(
+        std::fs::read_to_string(new.join("etc/hostname")).unwrap(),
+        "node07\n"
+    );
+    assert!(
+        new.join("etc/token").is_file() && !new.join("etc/worker").exists(),
+        "{log}"
+    );
+    assert!(
+        log.contains("mount -t iso9660 -o ro /dev/fakeseed /imgbuild.seed"),
+        "{log}"
+    );
+    assert!(!log.contains("./imgbuild.seed"), "{log}");
+    // a layer that is not what the seed's user-data names stops the boot
+    let dir = tempfile::tempdir().unwrap();
+    let forged = [(
+        "05-node.tar.gz",
+        root_targz(&[("etc/", b""), ("etc/hostname", b"evil\n")]),
+    )];
+    let root = seeded_root(dir.path(), &forged, &[("05-node.tar.gz", node)]);
+    let (out, log) = run_init(&root).unwrap();
+    assert!(
+        out.contains("FAILED: the seed's 05-node.tar.gz is not what its user-data names"),
+        "{out}"
+    );
+    assert!(!log.contains("switch_root"), "{log}");
+}
+
 // ---- a whole node: a lab with `[os] base` in pins.toml.
 
 pub(crate) const KERNEL: &[u8] = b"imgbuild test kernel 6.1.0";

@@ -13,6 +13,10 @@
 #                           or AUTOCONF dhcp, for DHCP): a systemd-networkd
 #                           .network for DEVICE (every en*/eth* NIC when
 #                           empty), systemd-networkd enabled
+#   imgbuild.seed=LABEL=cidata  a role's generic image: the node and secrets
+#                           layers of the node seed.iso on that volume
+#                           (checked against its user-data's sha256) go
+#                           into the root; without the volume, stop
 # Booted from a disk (--format disk):
 #   imgbuild.esp=PARTUUID=U the EFI system partition it was loaded from: on
 #                           its disk, systemd-repart creates (first boot) or
@@ -125,7 +129,35 @@ set_state() {
   done
   say "state on $part ($disk)"
 }
-size=75% init=/sbin/init hostname='' ip='' esp=''
+# a role's generic image with a node's seed attached (its cloud-init
+# seed.iso, label cidata): that node's own layers (node, secrets) from it,
+# each checked against the sha256 the seed's user-data names
+set_seed() {
+  modprobe -q -a isofs virtio_blk virtio_scsi sr_mod ahci 2>/dev/null
+  i=0
+  until dev=$(blkid -l -o device -t "$1") && [ -n "$dev" ]; do
+    i=$((i + 1))
+    [ $i -lt 30 ] || fail "no seed volume $1 (imgbuild.seed=)"
+    sleep 1
+  done
+  mkdir -p /imgbuild.seed || fail "cannot make /imgbuild.seed"
+  mount -t iso9660 -o ro "$dev" /imgbuild.seed || fail "cannot mount the seed $dev"
+  n=0
+  for f in /imgbuild.seed/layers/*-node.tar.gz /imgbuild.seed/layers/*-secrets.tar.gz; do
+    [ -f "$f" ] || continue
+    want=$(sed -n "s/^ *\([0-9a-f]\{64\}\)  $(basename "$f")\$/\1/p" /imgbuild.seed/user-data | head -n 1)
+    got=$(sha256sum "$f" | cut -d' ' -f1)
+    if [ -z "$want" ] || [ "$want" != "$got" ]; then
+      fail "the seed's $(basename "$f") is not what its user-data names (sha256 $got)"
+    fi
+    tar -xzpf "$f" -C /newroot --numeric-owner || fail "cannot extract the seed's $(basename "$f")"
+    n=$((n + 1))
+  done
+  umount /imgbuild.seed
+  [ $n -gt 0 ] || fail "the seed $dev holds no node or secrets layer"
+  say "the node's layers from the seed $dev ($n)"
+}
+size=75% init=/sbin/init hostname='' ip='' esp='' seed=''
 # shellcheck disable=SC2013 # the command line's words
 for a in $(cat /proc/cmdline); do
   case $a in
@@ -134,6 +166,7 @@ for a in $(cat /proc/cmdline); do
     imgbuild.hostname=*) hostname=${a#*=} ;;
     imgbuild.ip=*) ip=${a#*=} ;;
     imgbuild.esp=*) esp=${a#*=} ;;
+    imgbuild.seed=*) seed=${a#*=} ;;
   esac
 done
 # a kernel unpacked from its .deb (no maintainer script ran) has no module
@@ -147,7 +180,7 @@ mount -t tmpfs -o "size=$size,mode=0755" root /newroot ||
 say "copying the root into a tmpfs (size=$size)"
 for e in /* /.[!.]*; do
   case $e in
-    /proc | /dev | /sys | /run | /newroot | /init | /imgbuild.repart.d | '/.[!.]*') continue ;;
+    /proc | /dev | /sys | /run | /newroot | /init | /imgbuild.repart.d | /imgbuild.seed | '/.[!.]*') continue ;;
   esac
   cp -a "$e" /newroot/ || fail "cannot copy $e into the tmpfs"
 done
@@ -158,6 +191,7 @@ mkdir -p /newroot/proc /newroot/dev /newroot/sys /newroot/run ||
 [ -n "$hostname" ] || hostname=$(echo "$ip" | cut -s -d: -f5)
 [ -z "$hostname" ] || set_hostname "$hostname"
 [ -z "$ip" ] || set_network "$ip"
+[ -z "$seed" ] || set_seed "$seed"
 [ -z "$esp" ] || set_state "$esp"
 # switch_root moves /proc and /dev into the new root and frees this one
 say "switch_root to $init"
