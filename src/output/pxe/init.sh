@@ -133,7 +133,7 @@ set_state() {
 # seed.iso, label cidata): that node's own layers (node, secrets) from it,
 # each checked against the sha256 the seed's user-data names
 set_seed() {
-  modprobe -q -a isofs virtio_blk virtio_scsi sr_mod ahci 2>/dev/null
+  modprobe -q -a virtio_pci virtio_blk virtio_scsi sr_mod ahci isofs 2>/dev/null
   i=0
   until dev=$(blkid -l -o device -t "$1") && [ -n "$dev" ]; do
     i=$((i + 1))
