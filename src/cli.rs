@@ -10,10 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::manifest::Arch;
 use crate::output::{Format, SeedLayers};
 
-/// Build immutable, reproducible node artifacts for binary-installed, highly
-/// available Kubernetes clusters: pinned binaries and images, the cluster PKI,
-/// every rendered config, as layered tarballs, a cloud-init seed, a PXE
-/// overlay and an OCI image.
+/// Build immutable, reproducible node images for binary-installed, highly
+/// available Kubernetes clusters: a pinned base OS, pinned binaries and
+/// images, the cluster PKI, every rendered config, as layered tarballs, a
+/// cloud-init seed, a PXE kernel and initramfs, a bootable disk and an OCI
+/// image, each with its SBOM and provenance.
 #[derive(Debug, Parser)]
 #[command(
     name = "imgbuild",
