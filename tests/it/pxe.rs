@@ -240,39 +240,33 @@ fn the_init_script_refuses_a_bad_host_name_and_dhcp_needs_no_address() {
     assert!(network.ends_with("[Network]\nDHCP=yes\n"), "{network}");
 }
 
+/// A root with a kernel's module directory (indexed or not) and a `depmod`
+/// that logs; the kernel's release.
+fn modules_root(dir: &Path, indexed: bool) -> (PathBuf, String) {
+    let kver = judge("uname").arg("-r").ok().trim().to_string();
+    let root = initramfs_root(dir, "console=ttyS0");
+    script(&root, "sbin/init", "#!/bin/sh\n");
+    let depmod = "#!/bin/sh\necho \"depmod $*\" >>/run/log\n";
+    script(&root, "usr/sbin/depmod", depmod);
+    let modules = root.join("lib/modules").join(&kver);
+    std::fs::create_dir_all(&modules).unwrap();
+    if indexed {
+        std::fs::write(modules.join("modules.dep.bin"), b"").unwrap();
+    }
+    (root, kver)
+}
+
 #[test]
 fn the_init_script_indexes_a_kernels_modules_that_no_depmod_indexed() {
-    let kver = judge("uname").arg("-r").ok().trim().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let root = initramfs_root(dir.path(), "console=ttyS0");
-    script(&root, "sbin/init", "#!/bin/sh\n");
-    script(
-        &root,
-        "usr/sbin/depmod",
-        "#!/bin/sh\necho \"depmod $*\" >>/run/log\n",
-    );
-    let modules = root.join("lib/modules").join(&kver);
-    std::fs::create_dir_all(&modules).unwrap();
+    let (root, kver) = modules_root(dir.path(), false);
     let (out, log) = run_init(&root).unwrap();
     assert!(log.contains(&format!("depmod -a {kver}\n")), "{log}");
-    assert!(
-        out.contains(&format!(
-            "imgbuild-init: indexed the modules of {kver} (depmod)"
-        )),
-        "{out}"
-    );
+    let said = format!("imgbuild-init: indexed the modules of {kver} (depmod)");
+    assert!(out.contains(&said), "{out}");
     // an indexed kernel is left alone
     let dir = tempfile::tempdir().unwrap();
-    let root = initramfs_root(dir.path(), "console=ttyS0");
-    script(&root, "sbin/init", "#!/bin/sh\n");
-    script(
-        &root,
-        "usr/sbin/depmod",
-        "#!/bin/sh\necho \"depmod $*\" >>/run/log\n",
-    );
-    let modules = root.join("lib/modules").join(&kver);
-    std::fs::create_dir_all(&modules).unwrap();
-    std::fs::write(modules.join("modules.dep.bin"), b"").unwrap();
+    let (root, _) = modules_root(dir.path(), true);
     let (_, log) = run_init(&root).unwrap();
     assert!(!log.contains("depmod -a"), "{log}");
 }

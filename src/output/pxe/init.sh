@@ -101,25 +101,26 @@ set_network() {
     $units/system/multi-user.target.wants/systemd-networkd.service || fail "cannot enable systemd-networkd"
   say "network $client on $dev"
 }
+# the device blkid finds for the tag $1 within $2 s (no udev here: the
+# drivers make the nodes in devtmpfs as they probe); fails when there is none
+device() {
+  i=0
+  until found=$(blkid -l -o device -t "$1") && [ -n "$found" ]; do
+    i=$((i + 1))
+    [ $i -lt "$2" ] || return 1
+    sleep 1
+  done
+  echo "$found"
+}
 # the state partition on the disk the ESP $1 (PARTUUID=...) is on
 set_state() {
   modprobe -q -a virtio_pci virtio_blk virtio_scsi sd_mod ahci nvme loop 2>/dev/null
-  i=0
-  until esp=$(blkid -l -o device -t "$1") && [ -n "$esp" ]; do
-    i=$((i + 1))
-    [ $i -lt 30 ] || fail "no partition $1 (imgbuild.esp=)"
-    sleep 1
-  done
+  esp=$(device "$1" 30) || fail "no partition $1 (imgbuild.esp=)"
   disk=/dev/$(lsblk -no pkname "$esp" | head -n 1)
   [ -b "$disk" ] || fail "no disk holds $esp"
   systemd-repart --dry-run=no --no-pager --definitions=/imgbuild.repart.d "$disk" ||
     fail "systemd-repart could not make the state partition on $disk"
-  i=0
-  until part=$(blkid -l -o device -t PARTLABEL=imgbuild-state) && [ -n "$part" ]; do
-    i=$((i + 1))
-    [ $i -lt 10 ] || fail "no imgbuild-state partition on $disk"
-    sleep 1
-  done
+  part=$(device PARTLABEL=imgbuild-state 10) || fail "no imgbuild-state partition on $disk"
   st=/newroot/var/lib/imgbuild/state
   mkdir -p $st || fail "cannot make $st"
   mount -t ext4 "$part" $st || fail "cannot mount $part"
@@ -134,12 +135,7 @@ set_state() {
 # each checked against the sha256 the seed's user-data names
 set_seed() {
   modprobe -q -a virtio_pci virtio_blk virtio_scsi sr_mod ahci isofs 2>/dev/null
-  i=0
-  until dev=$(blkid -l -o device -t "$1") && [ -n "$dev" ]; do
-    i=$((i + 1))
-    [ $i -lt 30 ] || fail "no seed volume $1 (imgbuild.seed=)"
-    sleep 1
-  done
+  dev=$(device "$1" 30) || fail "no seed volume $1 (imgbuild.seed=)"
   mkdir -p /imgbuild.seed || fail "cannot make /imgbuild.seed"
   mount -t iso9660 -o ro "$dev" /imgbuild.seed || fail "cannot mount the seed $dev"
   n=0
