@@ -104,6 +104,8 @@ def workload(d, scale, nodes=None):
         if a["arch"] != "amd64":
             continue
         data = archive(a["name"], a["version"], "amd64", scale)
+        if data is None:  # the [os] base: this workload has none (no [os] below)
+            continue
         dest = os.path.join(d, "mirror", a["url"].split("://", 1)[1])
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         open(dest, "wb").write(data)
