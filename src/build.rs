@@ -123,6 +123,24 @@ pub fn fetch_inputs(
     Ok((fetched, images))
 }
 
+/// Caps glibc's malloc arenas at `jobs` (2 at least). A build starts short
+/// threads for every layer (its compressors, its record); by default glibc
+/// gives them up to eight arenas per CPU, and memory freed in each stays
+/// there: a fleet's peak RSS then grew with its node count (5,000 nodes:
+/// 94 MiB, against 56 MiB capped) though the live heap did not.
+fn cap_malloc_arenas(jobs: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let arenas = i32::try_from(jobs.max(2)).unwrap_or(i32::MAX);
+        // SAFETY: mallopt takes plain integers and only tunes the allocator
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = jobs;
+}
+
 /// A prepared build: inputs present, PKI current, stores open.
 pub struct Build<'a> {
     settings: &'a Settings,
@@ -147,6 +165,7 @@ impl<'a> Build<'a> {
         plans: &[Plan],
         opts: output::Options,
     ) -> Result<Build<'a>, BuildError> {
+        cap_malloc_arenas(settings.ctx.jobs);
         let cache = Cache::open(&settings.cache)?;
         let (_, images) = fetch_inputs(settings, &cache, m, plans)?;
         let state = settings.state_dir(m);
