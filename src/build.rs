@@ -3,8 +3,8 @@
 //! pinned input present (fetch, images), the PKI current, and opens the
 //! cache and the layer store once; [`Build::target`] then renders, layers,
 //! checks the root (with an `[os]`: [`crate::rootcheck`]) and assembles one
-//! plan into `out/<target>/`, and [`Build::all`] does every plan, `--jobs`
-//! at a time.
+//! plan into `out/<target>/`, and [`Build::all`] does every target (a plan,
+//! or a node planned when a worker takes it), `--jobs` at a time.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
