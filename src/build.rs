@@ -3,9 +3,10 @@
 //! pinned input present (fetch, images), the PKI current, and opens the
 //! cache and the layer store once; [`Build::target`] then renders, layers,
 //! checks the root (with an `[os]`: [`crate::rootcheck`]) and assembles one
-//! plan into `out/<target>/`, and [`Build::all`] does every plan, `--jobs`
-//! at a time.
+//! plan into `out/<target>/`, and [`Build::all`] does every target (a plan,
+//! or a node planned when a worker takes it), `--jobs` at a time.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -14,10 +15,10 @@ use crate::fetch::oci::{ImageError, PulledImage};
 use crate::fetch::{self, Cache, FetchError, Fetched};
 use crate::fsutil;
 use crate::layer::{self, LayerError};
-use crate::manifest::{Arch, ImagePin, Manifests};
+use crate::manifest::{Arch, ImagePin, Manifests, Node};
 use crate::output::{self, Outcome, OutputError};
 use crate::pki::{self, PkiError};
-use crate::plan::{LayerKind, Plan};
+use crate::plan::{LayerKind, Plan, PlanError};
 use crate::render::{self, RenderError};
 use crate::rootcheck::{RootCheck, RootCheckError};
 use crate::settings::Settings;
@@ -25,6 +26,8 @@ use crate::settings::Settings;
 /// Every way a build can fail, by the stage that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(transparent)]
@@ -51,6 +54,35 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What [`Build::all`] builds: a plan made beforehand, or a node of the
+/// inventory, planned when a worker takes it, so that a fleet's plans are
+/// never all held at once.
+pub trait Target: Sync {
+    /// Its name: its directory under `out/`.
+    fn name(&self) -> &str;
+    fn plan(&self, m: &Manifests) -> Result<Cow<'_, Plan>, PlanError>;
+}
+
+impl Target for Plan {
+    fn name(&self) -> &str {
+        &self.target
+    }
+
+    fn plan(&self, _: &Manifests) -> Result<Cow<'_, Plan>, PlanError> {
+        Ok(Cow::Borrowed(self))
+    }
+}
+
+impl Target for Node {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn plan(&self, m: &Manifests) -> Result<Cow<'_, Plan>, PlanError> {
+        crate::plan::plan_node(m, self).map(Cow::Owned)
+    }
 }
 
 /// The pulled images of a build, by (name, arch).
@@ -91,6 +123,24 @@ pub fn fetch_inputs(
     Ok((fetched, images))
 }
 
+/// Caps glibc's malloc arenas at `jobs` (2 at least). A build starts short
+/// threads for every layer (its compressors, its record); by default glibc
+/// gives them up to eight arenas per CPU, and memory freed in each stays
+/// there: a fleet's peak RSS then grew with its node count (5,000 nodes:
+/// 94 MiB, against 56 MiB capped) though the live heap did not.
+fn cap_malloc_arenas(jobs: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let arenas = i32::try_from(jobs.max(2)).unwrap_or(i32::MAX);
+        // SAFETY: mallopt takes plain integers and only tunes the allocator
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = jobs;
+}
+
 /// A prepared build: inputs present, PKI current, stores open.
 pub struct Build<'a> {
     settings: &'a Settings,
@@ -103,6 +153,8 @@ pub struct Build<'a> {
     /// The check of each plan's root (with an `[os]`), its layer indexes
     /// shared by every plan.
     rootcheck: RootCheck,
+    /// The cluster's values as a template context, made once.
+    renderer: render::Renderer,
 }
 
 impl<'a> Build<'a> {
@@ -113,6 +165,7 @@ impl<'a> Build<'a> {
         plans: &[Plan],
         opts: output::Options,
     ) -> Result<Build<'a>, BuildError> {
+        cap_malloc_arenas(settings.ctx.jobs);
         let cache = Cache::open(&settings.cache)?;
         let (_, images) = fetch_inputs(settings, &cache, m, plans)?;
         let state = settings.state_dir(m);
@@ -143,12 +196,13 @@ impl<'a> Build<'a> {
             images,
             opts,
             rootcheck: RootCheck::default(),
+            renderer: render::Renderer::new(m)?,
         })
     }
 
     /// Stages 5-7 for one plan: render, layer, assemble `out/<target>/`.
     pub fn target(&self, plan: &Plan, out: &Path) -> Result<(PathBuf, Outcome), BuildError> {
-        let rendered = render::render(self.m, plan)?;
+        let rendered = self.renderer.render(self.m, plan)?;
         let scratch = output::scratch(out, &plan.target)?;
         let result = self.layers_and_output(plan, &rendered, &scratch.path, out);
         if result.is_err() {
@@ -193,21 +247,24 @@ impl<'a> Build<'a> {
         Ok(done)
     }
 
-    /// Every plan into `out/`, `--jobs` at a time; reports each target and
-    /// returns the directories in target order. Output bytes never depend on
-    /// the order the targets finish in.
-    pub fn all(&self, plans: &[Plan], out: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    /// Every target into `out/`, `--jobs` at a time; reports each target
+    /// and returns the directories in target order. Output bytes never
+    /// depend on the order the targets finish in.
+    pub fn all<T: Target>(&self, targets: &[T], out: &Path) -> Result<Vec<PathBuf>, BuildError> {
         self.out_root(out)?;
-        let next = Mutex::new(plans.iter());
+        let next = Mutex::new(targets.iter());
         let results = Mutex::new(Vec::new());
-        let workers = self.settings.ctx.jobs.clamp(1, plans.len().max(1));
+        let workers = self.settings.ctx.jobs.clamp(1, targets.len().max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {
-                    while let Some(plan) = next.lock().ok().and_then(|mut it| it.next()) {
-                        let r = self.target(plan, out);
+                    while let Some(t) = next.lock().ok().and_then(|mut it| it.next()) {
+                        let r = t
+                            .plan(self.m)
+                            .map_err(BuildError::from)
+                            .and_then(|plan| self.target(&plan, out));
                         if let Ok(mut res) = results.lock() {
-                            res.push((plan.target.clone(), r));
+                            res.push((t.name().to_string(), r));
                         }
                     }
                 });

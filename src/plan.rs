@@ -346,7 +346,23 @@ pub fn plan_all(m: &Manifests) -> Result<Vec<Plan>, PlanError> {
     m.cluster.nodes.iter().map(|n| plan_node(m, n)).collect()
 }
 
-fn plan_node(m: &Manifests, node: &Node) -> Result<Plan, PlanError> {
+/// One plan per kind of node, in inventory order: the first node with each
+/// list of roles and arch. A node's plan is its kind's but for its name
+/// (the target, its per-node secrets), so these need the same inputs as
+/// the whole inventory, and fail as [`plan_all`] would, naming the same
+/// node, without holding a plan per node.
+pub fn plan_kinds(m: &Manifests) -> Result<Vec<Plan>, PlanError> {
+    let mut seen = std::collections::BTreeSet::new();
+    m.cluster
+        .nodes
+        .iter()
+        .filter(|n| seen.insert((n.arch, n.roles.as_slice())))
+        .map(|n| plan_node(m, n))
+        .collect()
+}
+
+/// Plans the node `node` of the inventory.
+pub(crate) fn plan_node(m: &Manifests, node: &Node) -> Result<Plan, PlanError> {
     let roles: Vec<String> = std::iter::once(BASE_ROLE.to_string())
         .chain(node.roles.iter().cloned())
         .collect();

@@ -41,9 +41,41 @@ pub struct Store {
     /// The cache the store is in: where the pinned `.deb`s are.
     pub(crate) cache: Cache,
     reporter: Reporter,
-    /// Layers built or checked by this run, by key.
-    fresh: Mutex<BTreeMap<String, BuiltLayer>>,
-    syncing: Mutex<Vec<JoinHandle<Result<(), LayerError>>>>,
+    /// Layers built or checked by this run, by key: a shared layer (OS,
+    /// base, role) for the whole run, a node's own until its record is on
+    /// disk. So memory does not grow with the number of nodes.
+    fresh: Arc<Mutex<BTreeMap<String, BuiltLayer>>>,
+    syncing: Mutex<Syncing>,
+}
+
+/// The threads that put this run's layers on disk and record them.
+#[derive(Debug, Default)]
+struct Syncing {
+    running: Vec<JoinHandle<Result<(), LayerError>>>,
+    /// The first failure among the threads already joined.
+    failed: Option<LayerError>,
+}
+
+impl Syncing {
+    /// Joins the threads that are done (every thread when `all`, waiting
+    /// for each), keeping the first failure. A thread that is done but not
+    /// joined keeps its stack: one per node layer would grow with the fleet.
+    fn reap(&mut self, dir: &Path, all: bool) {
+        let (done, running) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|h| all || h.is_finished());
+        self.running = running;
+        for h in done {
+            let r = h.join().unwrap_or_else(|_| {
+                Err(io_err("", "sync the layers in", dir)(io::Error::other(
+                    "the thread syncing a layer panicked",
+                )))
+            });
+            if let (Err(e), None) = (r, &self.failed) {
+                self.failed = Some(e);
+            }
+        }
+    }
 }
 
 /// Where one layer's files go: its `.tar.gz` and its PXE segment.
@@ -201,8 +233,8 @@ impl Store {
             dir,
             cache: cache.clone(),
             reporter,
-            fresh: Mutex::new(BTreeMap::new()),
-            syncing: Mutex::new(Vec::new()),
+            fresh: Arc::new(Mutex::new(BTreeMap::new())),
+            syncing: Mutex::new(Syncing::default()),
         };
         let removed = store.clean_debris() + clean_spools(&cache.root.join("tmp"));
         if removed > 0 {
@@ -310,7 +342,9 @@ impl Store {
         built.files = Some(Arc::new(listing));
         built.file = files.tar;
         built.segment = cpio.then_some(files.segment);
-        self.remember(&built);
+        if built.kind.is_shared() {
+            self.remember(&built);
+        }
         built.name = name.to_string();
         Some(built)
     }
@@ -350,6 +384,8 @@ impl Store {
         self.fresh.lock().ok()?.get(key).cloned()
     }
 
+    /// Keeps `built` for the other nodes that have it; a node's own layer
+    /// found stored is not kept: its record is on disk already.
     fn remember(&self, built: &BuiltLayer) {
         if let Ok(mut fresh) = self.fresh.lock() {
             fresh.insert(built.key.clone(), built.clone());
@@ -357,11 +393,13 @@ impl Store {
     }
 
     /// Records a layer just renamed into the store: fsyncs its files in the
-    /// background, then writes its `.json` with their stamps.
+    /// background, then writes its `.json` with their stamps; a node's own
+    /// layer is then found by its record, no longer in memory.
     pub(super) fn record(&self, built: &BuiltLayer) {
         self.remember(built);
         let meta = self.record_path(&built.key);
         let built = built.clone();
+        let fresh = Arc::clone(&self.fresh);
         let handle = std::thread::spawn(move || {
             let stamp = |f: &Path| -> io::Result<Stamp> {
                 let file = File::open(f)?;
@@ -374,7 +412,11 @@ impl Store {
                 Some(s) => Some(stamp(s).map_err(io_err(&built.name, "sync", s))?),
                 None => None,
             };
-            let name = built.name.clone();
+            let (name, key, shared) = (
+                built.name.clone(),
+                built.key.clone(),
+                built.kind.is_shared(),
+            );
             let record = Record {
                 layer: built,
                 tar_stamp,
@@ -382,10 +424,15 @@ impl Store {
             };
             let json = serde_json::to_string(&record).unwrap_or_default();
             fsutil::write_atomic(&meta, json.as_bytes(), STORED_MODE)
-                .map_err(io_err(&name, "write", &meta))
+                .map_err(io_err(&name, "write", &meta))?;
+            if !shared && let Ok(mut fresh) = fresh.lock() {
+                fresh.remove(&key);
+            }
+            Ok(())
         });
         if let Ok(mut syncing) = self.syncing.lock() {
-            syncing.push(handle);
+            syncing.reap(&self.dir, false);
+            syncing.running.push(handle);
         }
     }
 
@@ -437,22 +484,12 @@ impl Store {
     /// Waits until every layer built by this process is on disk and
     /// recorded; the first failure, if any.
     pub(crate) fn commit(&self) -> Result<(), LayerError> {
-        let handles = match self.syncing.lock() {
+        let mut syncing = match self.syncing.lock() {
             Ok(mut s) => std::mem::take(&mut *s),
-            Err(_) => Vec::new(),
+            Err(_) => Syncing::default(),
         };
-        let mut first = Ok(());
-        for h in handles {
-            let r = h.join().unwrap_or_else(|_| {
-                Err(io_err("", "sync the layers in", &self.dir)(
-                    io::Error::other("the thread syncing a layer panicked"),
-                ))
-            });
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
+        syncing.reap(&self.dir, true);
+        syncing.failed.map_or(Ok(()), Err)
     }
 }
 

@@ -14,7 +14,7 @@ pub(crate) mod read;
 pub(crate) mod secrets;
 mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -470,6 +470,9 @@ pub struct Manifests {
     pub(crate) roles: BTreeMap<String, Role>,
     pub(crate) pins: Pins,
     pub(crate) derived: Derived,
+    /// Each node's place in `cluster.nodes`, by name: a node is found
+    /// without a walk over the inventory.
+    pub(crate) node_index: HashMap<String, usize>,
 }
 
 /// The role every node has; its manifest is `roles/base.yaml`.
@@ -477,7 +480,9 @@ pub(crate) const BASE_ROLE: &str = "base";
 
 impl Manifests {
     pub(crate) fn node(&self, name: &str) -> Option<&Node> {
-        self.cluster.nodes.iter().find(|n| n.name == name)
+        self.node_index
+            .get(name)
+            .and_then(|&i| self.cluster.nodes.get(i))
     }
 
     pub(crate) fn role(&self, name: &str) -> Option<&Role> {

@@ -10,12 +10,13 @@
 mod fuzz;
 mod guard;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
-use crate::manifest::{Manifests, Node};
+use crate::manifest::Manifests;
 use crate::plan::{LayerKind, Plan, Source};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +46,71 @@ pub enum RenderError {
 /// Rendered bytes by (layer name, path on the node).
 pub type Rendered = BTreeMap<(String, String), Vec<u8>>;
 
+/// What every template of a build sees whatever the node: `cluster`
+/// (the whole inventory), `derived` and `images`.
 #[derive(Serialize)]
-struct Vars<'a> {
+struct Shared<'a> {
     cluster: &'a crate::manifest::Cluster,
     derived: &'a crate::manifest::Derived,
     images: BTreeMap<&'a str, String>,
-    arch: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node: Option<&'a Node>,
+}
+
+/// The renderer of one build. The cluster's values, the whole inventory
+/// among them, are made into a template context once, and each template is
+/// read, checked and parsed once; a render adds only `arch` and, for the
+/// node layer, `node`. So a node's render costs its own templates, not the
+/// size of the inventory, and the inventory is held once. Renders take
+/// turns: what they take is small beside a node's layers.
+pub struct Renderer {
+    state: Mutex<State>,
+}
+
+struct State {
+    ctx: tera::Context,
+    tera: tera::Tera,
+    /// The text of every template parsed into `tera`, by its name.
+    texts: HashMap<String, String>,
+}
+
+impl Renderer {
+    /// The renderer of the cluster of `m`.
+    pub fn new(m: &Manifests) -> Result<Renderer, RenderError> {
+        let shared = Shared {
+            cluster: &m.cluster,
+            derived: &m.derived,
+            images: m
+                .pins
+                .images
+                .iter()
+                .map(|i| (i.name.as_str(), i.reference()))
+                .collect(),
+        };
+        let ctx =
+            tera::Context::from_serialize(&shared).map_err(|source| RenderError::Template {
+                template: "the cluster's values".to_string(),
+                line: 0,
+                message: innermost(&source),
+                source: Box::new(source),
+            })?;
+        let state = State {
+            ctx,
+            tera: guard::tera(),
+            texts: HashMap::new(),
+        };
+        Ok(Renderer {
+            state: Mutex::new(state),
+        })
+    }
+
+    /// Renders every template of `plan`.
+    pub fn render(&self, m: &Manifests, plan: &Plan) -> Result<Rendered, RenderError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = state.render(m, plan);
+        // the context goes back as it came: the cluster's values alone
+        state.ctx.remove("node");
+        state.ctx.remove("arch");
+        out
+    }
 }
 
 /// The innermost message of a tera error chain.
@@ -81,80 +139,73 @@ fn line_of(text: &str, message: &str) -> usize {
         .map_or(1, |i| i + 1)
 }
 
-/// Renders every template of `plan`.
-pub fn render(m: &Manifests, plan: &Plan) -> Result<Rendered, RenderError> {
-    let node = m
-        .node(&plan.target)
-        .filter(|_| matches!(plan.kind, crate::plan::TargetKind::Node));
-    let images: BTreeMap<&str, String> = m
-        .pins
-        .images
-        .iter()
-        .map(|i| (i.name.as_str(), i.reference()))
-        .collect();
-    let mut out = Rendered::new();
-    let mut tera = guard::tera();
-    for layer in &plan.layers {
-        let vars = Vars {
-            cluster: &m.cluster,
-            derived: &m.derived,
-            images: images.clone(),
-            arch: plan.arch.as_str(),
-            node: if layer.kind == LayerKind::Node {
-                node
-            } else {
-                None
-            },
-        };
-        let ctx = tera::Context::from_serialize(&vars).map_err(|source| RenderError::Template {
-            template: layer.name.clone(),
-            line: 0,
-            message: innermost(&source),
-            source: Box::new(source),
-        })?;
-        for e in &layer.entries {
-            let Source::Template { template } = &e.source else {
-                continue;
-            };
-            let bytes = render_one(m, &mut tera, template, &ctx)?;
-            out.insert((layer.name.clone(), e.path.clone()), bytes);
+impl State {
+    /// Every template of `plan`, rendered with the cluster's values plus
+    /// `arch`, and `node` for the node layer.
+    fn render(&mut self, m: &Manifests, plan: &Plan) -> Result<Rendered, RenderError> {
+        let node = m
+            .node(&plan.target)
+            .filter(|_| matches!(plan.kind, crate::plan::TargetKind::Node));
+        self.ctx.insert("arch", plan.arch.as_str());
+        let mut out = Rendered::new();
+        for layer in &plan.layers {
+            match (layer.kind == LayerKind::Node, node) {
+                (true, Some(n)) => self.ctx.insert("node", n),
+                _ => {
+                    self.ctx.remove("node");
+                }
+            }
+            for e in &layer.entries {
+                let Source::Template { template } = &e.source else {
+                    continue;
+                };
+                let bytes = self.render_one(m, template)?;
+                out.insert((layer.name.clone(), e.path.clone()), bytes);
+            }
         }
+        Ok(out)
     }
-    Ok(out)
+
+    /// One template (`layers/<dir>/…`), read, checked by [`guard`] and
+    /// parsed when it is first rendered, then rendered.
+    fn render_one(&mut self, m: &Manifests, template: &str) -> Result<Vec<u8>, RenderError> {
+        let path = m.layers_dir.join(template.trim_start_matches("layers/"));
+        let root = m.layers_dir.parent().unwrap_or(Path::new("."));
+        let shown = path
+            .strip_prefix(root)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| template.to_string());
+        if !self.texts.contains_key(&shown) {
+            let text = read_template(&path)?;
+            guard::check(&text).map_err(|r| RenderError::Refused {
+                template: shown.clone(),
+                line: r.line,
+                message: r.message,
+            })?;
+            self.tera
+                .add_raw_template(&shown, &text)
+                .map_err(failed(&shown, &text))?;
+            self.texts.insert(shown.clone(), text);
+        }
+        let text = &self.texts[&shown];
+        let mut w = guard::Bounded::default();
+        guard::with_deadline(&shown, || self.tera.render_to(&shown, &self.ctx, &mut w))
+            .map_err(failed(&shown, text))?;
+        Ok(w.0)
+    }
 }
 
-/// One template (`layers/<dir>/…`), checked by [`guard`], then rendered.
-fn render_one(
-    m: &Manifests,
-    tera: &mut tera::Tera,
-    template: &str,
-    ctx: &tera::Context,
-) -> Result<Vec<u8>, RenderError> {
-    let path = m.layers_dir.join(template.trim_start_matches("layers/"));
-    let text = read_template(&path)?;
-    let root = m.layers_dir.parent().unwrap_or(Path::new("."));
-    let shown = path
-        .strip_prefix(root)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| template.to_string());
-    let failed = |source: tera::Error| {
+/// The error of `template` (whose text is `text`) failing to parse or render.
+fn failed<'a>(template: &'a str, text: &'a str) -> impl FnOnce(tera::Error) -> RenderError + 'a {
+    move |source| {
         let message = innermost(&source);
         RenderError::Template {
-            template: shown.clone(),
-            line: line_of(&text, &message),
+            template: template.to_string(),
+            line: line_of(text, &message),
             message,
             source: Box::new(source),
         }
-    };
-    guard::check(&text).map_err(|r| RenderError::Refused {
-        template: shown.clone(),
-        line: r.line,
-        message: r.message,
-    })?;
-    tera.add_raw_template(&shown, &text).map_err(failed)?;
-    let mut w = guard::Bounded::default();
-    guard::with_deadline(&shown, || tera.render_to(&shown, ctx, &mut w)).map_err(failed)?;
-    Ok(w.0)
+    }
 }
 
 /// A template's text: a regular file of at most [`guard::MAX_TEMPLATE`] bytes.

@@ -119,6 +119,50 @@ fn golden_digests_and_listings_of_master01_and_node01_hold() {
 }
 
 #[test]
+fn a_cluster_build_writes_each_node_as_its_own_build_does() {
+    // `cluster` plans each node as it builds it and renders every node
+    // from one context: the bytes are those of `node --role`
+    let (lab, server) = synthetic();
+    build(
+        &lab,
+        &server,
+        &["--jobs", "2", "cluster", "--out", "out"],
+        &[],
+    )
+    .assert_ok();
+    for node in ["master01", "node01"] {
+        let dir = lab.path(&format!("out/{node}"));
+        let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+        golden(&format!("build-{node}.SHA256SUMS"), &sums);
+        golden(&format!("build-{node}.listing"), &listing(&dir));
+    }
+}
+
+#[test]
+fn a_role_template_never_sees_the_node_rendered_before_it() {
+    // one job, inventory order: the masters' node layers are rendered
+    // (with `node`) before the first worker's role layer
+    let (lab, server) = synthetic();
+    let f = lab.path("layers/worker/etc/crictl.yaml");
+    std::fs::remove_file(&f).unwrap();
+    std::fs::write(
+        lab.path("layers/worker/etc/crictl.yaml.tera"),
+        "a: 1\nb: {{ node.ip }}\n",
+    )
+    .unwrap();
+    let run = build(
+        &lab,
+        &server,
+        &["--jobs", "1", "cluster", "--out", "out"],
+        &[],
+    );
+    run.assert_failed().assert_stderr_has(
+        "layers/worker/etc/crictl.yaml.tera:2: Variable `node.ip` not found in context",
+    );
+    assert!(!lab.path("out/node01").exists());
+}
+
+#[test]
 fn same_bytes_whatever_tz_umask_jobs_and_directory() {
     let (lab, server) = synthetic();
     let mirror = server.url("mirror");

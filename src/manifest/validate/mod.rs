@@ -243,6 +243,10 @@ fn assemble(
         .entry(BASE_ROLE.to_string())
         .or_insert_with(roles::empty_role);
     let derived = derive::derive(&cluster);
+    let mut node_index = std::collections::HashMap::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        node_index.entry(n.name.clone()).or_insert(i);
+    }
     Manifests {
         dir: dir.to_path_buf(),
         layers_dir: layers_dir.to_path_buf(),
@@ -250,6 +254,7 @@ fn assemble(
         roles,
         pins,
         derived,
+        node_index,
     }
 }
 
