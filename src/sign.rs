@@ -64,18 +64,9 @@ pub enum SignError {
     Oci { dir: PathBuf, problem: String },
 }
 
+/// A key file: a regular file of at most [`KEY_LIMIT`] bytes.
 fn read(path: &Path) -> Result<Vec<u8>, SignError> {
-    let err = |source| SignError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = fs::symlink_metadata(path).map_err(err)?;
-    if !meta.is_file() || meta.len() > KEY_LIMIT {
-        return Err(err(io::Error::other(
-            "not a regular file of at most 64 KiB",
-        )));
-    }
-    fs::read(path).map_err(err)
+    read_regular(path, KEY_LIMIT, "64 KiB")
 }
 
 /// The DER of the first PEM block of `text` whose label is one of `labels`.
@@ -191,16 +182,23 @@ pub fn image_digest(dir: &Path) -> Result<Option<String>, SignError> {
         .ok_or_else(|| oci(format!("oci/index.json names no image `{node}`")))
 }
 
+/// A file of the output directory: a regular file of at most 256 MiB.
 fn read_limited(path: &Path) -> Result<Vec<u8>, SignError> {
+    read_regular(path, 256 << 20, "256 MiB")
+}
+
+/// `path`, when it is a regular file (no link followed) of at most `limit`
+/// bytes (`shown` in the error).
+fn read_regular(path: &Path, limit: u64, shown: &str) -> Result<Vec<u8>, SignError> {
     let err = |source| SignError::Read {
         path: path.to_path_buf(),
         source,
     };
     let meta = fs::symlink_metadata(path).map_err(err)?;
-    if !meta.is_file() || meta.len() > 256 << 20 {
-        return Err(err(io::Error::other(
-            "not a regular file of at most 256 MiB",
-        )));
+    if !meta.is_file() || meta.len() > limit {
+        return Err(err(io::Error::other(format!(
+            "not a regular file of at most {shown}"
+        ))));
     }
     fs::read(path).map_err(err)
 }

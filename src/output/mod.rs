@@ -618,27 +618,22 @@ impl Assembly<'_> {
                 target: target.to_string(),
             });
         }
-        let work = self.tmp.join(".disk-work");
         let sde = self.opts.source_date_epoch;
-        pxe::kernel(self.layers, &work).map_err(|source| OutputError::Kernel {
-            target: target.to_string(),
-            source,
-        })?;
-        let made =
-            pxe::initrds(self.layers, self.store, sde, &work).map_err(io_err(target, &work))?;
-        let mut initrds = vec![("initrd.img", work.join("pxe").join(pxe::INITRD))];
+        let (from, work) = self.disk_sources()?;
+        let pxe_dir = from.join("pxe");
+        let mut initrds = vec![("initrd.img", pxe_dir.join(pxe::INITRD))];
         // a role's generic disk takes its secrets from the seed, as its
         // identity: it carries none
         let node = self.plan.kind == crate::plan::TargetKind::Node;
-        let private = node && made.iter().any(|(f, _)| f.ends_with(pxe::SECRETS));
+        let private = node && pxe_dir.join(pxe::SECRETS).is_file();
         if private {
-            initrds.push(("secrets.img", work.join("pxe").join(pxe::SECRETS)));
+            initrds.push(("secrets.img", pxe_dir.join(pxe::SECRETS)));
         }
         let input = disk::Input {
             target,
             arch: self.plan.arch,
             layers: self.layers,
-            kernel: &work.join("pxe").join(pxe::KERNEL),
+            kernel: &pxe_dir.join(pxe::KERNEL),
             initrds,
             // a role's generic disk takes the node's own layers from the
             // node's seed attached to it (docs/build.md)
@@ -657,8 +652,31 @@ impl Assembly<'_> {
             target: target.to_string(),
             source,
         })?;
-        fs::remove_dir_all(&work).map_err(io_err(target, &work))?;
+        if let Some(work) = work {
+            fs::remove_dir_all(&work).map_err(io_err(target, &work))?;
+        }
         Ok(written)
+    }
+
+    /// Where the disk's kernel and initrds are (below `<dir>/pxe/`): this
+    /// build's own PXE files when it wrote them whole (`pxe` with every
+    /// layer embedded), else made in a scratch directory, returned to be
+    /// removed.
+    fn disk_sources(&self) -> Result<(PathBuf, Option<PathBuf>), OutputError> {
+        let target = self.plan.target.as_str();
+        let own = self.tmp.join("pxe");
+        let whole = self.opts.formats.has(Format::Pxe) && self.opts.seed.base().is_none();
+        if whole && own.join(pxe::KERNEL).is_file() && own.join(pxe::INITRD).is_file() {
+            return Ok((self.tmp.to_path_buf(), None));
+        }
+        let work = self.tmp.join(".disk-work");
+        pxe::kernel(self.layers, &work).map_err(|source| OutputError::Kernel {
+            target: target.to_string(),
+            source,
+        })?;
+        let sde = self.opts.source_date_epoch;
+        pxe::initrds(self.layers, self.store, sde, &work).map_err(io_err(target, &work))?;
+        Ok((work.clone(), Some(work)))
     }
 
     /// The OCI layer blobs linked, and the layers kept (with their digests)
