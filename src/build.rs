@@ -226,8 +226,7 @@ impl<'a> Build<'a> {
             arch: plan.arch,
             mtime: self.settings.mtime(),
             jobs: self.settings.ctx.jobs,
-            cpio: self.opts.formats.has(output::Format::Pxe)
-                || self.opts.formats.has(output::Format::Disk),
+            cpio: self.opts.formats.has(output::Format::Pxe),
             images: &self.images,
             os_layer: None,
         };

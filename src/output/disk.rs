@@ -1,29 +1,38 @@
 //! `disk/` (`--format disk`): a whole node as a bootable disk. Takes the
-//! node's kernel and initrds (the whole-node PXE files: the root runs from
-//! RAM as a PXE boot runs it) and systemd-boot out of its OS layers, and
-//! writes `disk/disk.raw`: a GPT whose disk and partition GUIDs are derived
-//! from the node and those files, holding one EFI system partition (FAT,
-//! every timestamp SOURCE_DATE_EPOCH, its volume id derived too) with
-//! `EFI/BOOT/BOOTX64.EFI` (systemd-boot), `loader/loader.conf`, one loader
-//! entry and the kernel and initrds below `imgbuild/`; the space after it
-//! is where `/init`'s systemd-repart makes the state partition on the first
-//! boot (and grows it into a larger disk). Then `disk/disk.qcow2`, the same
-//! disk for virtual machines (`qemu-img convert`). A node's disk carries its
-//! secrets (both files 0600); a role's generic disk carries none.
+//! node's layers (the OS layers first; a node's secrets layer too), its
+//! kernel and the build's one timestamp, and writes `disk/disk.raw`: a GPT
+//! holding an EFI system partition (FAT, every timestamp SOURCE_DATE_EPOCH)
+//! with systemd-boot from the OS layers, one loader entry, the kernel and a
+//! small boot initramfs ([`boot`]); the read-only root, every layer as one
+//! squashfs ([`tree`], [`squash`]); and the root's dm-verity hash partition
+//! ([`verity`]), whose root hash is on the entry's command line. The space
+//! after them is where the root's `/init` has systemd-repart make the state
+//! partition on the first boot (and grow it into a larger disk). Every GUID,
+//! the salt and the FAT volume id are derived from the node and its inputs;
+//! the root and hash partitions' GUIDs are the root hash's two halves (as
+//! systemd-repart makes them). Then `disk/disk.qcow2`, the same disk for
+//! virtual machines (`qemu-img convert`). A node's disk carries its secrets
+//! (both files 0600); a role's generic disk carries none.
+
+mod boot;
+mod squash;
+mod tree;
+mod verity;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
+use std::io::{self, Cursor, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
 
 use crate::fsutil;
 use crate::layer::BuiltLayer;
 use crate::manifest::Arch;
-use crate::plan::LayerKind;
+use crate::plan::Plan;
+use crate::rootcheck::{RootCheck, RootCheckError};
+use tree::{Own, Tree};
 
 pub const RAW: &str = "disk/disk.raw";
 pub const QCOW2: &str = "disk/disk.qcow2";
@@ -33,7 +42,7 @@ const SECTOR: u64 = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error(
-        "the OS layers of {target} have no /{path} (systemd-boot): add the `systemd-boot-efi` package to [os] packages in pins.toml"
+        "the layers of {target} have no /{path} (systemd-boot): add the `systemd-boot-efi` package to [os] packages in pins.toml"
     )]
     NoBootLoader { target: String, path: String },
     #[error("cannot write the disk of {target} at {path}")]
@@ -42,6 +51,24 @@ pub enum DiskError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("cannot read the layers of {target} into its disk's root")]
+    Layers {
+        target: String,
+        #[source]
+        source: Box<crate::fetch::archive::ArchiveError>,
+    },
+    #[error("cannot make the boot initramfs of {target}'s disk")]
+    Boot {
+        target: String,
+        #[source]
+        source: Box<RootCheckError>,
+    },
+    #[error("cannot write the root filesystem of {target} at {path}: {message}")]
+    Root {
+        target: String,
+        path: PathBuf,
+        message: String,
     },
     #[error("cannot write the EFI system partition of {target}: {message}")]
     Fat { target: String, message: String },
@@ -61,15 +88,12 @@ pub enum DiskError {
 
 /// What a disk is made of.
 pub(crate) struct Input<'a> {
-    pub target: &'a str,
-    pub arch: Arch,
-    /// The whole node's layers (the OS layers first).
+    pub plan: &'a Plan,
+    /// The layers the root holds, in order (the OS layers first; a node's
+    /// secrets layer when its disk carries them).
     pub layers: &'a [BuiltLayer],
     pub kernel: &'a Path,
-    /// The initrds in the order the kernel unpacks them, each with its name
-    /// on the ESP.
-    pub initrds: Vec<(&'static str, PathBuf)>,
-    /// The kernel command line but the ESP's PARTUUID.
+    /// The kernel command line but the partitions and the root hash.
     pub cmdline: String,
     pub mtime: i64,
     /// The disk carries private material (0600).
@@ -90,27 +114,19 @@ fn boot_loader_path(arch: Arch) -> (&'static str, &'static str) {
     }
 }
 
-/// The regular file at `path` in the OS layers (a later layer's wins).
-fn from_os_layers(layers: &[BuiltLayer], path: &str) -> io::Result<Option<Vec<u8>>> {
-    let mut found = None;
-    let os = layers
-        .iter()
-        .take_while(|l| matches!(l.kind, LayerKind::Os | LayerKind::OsPackages));
-    for l in os {
-        let mut a = tar::Archive::new(GzDecoder::new(io::BufReader::new(File::open(&l.file)?)));
-        for e in a.entries()? {
-            let mut e = e?;
-            let p = e.path()?.to_string_lossy().into_owned();
-            if p.trim_start_matches("./").trim_start_matches('/') == path
-                && e.header().entry_type().is_file()
-            {
-                let mut body = Vec::new();
-                e.read_to_end(&mut body)?;
-                found = Some(body);
-            }
-        }
+/// The Discoverable Partitions Specification's root and root verity
+/// partition types of `arch`.
+fn root_types(arch: Arch) -> (&'static str, &'static str) {
+    match arch {
+        Arch::Amd64 => (
+            "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
+            "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5",
+        ),
+        Arch::Arm64 => (
+            "b921b045-1df0-41c3-af44-4c6f280d3fae",
+            "df3300ce-d69f-4c92-978c-9bfb0f38d820",
+        ),
     }
-    Ok(found)
 }
 
 /// 16 bytes of `seed` and `label` as a version 4, variant 1 UUID.
@@ -130,20 +146,15 @@ enum Body {
     File(PathBuf),
 }
 
-fn esp_files(input: &Input, loader: Vec<u8>, esp_uuid: uuid::Uuid) -> Vec<(String, Body)> {
-    let (_, efi_path) = boot_loader_path(input.arch);
-    let mut entry = format!(
-        "# imgbuild: {} (docs/build.md, --format disk)\ntitle imgbuild {}\nlinux /imgbuild/vmlinuz\n",
-        input.target, input.target
+/// The ESP's files: the boot loader, its configuration, one entry with
+/// `cmdline`, the kernel and the boot initramfs.
+fn esp_files(input: &Input, loader: Vec<u8>, boot: Vec<u8>, cmdline: &str) -> Vec<(String, Body)> {
+    let (_, efi_path) = boot_loader_path(input.plan.arch);
+    let target = &input.plan.target;
+    let entry = format!(
+        "# imgbuild: {target} (docs/build.md, --format disk)\ntitle imgbuild {target}\nlinux /imgbuild/vmlinuz\ninitrd /imgbuild/boot.img\noptions {cmdline}\n"
     );
-    for (name, _) in &input.initrds {
-        entry.push_str(&format!("initrd /imgbuild/{name}\n"));
-    }
-    entry.push_str(&format!(
-        "options {} imgbuild.esp=PARTUUID={esp_uuid}\n",
-        input.cmdline
-    ));
-    let mut files = vec![
+    vec![
         (efi_path.to_string(), Body::Bytes(loader)),
         (
             "loader/loader.conf".to_string(),
@@ -157,11 +168,8 @@ fn esp_files(input: &Input, loader: Vec<u8>, esp_uuid: uuid::Uuid) -> Vec<(Strin
             "imgbuild/vmlinuz".to_string(),
             Body::File(input.kernel.to_path_buf()),
         ),
-    ];
-    for (name, path) in &input.initrds {
-        files.push((format!("imgbuild/{name}"), Body::File(path.clone())));
-    }
-    files
+        ("imgbuild/boot.img".to_string(), Body::Bytes(boot)),
+    ]
 }
 
 /// SOURCE_DATE_EPOCH as FAT's date and time (FAT starts in 1980).
@@ -199,13 +207,13 @@ fn fat_time(mtime: i64) -> &'static Sde {
 
 /// The ESP as a FAT image of `size` bytes.
 fn esp_image(
-    input: &Input,
+    (target, mtime): (&str, i64),
     files: &[(String, Body)],
     size: u64,
     volume_id: u32,
 ) -> Result<Vec<u8>, DiskError> {
     let fat = |e: io::Error| DiskError::Fat {
-        target: input.target.to_string(),
+        target: target.to_string(),
         message: e.to_string(),
     };
     let mut img = Cursor::new(vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)]);
@@ -215,7 +223,7 @@ fn esp_image(
     fatfs::format_volume(&mut img, opts).map_err(fat)?;
     img.seek(SeekFrom::Start(0)).map_err(fat)?;
     {
-        let options = fatfs::FsOptions::new().time_provider(fat_time(input.mtime));
+        let options = fatfs::FsOptions::new().time_provider(fat_time(mtime));
         let fs = fatfs::FileSystem::new(&mut img, options).map_err(fat)?;
         add_files(&fs.root_dir(), files).map_err(fat)?;
         fs.unmount().map_err(fat)?;
@@ -287,9 +295,10 @@ fn add_files<T: fatfs::ReadWriteSeek>(
     Ok(())
 }
 
-/// Bytes the ESP's files take, and a FAT image with room for them.
+/// Bytes the ESP's files take, and a FAT image with room for them (and
+/// for a loader entry of up to 4 KiB).
 fn esp_size(files: &[(String, Body)]) -> io::Result<u64> {
-    let mut sum = 0u64;
+    let mut sum = 4096u64;
     for (_, b) in files {
         sum += match b {
             Body::Bytes(v) => v.len() as u64,
@@ -300,88 +309,92 @@ fn esp_size(files: &[(String, Body)]) -> io::Result<u64> {
     Ok(((sum + sum / 16 + 8 * MIB).div_ceil(MIB) * MIB).max(64 * MIB))
 }
 
+fn io_err(target: &str, path: &Path) -> impl FnOnce(io::Error) -> DiskError {
+    let (target, path) = (target.to_string(), path.to_path_buf());
+    move |source| DiskError::Io {
+        target,
+        path,
+        source,
+    }
+}
+
+/// What the boot partition holds but for the loader entry.
+struct Boot {
+    loader: Vec<u8>,
+    initramfs: Vec<u8>,
+    /// What the disk's GUIDs, salt and volume id are derived from.
+    seed: Vec<u8>,
+}
+
+/// Where the partitions are on the disk, in bytes.
+struct Layout {
+    esp_len: u64,
+    root_at: u64,
+    root_len: u64,
+    hash_at: u64,
+}
+
 /// Writes `disk/disk.raw` and `disk/disk.qcow2` below `out`; returns each
 /// (relative path, sha256).
 pub(crate) fn write(input: &Input, out: &Path) -> Result<Vec<(String, String)>, DiskError> {
-    let io_err = |path: &Path| {
-        let (target, path) = (input.target.to_string(), path.to_path_buf());
-        move |source| DiskError::Io {
-            target,
-            path,
-            source,
-        }
-    };
-    let (loader_path, _) = boot_loader_path(input.arch);
-    let loader = from_os_layers(input.layers, loader_path)
-        .map_err(io_err(out))?
-        .ok_or_else(|| DiskError::NoBootLoader {
-            target: input.target.to_string(),
-            path: loader_path.to_string(),
-        })?;
-    let seed = identity(input, &loader).map_err(io_err(out))?;
-    let esp_uuid = derived_uuid(&seed, "esp");
-    let files = esp_files(input, loader, esp_uuid);
-    let size = esp_size(&files).map_err(io_err(out))?;
-    let volume_id = u32::from_le_bytes(
-        derived_uuid(&seed, "fat").as_bytes()[..4]
-            .try_into()
-            .unwrap_or([0; 4]),
-    );
-    let esp = esp_image(input, &files, size, volume_id)?;
+    let target = input.plan.target.as_str();
     let dir = out.join("disk");
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    fs::create_dir_all(&dir).map_err(io_err(target, &dir))?;
     let raw = out.join(RAW);
-    let disk_uuid = derived_uuid(&seed, "disk");
-    write_raw(input, &raw, &esp, disk_uuid, esp_uuid)?;
+    let spool = dir.join(".root.spool");
+    let made = root_and_boot(input, &raw, &spool);
+    let _ = fs::remove_file(&spool);
+    let (mut file, boot, layout) = made?;
+    let salt: [u8; 32] = Sha256::new()
+        .chain_update(&boot.seed)
+        .chain_update("verity-salt")
+        .finalize()
+        .into();
+    let uuid = *derived_uuid(&boot.seed, "verity").as_bytes();
+    let (at, len) = (layout.root_at, layout.root_len);
+    let v = verity::write(&mut file, at, len, layout.hash_at, &salt, &uuid)
+        .map_err(io_err(target, &raw))?;
+    finish_raw(input, file, &raw, boot, &layout, &v)?;
     let qcow2 = out.join(QCOW2);
     write_qcow2(input, &raw, &qcow2)?;
     let mut written = Vec::new();
     for (rel, path) in [(RAW, &raw), (QCOW2, &qcow2)] {
         let mode = if input.private { 0o600 } else { 0o644 };
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(io_err(target, path))?;
         written.push((
             rel.to_string(),
-            fsutil::sha256_file(path).map_err(io_err(path))?,
+            fsutil::sha256_file(path).map_err(io_err(target, path))?,
         ));
     }
     Ok(written)
 }
 
-/// What the disk's GUIDs are derived from: the node, the boot loader, the
-/// kernel, the initrds and the command line.
-fn identity(input: &Input, loader: &[u8]) -> io::Result<Vec<u8>> {
-    let mut h = Sha256::new();
-    h.update(input.target.as_bytes());
-    h.update(Sha256::digest(loader));
-    h.update(fsutil::sha256_file(input.kernel)?.as_bytes());
-    for (name, path) in &input.initrds {
-        h.update(name.as_bytes());
-        h.update(fsutil::sha256_file(path)?.as_bytes());
-    }
-    h.update(input.cmdline.as_bytes());
-    Ok(h.finalize().to_vec())
-}
-
-/// The raw disk: GPT with the ESP at 1 MiB, 1 MiB after it for the backup
-/// table (the state partition is made on the first boot).
-fn write_raw(
-    input: &Input,
-    raw: &Path,
-    esp: &[u8],
-    disk_uuid: uuid::Uuid,
-    esp_uuid: uuid::Uuid,
-) -> Result<(), DiskError> {
-    let gpt_err = |message: String| DiskError::Gpt {
-        target: input.target.to_string(),
-        path: raw.to_path_buf(),
-        message,
-    };
-    let io = |source| DiskError::Io {
-        target: input.target.to_string(),
-        path: raw.to_path_buf(),
-        source,
-    };
-    let total = MIB + esp.len() as u64 + MIB;
+/// The root's tree (spooled to `spool`), the boot loader and initramfs
+/// taken from it, and the root filesystem written into a new `raw` after
+/// the room the ESP needs.
+fn root_and_boot(input: &Input, raw: &Path, spool: &Path) -> Result<(File, Boot, Layout), DiskError> {
+    let target = input.plan.target.as_str();
+    let own = [
+        Own {
+            path: "init",
+            mode: 0o755,
+            body: super::pxe::init::SCRIPT.as_bytes(),
+        },
+        Own {
+            path: super::pxe::init::REPART_STATE,
+            mode: 0o644,
+            body: super::pxe::init::REPART.as_bytes(),
+        },
+    ];
+    let mtime = u64::try_from(input.mtime).unwrap_or(0);
+    let tree = Tree::read(input.layers, &own, mtime, spool).map_err(|e| DiskError::Layers {
+        target: target.to_string(),
+        source: Box::new(e),
+    })?;
+    let boot = boot_files(input, &tree)?;
+    let esp_len = esp_size(&esp_files(input, boot.loader.clone(), boot.initramfs.clone(), ""))
+        .map_err(io_err(target, input.kernel))?;
     let _ = fs::remove_file(raw);
     let mut file = fs::OpenOptions::new()
         .read(true)
@@ -389,39 +402,174 @@ fn write_raw(
         .create_new(true)
         .mode(0o600)
         .open(raw)
-        .map_err(io)?;
-    file.set_len(total).map_err(io)?;
-    file.seek(SeekFrom::Start(MIB)).map_err(io)?;
-    file.write_all(esp).map_err(io)?;
+        .map_err(io_err(target, raw))?;
+    let root_at = MIB + esp_len;
+    let root_len = squash::write(&tree, mtime, &mut file, root_at).map_err(|message| {
+        DiskError::Root {
+            target: target.to_string(),
+            path: raw.to_path_buf(),
+            message,
+        }
+    })?;
+    let layout = Layout {
+        esp_len,
+        root_at,
+        root_len,
+        hash_at: root_at + root_len.next_multiple_of(MIB),
+    };
+    Ok((file, boot, layout))
+}
+
+/// The boot loader and the boot initramfs out of `tree`, and the seed of
+/// the disk's GUIDs: the node, the loader, the kernel, the initramfs and
+/// the command line.
+fn boot_files(input: &Input, tree: &Tree) -> Result<Boot, DiskError> {
+    let target = input.plan.target.as_str();
+    let (loader_path, _) = boot_loader_path(input.plan.arch);
+    let loader = tree
+        .content(loader_path)
+        .map_err(io_err(target, input.kernel))?
+        .ok_or_else(|| DiskError::NoBootLoader {
+            target: target.to_string(),
+            path: loader_path.to_string(),
+        })?;
+    let files = RootCheck::default()
+        .closure(input.plan, input.layers, boot::PROGRAMS)
+        .map_err(|e| DiskError::Boot {
+            target: target.to_string(),
+            source: Box::new(e),
+        })?;
+    let initramfs =
+        boot::initramfs(tree, &files, input.mtime).map_err(io_err(target, input.kernel))?;
+    let mut h = Sha256::new();
+    h.update(target.as_bytes());
+    h.update(Sha256::digest(&loader));
+    h.update(
+        fsutil::sha256_file(input.kernel)
+            .map_err(io_err(target, input.kernel))?
+            .as_bytes(),
+    );
+    h.update(Sha256::digest(&initramfs));
+    h.update(input.cmdline.as_bytes());
+    Ok(Boot {
+        loader,
+        initramfs,
+        seed: h.finalize().to_vec(),
+    })
+}
+
+/// The ESP (its entry naming the partitions and the root hash) and the
+/// partition table, into the disk that has the root and its hashes.
+fn finish_raw(
+    input: &Input,
+    mut file: File,
+    raw: &Path,
+    boot: Boot,
+    layout: &Layout,
+    v: &verity::Verity,
+) -> Result<(), DiskError> {
+    let target = input.plan.target.as_str();
+    let mut seed = boot.seed.clone();
+    seed.extend_from_slice(&v.root_hash);
+    let mut halves = [[0u8; 16]; 2];
+    halves[0].copy_from_slice(&v.root_hash[..16]);
+    halves[1].copy_from_slice(&v.root_hash[16..]);
+    let ids = Ids {
+        disk: derived_uuid(&seed, "disk"),
+        esp: derived_uuid(&seed, "esp"),
+        root: uuid::Uuid::from_bytes(halves[0]),
+        verity: uuid::Uuid::from_bytes(halves[1]),
+    };
+    let cmdline = format!(
+        "{} imgbuild.root=PARTUUID={} imgbuild.verity=PARTUUID={} imgbuild.roothash={} imgbuild.esp=PARTUUID={}",
+        input.cmdline,
+        ids.root,
+        ids.verity,
+        hex::encode(v.root_hash),
+        ids.esp
+    );
+    let files = esp_files(input, boot.loader, boot.initramfs, &cmdline);
+    let volume_id = u32::from_le_bytes(
+        derived_uuid(&seed, "fat").as_bytes()[..4]
+            .try_into()
+            .unwrap_or([0; 4]),
+    );
+    let esp = esp_image((target, input.mtime), &files, layout.esp_len, volume_id)?;
+    file.seek(SeekFrom::Start(MIB)).map_err(io_err(target, raw))?;
+    file.write_all(&esp).map_err(io_err(target, raw))?;
+    let end = layout.hash_at + v.size.next_multiple_of(MIB);
+    file.set_len(end + MIB).map_err(io_err(target, raw))?;
+    write_gpt(input, file, raw, layout, v.size, &ids)
+}
+
+/// The disk's and its partitions' GUIDs.
+struct Ids {
+    disk: uuid::Uuid,
+    esp: uuid::Uuid,
+    root: uuid::Uuid,
+    verity: uuid::Uuid,
+}
+
+/// The protective MBR and the GPT: the ESP at 1 MiB, the root after it,
+/// its hash partition after that, each from a MiB boundary; 1 MiB at the
+/// end for the backup table.
+fn write_gpt(
+    input: &Input,
+    file: File,
+    raw: &Path,
+    layout: &Layout,
+    hash_len: u64,
+    ids: &Ids,
+) -> Result<(), DiskError> {
+    let target = input.plan.target.as_str();
+    let gpt_err = |e: &dyn std::fmt::Display| DiskError::Gpt {
+        target: target.to_string(),
+        path: raw.to_path_buf(),
+        message: e.to_string(),
+    };
+    let total = file.metadata().map_err(io_err(target, raw))?.len();
+    let mut file = file;
     let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(
         u32::try_from(total / SECTOR - 1).unwrap_or(u32::MAX),
     );
-    mbr.overwrite_lba0(&mut file)
-        .map_err(|e| gpt_err(e.to_string()))?;
+    mbr.overwrite_lba0(&mut file).map_err(|e| gpt_err(&e))?;
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .create_from_device(file, Some(disk_uuid))
-        .map_err(|e| gpt_err(e.to_string()))?;
-    let first = MIB / SECTOR;
-    let partition = gpt::partition::Partition {
-        part_type_guid: gpt::partition_types::EFI,
-        part_guid: esp_uuid,
-        first_lba: first,
-        last_lba: first + esp.len() as u64 / SECTOR - 1,
-        flags: 0,
-        name: "ESP".to_string(),
+        .create_from_device(file, Some(ids.disk))
+        .map_err(|e| gpt_err(&e))?;
+    let (root_type, verity_type) = root_types(input.plan.arch);
+    let linux = |guid: &str| gpt::partition_types::Type {
+        guid: uuid::Uuid::parse_str(guid).unwrap_or_default(),
+        os: gpt::partition_types::OperatingSystem::Linux,
     };
-    disk.update_partitions(BTreeMap::from([(1, partition)]))
-        .map_err(|e| gpt_err(e.to_string()))?;
-    let file = disk.write().map_err(|e| gpt_err(e.to_string()))?;
-    file.sync_all().map_err(io)
+    let part = |id: u32, kind, guid, at: u64, len: u64, name: &str| {
+        (
+            id,
+            gpt::partition::Partition {
+                part_type_guid: kind,
+                part_guid: guid,
+                first_lba: at / SECTOR,
+                last_lba: (at + len.next_multiple_of(MIB)) / SECTOR - 1,
+                flags: 0,
+                name: name.to_string(),
+            },
+        )
+    };
+    let partitions = BTreeMap::from([
+        part(1, gpt::partition_types::EFI, ids.esp, MIB, layout.esp_len, "ESP"),
+        part(2, linux(root_type), ids.root, layout.root_at, layout.root_len, "imgbuild-root"),
+        part(3, linux(verity_type), ids.verity, layout.hash_at, hash_len, "imgbuild-root-verity"),
+    ]);
+    disk.update_partitions(partitions).map_err(|e| gpt_err(&e))?;
+    let file = disk.write().map_err(|e| gpt_err(&e))?;
+    file.sync_all().map_err(io_err(target, raw))
 }
 
 /// `qemu-img convert -O qcow2 raw qcow2`.
 fn write_qcow2(input: &Input, raw: &Path, qcow2: &Path) -> Result<(), DiskError> {
     let err = |message: String| DiskError::Qcow2 {
-        target: input.target.to_string(),
+        target: input.plan.target.to_string(),
         path: qcow2.to_path_buf(),
         message,
     };
@@ -441,19 +589,10 @@ fn write_qcow2(input: &Input, raw: &Path, qcow2: &Path) -> Result<(), DiskError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn the_esp_holds_its_files_in_their_directories() {
-        let input = Input {
-            target: "node01",
-            arch: Arch::Amd64,
-            layers: &[],
-            kernel: Path::new("/nonexistent"),
-            initrds: Vec::new(),
-            cmdline: String::new(),
-            mtime: 1_700_000_000,
-            private: false,
-        };
         let files = vec![
             (
                 "EFI/BOOT/BOOTX64.EFI".to_string(),
@@ -465,7 +604,7 @@ mod tests {
                 Body::Bytes(b"y".to_vec()),
             ),
         ];
-        let img = esp_image(&input, &files, 64 * MIB, 7).unwrap();
+        let img = esp_image(("node01", 1_700_000_000), &files, 64 * MIB, 7).unwrap();
         if let Ok(p) = std::env::var("IMGBUILD_ESP_DUMP") {
             fs::write(p, &img).unwrap();
         }

@@ -609,8 +609,9 @@ impl Assembly<'_> {
         }
     }
 
-    /// `disk/`: the kernel and the initrds of every layer (url mode or not:
-    /// a disk boots alone) made in a scratch directory, then the disk.
+    /// `disk/`: the node's root (a role's generic disk without the node's
+    /// layers and secrets) with its kernel, from every layer (url mode or
+    /// not: a disk boots alone).
     fn disk(&self) -> Result<Vec<(String, String)>, OutputError> {
         let target = self.plan.target.as_str();
         if !pxe::is_whole(self.layers) {
@@ -618,23 +619,15 @@ impl Assembly<'_> {
                 target: target.to_string(),
             });
         }
-        let sde = self.opts.source_date_epoch;
-        let (from, work) = self.disk_sources()?;
-        let pxe_dir = from.join("pxe");
-        let mut initrds = vec![("initrd.img", pxe_dir.join(pxe::INITRD))];
+        let kernel = self.disk_kernel()?;
         // a role's generic disk takes its secrets from the seed, as its
         // identity: it carries none
         let node = self.plan.kind == crate::plan::TargetKind::Node;
-        let private = node && pxe_dir.join(pxe::SECRETS).is_file();
-        if private {
-            initrds.push(("secrets.img", pxe_dir.join(pxe::SECRETS)));
-        }
+        let private = node && self.layers.iter().any(|l| l.kind == LayerKind::Secrets);
         let input = disk::Input {
-            target,
-            arch: self.plan.arch,
+            plan: self.plan,
             layers: self.layers,
-            kernel: &pxe_dir.join(pxe::KERNEL),
-            initrds,
+            kernel: &kernel,
             // a role's generic disk takes the node's own layers from the
             // node's seed attached to it (docs/build.md)
             cmdline: if node {
@@ -645,38 +638,34 @@ impl Assembly<'_> {
                     pxe::cmdline(self.plan.arch)
                 )
             },
-            mtime: sde,
+            mtime: self.opts.source_date_epoch,
             private,
         };
         let written = disk::write(&input, self.tmp).map_err(|source| OutputError::Disk {
             target: target.to_string(),
             source,
-        })?;
-        if let Some(work) = work {
+        });
+        let work = self.tmp.join(".disk-work");
+        if work.exists() {
             fs::remove_dir_all(&work).map_err(io_err(target, &work))?;
         }
-        Ok(written)
+        written
     }
 
-    /// Where the disk's kernel and initrds are (below `<dir>/pxe/`): this
-    /// build's own PXE files when it wrote them whole (`pxe` with every
-    /// layer embedded), else made in a scratch directory, returned to be
-    /// removed.
-    fn disk_sources(&self) -> Result<(PathBuf, Option<PathBuf>), OutputError> {
+    /// The disk's kernel: this build's own `pxe/vmlinuz` when it wrote one,
+    /// else taken from the layers into a scratch directory.
+    fn disk_kernel(&self) -> Result<PathBuf, OutputError> {
         let target = self.plan.target.as_str();
-        let own = self.tmp.join("pxe");
-        let whole = self.opts.formats.has(Format::Pxe) && self.opts.seed.base().is_none();
-        if whole && own.join(pxe::KERNEL).is_file() && own.join(pxe::INITRD).is_file() {
-            return Ok((self.tmp.to_path_buf(), None));
+        let own = self.tmp.join("pxe").join(pxe::KERNEL);
+        if self.opts.formats.has(Format::Pxe) && own.is_file() {
+            return Ok(own);
         }
         let work = self.tmp.join(".disk-work");
         pxe::kernel(self.layers, &work).map_err(|source| OutputError::Kernel {
             target: target.to_string(),
             source,
         })?;
-        let sde = self.opts.source_date_epoch;
-        pxe::initrds(self.layers, self.store, sde, &work).map_err(io_err(target, &work))?;
-        Ok((work.clone(), Some(work)))
+        Ok(work.join("pxe").join(pxe::KERNEL))
     }
 
     /// The OCI layer blobs linked, and the layers kept (with their digests)

@@ -24,7 +24,7 @@
 //! linked into `pxe/segments/` and boot.ipxe loads them by digest from
 //! BASE; the node's own files hold the rest.
 
-mod init;
+pub(crate) mod init;
 mod kernel;
 
 pub use kernel::KernelError;

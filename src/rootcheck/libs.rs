@@ -145,17 +145,25 @@ impl<'r, 'a> Loader<'r, 'a> {
 
     /// Where `lib`, needed by the object at `path`, is found: its real path.
     fn find(&self, path: &str, needs: &Needs, lib: &str) -> Option<String> {
+        if lib.contains('/') && !lib.starts_with('/') {
+            // a relative path is the cwd's
+            return Some(lib.to_string());
+        }
+        let at = self.locate(path, needs, lib)?;
+        self.root.file(&at).map(|(p, _)| p)
+    }
+
+    /// The path the loader opens for `lib`, needed by the object at `path`
+    /// (before links are followed), when it finds it.
+    fn locate(&self, path: &str, needs: &Needs, lib: &str) -> Option<String> {
         if lib.contains('/') {
-            // a path: absolute ones are checked, relative ones are the cwd's
-            return if lib.starts_with('/') {
-                self.root.file(lib).map(|(p, _)| p)
-            } else {
-                Some(lib.to_string())
-            };
+            let lib = lib.trim_start_matches('/');
+            return self.root.file(lib).map(|_| lib.to_string());
         }
         for d in own_dirs(path, &needs.runpath, self.arch) {
-            if let Some((real, _)) = self.root.file(&format!("{d}/{lib}")) {
-                return Some(real);
+            let at = format!("{d}/{lib}");
+            if self.root.file(&at).is_some() {
+                return Some(at);
             }
         }
         let mut found = self.found.borrow_mut();
@@ -164,10 +172,60 @@ impl<'r, 'a> Loader<'r, 'a> {
             .or_insert_with(|| {
                 self.dirs
                     .iter()
-                    .find_map(|d| self.root.file(&format!("{d}/{lib}")))
-                    .map(|(p, _)| p)
+                    .map(|d| format!("{d}/{lib}"))
+                    .find(|at| self.root.file(at).is_some())
             })
             .clone()
+    }
+
+    /// What `programs` need to run: each, its interpreter and every library
+    /// it loads, transitively, with every symbolic link on the way (paths
+    /// relative to the root); and what cannot be found.
+    pub(super) fn closure(&self, programs: &[&str]) -> (BTreeSet<String>, Vec<String>) {
+        let mut files = BTreeSet::new();
+        let mut missing = Vec::new();
+        for program in programs {
+            self.program_closure(program, &mut files, &mut missing);
+        }
+        (files, missing)
+    }
+
+    /// [`Loader::closure`] of one program: a library already loaded for it
+    /// by that name is used again, as ld.so does.
+    fn program_closure(&self, program: &str, files: &mut BTreeSet<String>, missing: &mut Vec<String>) {
+        let mut loaded: HashMap<String, String> = HashMap::new();
+        let mut seen = HashSet::new();
+        let mut queue: VecDeque<(String, String)> = VecDeque::from([(program.to_string(), String::new())]);
+        while let Some((path, by)) = queue.pop_front() {
+            let Some((real, needs, links)) = self.root.file_with_links(&path) else {
+                let what = if by.is_empty() {
+                    format!("/{path}")
+                } else {
+                    format!("{path} (which /{by} needs)")
+                };
+                if !missing.contains(&what) {
+                    missing.push(what);
+                }
+                continue;
+            };
+            files.extend(links);
+            files.insert(real.clone());
+            if !seen.insert(real.clone()) {
+                continue;
+            }
+            let Some(needs) = needs else { continue };
+            if let Some(interp) = &needs.interpreter {
+                queue.push_back((interp.trim_start_matches('/').to_string(), real.clone()));
+            }
+            for lib in &needs.libraries {
+                let at = match loaded.get(lib) {
+                    Some(at) => at.clone(),
+                    None => self.locate(&real, needs, lib).unwrap_or_else(|| lib.clone()),
+                };
+                loaded.insert(lib.clone(), at.clone());
+                queue.push_back((at, real.clone()));
+            }
+        }
     }
 
     /// The directories searched for the object at `path`, as a problem

@@ -51,6 +51,14 @@ pub enum RootCheckError {
         target: String,
         problems: Vec<String>,
     },
+    #[error(
+        "{target}: the disk's boot initramfs needs {}, which the image does not have: add the packages that hold them (kmod, util-linux, mount, coreutils, dash, systemd) to [os] packages in pins.toml",
+        missing.join(", ")
+    )]
+    Lacks {
+        target: String,
+        missing: Vec<String>,
+    },
 }
 
 /// The root check of a build: the layers indexed so far, by digest, and
@@ -92,6 +100,41 @@ impl RootCheck {
             });
         }
         Ok(self.new_warnings(findings.warnings))
+    }
+
+    /// What `programs` (paths in the root) need to run in the root of
+    /// `plan`'s `layers`: each program, its interpreter and its libraries,
+    /// transitively, with every symbolic link on the way, as paths relative
+    /// to the root. What cannot be found is an error naming it.
+    pub(crate) fn closure(
+        &self,
+        plan: &Plan,
+        layers: &[BuiltLayer],
+        programs: &[&str],
+    ) -> Result<BTreeSet<String>, RootCheckError> {
+        let mut indexes = Vec::new();
+        for l in layers.iter().filter(|l| l.kind != LayerKind::Secrets) {
+            indexes.push((l.name.as_str(), self.index(l, plan.arch)?));
+        }
+        let mut root = Root::default();
+        for (name, index) in &indexes {
+            root.add(name, index);
+        }
+        let (mut files, missing) = libs::Loader::new(&root, plan.arch).closure(programs);
+        if !missing.is_empty() {
+            return Err(RootCheckError::Lacks {
+                target: plan.target.clone(),
+                missing,
+            });
+        }
+        // the top directories' links (usr-merged /bin, /lib, ...): a path
+        // below one is found through it
+        for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+            if root.is_link(top) {
+                files.insert(top.to_string());
+            }
+        }
+        Ok(files)
     }
 
     /// The warnings not given before in this build.
@@ -211,6 +254,34 @@ mod tests {
                 e("usr/lib/systemd/system/a.service", file(None)),
             ],
         }
+    }
+
+    #[test]
+    fn a_programs_closure_holds_its_interpreter_libraries_and_the_links_on_the_way() {
+        let os = os();
+        let mut root = Root::default();
+        root.add("00-os", &os);
+        let loader = libs::Loader::new(&root, Arch::Amd64);
+        let (files, missing) = loader.closure(&["lib/systemd/systemd"]);
+        assert!(missing.is_empty(), "{missing:?}");
+        assert_eq!(
+            files.into_iter().collect::<Vec<_>>(),
+            [
+                "lib",
+                "lib64",
+                "usr/lib/systemd/systemd",
+                "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                "usr/lib/x86_64-linux-gnu/libc.so.6",
+                "usr/lib/x86_64-linux-gnu/priv/libcore.so",
+                "usr/lib/x86_64-linux-gnu/priv/libshared.so",
+                "usr/lib64/ld-linux-x86-64.so.2",
+            ]
+        );
+        let (_, missing) = loader.closure(&["usr/bin/broken", "usr/bin/gone"]);
+        assert_eq!(
+            missing,
+            ["libgone.so.1 (which /usr/bin/broken needs)", "/usr/bin/gone"]
+        );
     }
 
     #[test]

@@ -65,6 +65,31 @@ impl<'a> Root<'a> {
         }
     }
 
+    /// Like [`Root::file`], with every symbolic link followed on the way
+    /// (each path that is a link).
+    pub(super) fn file_with_links(
+        &self,
+        path: &str,
+    ) -> Option<(String, Option<&'a Needs>, Vec<String>)> {
+        let links = std::cell::RefCell::new(Vec::new());
+        let real = rootpath::resolve(path, true, |p| {
+            let t = self.link(p);
+            if t.is_some() {
+                links.borrow_mut().push(p.to_string());
+            }
+            t
+        })?;
+        match self.paths.get(real.as_str()) {
+            Some((_, Node::File { needs, .. })) => Some((real, needs.as_ref(), links.into_inner())),
+            _ => None,
+        }
+    }
+
+    /// Whether `path` is a symbolic link.
+    pub(super) fn is_link(&self, path: &str) -> bool {
+        self.link(path).is_some()
+    }
+
     /// Every ELF with what it needs, and its layer.
     pub(super) fn elves(&self) -> impl Iterator<Item = (&'a str, &'a str, &'a Needs)> + '_ {
         self.paths

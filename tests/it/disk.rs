@@ -1,9 +1,12 @@
-//! `--format disk`: a whole node as a GPT disk whose EFI system partition
-//! holds systemd-boot, its loader entry, the kernel and the initrds. Judged
-//! by sfdisk (the partition table), fsck.vfat and mtools (the ESP), and
-//! qemu-img (the qcow2); booted under OVMF by `just vm-test`.
+//! `--format disk`: a whole node as a GPT disk: an EFI system partition
+//! with systemd-boot, its loader entry, the kernel and a small boot
+//! initramfs; the read-only root (squashfs) and its dm-verity hash
+//! partition, whose root hash the entry carries. Judged by sfdisk (the
+//! partition table), fsck.vfat and mtools (the ESP), unsquashfs (the root),
+//! veritysetup (the hash tree against the root hash), cpio (the boot
+//! initramfs) and qemu-img (the qcow2); booted under OVMF by `just vm-test`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::build::{build, synthetic};
 use crate::http::Server;
@@ -13,9 +16,46 @@ use crate::pxe::{KERNEL, base_tar, build_node, deb_with, mode, whole, with_os_pa
 
 const LOADER: &[u8] = b"MZ imgbuild test stand-in for systemd-bootx64.efi";
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+const VERITY_TYPE: &str = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5";
+/// What the boot initramfs runs (stand-ins: the VM test boots the real
+/// ones) and a module it holds and one it leaves out.
+const BOOT_FILES: &[(&str, &[u8])] = &[
+    ("bin -> usr/bin", b""),
+    ("lib -> usr/lib", b""),
+    ("sbin -> usr/sbin", b""),
+    ("usr/", b""),
+    ("usr/bin/", b""),
+    ("usr/bin/sh", b"#!stand-in dash\n"),
+    ("usr/bin/cat", b"stand-in\n"),
+    ("usr/bin/cp", b"stand-in\n"),
+    ("usr/bin/mkdir", b"stand-in\n"),
+    ("usr/bin/mount", b"stand-in\n"),
+    ("usr/bin/sleep", b"stand-in\n"),
+    ("usr/bin/uname", b"stand-in\n"),
+    ("usr/bin/kmod", b"stand-in\n"),
+    ("usr/sbin/", b""),
+    ("usr/sbin/depmod", b"stand-in\n"),
+    ("usr/sbin/modprobe", b"stand-in\n"),
+    ("usr/sbin/blkid", b"stand-in\n"),
+    ("usr/sbin/switch_root", b"stand-in\n"),
+    ("usr/lib/", b""),
+    ("usr/lib/systemd/", b""),
+    ("usr/lib/systemd/systemd-veritysetup", b"stand-in\n"),
+    ("usr/lib/modules/", b""),
+    ("usr/lib/modules/6.1.0-test/", b""),
+    ("usr/lib/modules/6.1.0-test/modules.dep", b""),
+    ("usr/lib/modules/6.1.0-test/kernel/", b""),
+    ("usr/lib/modules/6.1.0-test/kernel/fs/", b""),
+    ("usr/lib/modules/6.1.0-test/kernel/fs/squashfs/", b""),
+    ("usr/lib/modules/6.1.0-test/kernel/fs/squashfs/squashfs.ko", b"stand-in\n"),
+    ("usr/lib/modules/6.1.0-test/kernel/net/", b""),
+    ("usr/lib/modules/6.1.0-test/kernel/net/ip_vs.ko", b"stand-in\n"),
+];
 
-/// The lab with a base OS and a systemd-boot-efi package.
-fn disk_lab() -> (Lab, Server) {
+/// The lab with a base OS, a systemd-boot-efi package and (when `tools`)
+/// what the boot initramfs runs, in a usr-merged root.
+fn disk_lab_with(tools: bool) -> (Lab, Server) {
     let (lab, server) = synthetic();
     let lab = whole(lab, &server, &base_tar(true));
     let efi = deb_with(
@@ -31,7 +71,15 @@ fn disk_lab() -> (Lab, Server) {
         ],
     );
     with_os_package(&lab, &server, "systemd-boot-efi", &efi);
+    if tools {
+        let tools = deb_with("boot-tools", "1.0-test", BOOT_FILES);
+        with_os_package(&lab, &server, "boot-tools", &tools);
+    }
     (lab, server)
+}
+
+fn disk_lab() -> (Lab, Server) {
+    disk_lab_with(true)
 }
 
 /// `mtype` of a file of the ESP at 1 MiB into `raw`.
@@ -44,65 +92,87 @@ fn esp_file(raw: &Path, path: &str) -> Vec<u8> {
         .ok_bytes()
 }
 
+/// The partitions of `raw` as sfdisk reads them.
+fn partitions(raw: &Path) -> Vec<serde_json::Value> {
+    let table: serde_json::Value =
+        serde_json::from_str(&judge("sfdisk").arg("--json").arg(raw).ok()).unwrap();
+    assert_eq!(table["partitiontable"]["label"], "gpt", "{table}");
+    table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Partition `p` of `raw` copied out to `to`.
+fn copy_out(raw: &Path, p: &serde_json::Value, to: &Path) -> PathBuf {
+    judge_sh(&format!(
+        "dd if='{}' bs=512 skip={} count={} status=none of='{}'",
+        raw.display(),
+        p["start"].as_u64().unwrap(),
+        p["size"].as_u64().unwrap(),
+        to.display()
+    ))
+    .ok();
+    to.to_path_buf()
+}
+
+/// The value of `key=` on the loader entry's options line.
+fn option<'a>(entry: &'a str, key: &str) -> &'a str {
+    entry
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {entry}"))
+}
+
 #[test]
-fn a_node_disk_is_a_gpt_whose_esp_boots_systemd_boot_with_the_nodes_kernel_and_initrds() {
+fn a_node_disk_boots_systemd_boot_with_its_kernel_a_boot_initramfs_and_a_verity_root() {
     let (lab, server) = disk_lab();
     build_node(&lab, &server, "d", &["--format", "disk"]);
     let dir = lab.path("d/node01/disk");
     let raw = dir.join("disk.raw");
-    // the partition table: one ESP at 1 MiB
-    let table: serde_json::Value =
-        serde_json::from_str(&judge("sfdisk").arg("--json").arg(&raw).ok()).unwrap();
-    let t = &table["partitiontable"];
-    assert_eq!(t["label"], "gpt", "{table}");
-    let esp = &t["partitions"][0];
-    assert_eq!(
-        (esp["type"].as_str(), esp["start"].as_u64()),
-        (Some(ESP_TYPE), Some(2048)),
-        "{table}"
-    );
-    let uuid = esp["uuid"].as_str().unwrap().to_lowercase();
+    let parts = partitions(&raw);
+    let kinds: Vec<_> = parts.iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, [ESP_TYPE, ROOT_TYPE, VERITY_TYPE], "{parts:?}");
+    assert_eq!(parts[0]["start"].as_u64(), Some(2048), "{parts:?}");
+    let uuid = |i: usize| parts[i]["uuid"].as_str().unwrap().to_lowercase();
     // the ESP: a clean FAT with systemd-boot where firmware looks for it
-    judge_sh(&format!(
-        "dd if='{}' bs=1M skip=1 count={} status=none of='{}/esp' && fsck.vfat -n '{}/esp'",
-        raw.display(),
-        esp["size"].as_u64().unwrap() / 2048,
-        dir.display(),
-        dir.display()
-    ))
-    .ok();
+    let esp = copy_out(&raw, &parts[0], &dir.join("esp"));
+    judge("fsck.vfat").arg("-n").arg(&esp).ok();
     assert_eq!(esp_file(&raw, "EFI/BOOT/BOOTX64.EFI"), LOADER);
     assert_eq!(esp_file(&raw, "imgbuild/vmlinuz"), KERNEL);
     let loader = String::from_utf8(esp_file(&raw, "loader/loader.conf")).unwrap();
-    assert!(
-        loader.contains("default imgbuild.conf\ntimeout 0\n"),
-        "{loader}"
-    );
+    assert!(loader.contains("default imgbuild.conf\ntimeout 0\n"), "{loader}");
     let entry = String::from_utf8(esp_file(&raw, "loader/entries/imgbuild.conf")).unwrap();
-    for want in [
-        "linux /imgbuild/vmlinuz\n",
-        "initrd /imgbuild/initrd.img\ninitrd /imgbuild/secrets.img\n",
-        "options console=tty0 console=ttyS0,115200 imgbuild.rootsize=75% ",
-        &format!(" imgbuild.esp=PARTUUID={uuid}\n"),
-    ] {
-        assert!(entry.contains(want), "lacks {want:?}:\n{entry}");
-    }
-    // the initrd is the whole node's, the secrets apart
-    let initrd = esp_file(&raw, "imgbuild/initrd.img");
-    let pxe_dir = lab.path("p/node01/pxe");
-    build_node(&lab, &server, "p", &["--format", "pxe"]);
-    assert_eq!(
-        initrd,
-        std::fs::read(pxe_dir.join("initrd.cpio.gz")).unwrap()
+    assert!(
+        entry.contains("linux /imgbuild/vmlinuz\ninitrd /imgbuild/boot.img\noptions console=tty0 console=ttyS0,115200 imgbuild.rootsize=75% "),
+        "{entry}"
     );
+    assert_eq!(option(&entry, "imgbuild.root"), format!("PARTUUID={}", uuid(1)));
+    assert_eq!(option(&entry, "imgbuild.verity"), format!("PARTUUID={}", uuid(2)));
+    assert_eq!(option(&entry, "imgbuild.esp"), format!("PARTUUID={}", uuid(0)));
+    // the root hash: its halves are the partitions' GUIDs (as systemd-repart
+    // makes them), and veritysetup finds the root's every block in the tree
+    let hash = option(&entry, "imgbuild.roothash");
+    assert_eq!(hash, format!("{}{}", uuid(1), uuid(2)).replace('-', ""));
+    let root = copy_out(&raw, &parts[1], &dir.join("root"));
+    let tree = copy_out(&raw, &parts[2], &dir.join("tree"));
+    judge("veritysetup").arg("verify").arg(&root).arg(&tree).arg(hash).ok();
+    root_holds_the_node(&root);
+    // one changed byte of the root and veritysetup refuses it
+    judge_sh(&format!(
+        "printf X | dd of='{}' bs=1 seek=70000 conv=notrunc status=none",
+        root.display()
+    ))
+    .ok();
+    let tampered = judge("veritysetup").arg("verify").arg(&root).arg(&tree).arg(hash).output();
+    assert!(!tampered.status.success(), "veritysetup took a changed root");
+    boot_initramfs_holds_its_programs_and_nothing_of_the_node(&raw, &dir);
+    for f in ["esp", "root", "tree"] {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
     // the qcow2 is the same disk; both private: the disk holds the secrets
-    judge("qemu-img")
-        .args(["compare", "-q"])
-        .arg(&raw)
-        .arg(dir.join("disk.qcow2"))
-        .ok();
+    judge("qemu-img").args(["compare", "-q"]).arg(&raw).arg(dir.join("disk.qcow2")).ok();
     assert_eq!((mode(&raw), mode(&dir.join("disk.qcow2"))), (0o600, 0o600));
-    std::fs::remove_file(dir.join("esp")).unwrap();
     lab.imgbuild(&["verify", "d/node01"]).assert_ok();
     // a node's disk anyone can read fails verification
     std::fs::set_permissions(&raw, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
@@ -111,6 +181,57 @@ fn a_node_disk_is_a_gpt_whose_esp_boots_systemd_boot_with_the_nodes_kernel_and_i
         .assert_stderr_has(
             "disk/disk.raw: mode 0644; it carries the secrets layer and must be 0600",
         );
+}
+
+/// The root filesystem: the base, the node's files and secrets, and the
+/// root's own `/init` with the state partition's definition.
+fn root_holds_the_node(root: &Path) {
+    let list = judge("unsquashfs").args(["-lln", "-d", ""]).arg(root).ok();
+    for want in [
+        "-rwxr-xr-x 0/0 ",
+        " /init\n",
+        " /imgbuild.repart.d/50-imgbuild-state.conf\n",
+        " /etc/debian_version\n",
+        " /usr/lib/systemd/boot/efi/systemd-bootx64.efi\n",
+        " /etc/kubernetes/pki/kubelet-client.key\n",
+    ] {
+        assert!(list.contains(want), "lacks {want:?}:\n{list}");
+    }
+    let key = list
+        .lines()
+        .find(|l| l.ends_with(" /etc/kubernetes/pki/kubelet-client.key"))
+        .unwrap();
+    assert!(key.starts_with("-rw------- 0/0 "), "{key}");
+    let init = judge("unsquashfs").args(["-cat"]).arg(root).arg("init").ok();
+    assert!(init.contains("imgbuild's /init"), "{init}");
+}
+
+/// The boot initramfs: `/init`, the programs it runs and the storage and
+/// filesystem modules; nothing of the node's own.
+fn boot_initramfs_holds_its_programs_and_nothing_of_the_node(raw: &Path, dir: &Path) {
+    std::fs::write(dir.join("boot.img"), esp_file(raw, "imgbuild/boot.img")).unwrap();
+    let list = judge_sh(&format!(
+        "gzip -dc '{}/boot.img' | cpio -t --quiet",
+        dir.display()
+    ))
+    .ok();
+    std::fs::remove_file(dir.join("boot.img")).unwrap();
+    let names: Vec<&str> = list.lines().collect();
+    for want in [
+        "init",
+        "usr/bin/sh",
+        "usr/bin/kmod",
+        "usr/sbin/switch_root",
+        "usr/lib/systemd/systemd-veritysetup",
+        "usr/lib/modules/6.1.0-test/modules.dep",
+        "usr/lib/modules/6.1.0-test/kernel/fs/squashfs/squashfs.ko",
+        "newroot",
+    ] {
+        assert!(names.contains(&want), "lacks {want}:\n{list}");
+    }
+    for never in ["kernel/net/ip_vs.ko", "etc/kubernetes", ".key", "etc/hostname"] {
+        assert!(!list.contains(never), "holds {never}:\n{list}");
+    }
 }
 
 #[test]
@@ -133,20 +254,15 @@ fn two_disk_builds_are_the_same_bytes_and_a_generic_disk_holds_no_secret() {
     .assert_ok();
     let raw = lab.path("g/worker/disk/disk.raw");
     assert_eq!(mode(&raw), 0o644);
-    let names = judge("mdir")
-        .args(["-b", "-i"])
-        .arg(format!("{}@@1M", raw.display()))
-        .arg("::/imgbuild")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .ok();
-    assert!(
-        names.contains("initrd.img") && !names.contains("secrets"),
-        "{names}"
-    );
+    let parts = partitions(&raw);
+    let root = copy_out(&raw, &parts[1], &lab.path("g/root"));
+    let list = judge("unsquashfs").args(["-lln", "-d", ""]).arg(&root).ok();
+    assert!(list.contains(" /etc/debian_version\n"), "{list}");
+    assert!(!list.contains(".key\n") && !list.contains("/pki/"), "{list}");
     // it takes the node's own layers from the node's seed attached to it
     let entry = String::from_utf8(esp_file(&raw, "loader/entries/imgbuild.conf")).unwrap();
     assert!(
-        entry.contains(" imgbuild.seed=LABEL=cidata imgbuild.esp=PARTUUID="),
+        entry.contains(" imgbuild.seed=LABEL=cidata imgbuild.root=PARTUUID="),
         "{entry}"
     );
 }
@@ -166,4 +282,9 @@ fn a_disk_needs_a_base_os_and_systemd_boot_and_says_so() {
     build(&lab, &server, &["node", "--role", "node01", "--format", "disk"], &[])
         .assert_failed()
         .assert_stderr_has("have no /usr/lib/systemd/boot/efi/systemd-bootx64.efi (systemd-boot): add the `systemd-boot-efi` package");
+    let (lab, server) = disk_lab_with(false);
+    build(&lab, &server, &["node", "--role", "node01", "--format", "disk"], &[])
+        .assert_failed()
+        .assert_stderr_has("node01: the disk's boot initramfs needs /bin/sh, /bin/cat")
+        .assert_stderr_has("add the packages that hold them");
 }

@@ -373,7 +373,7 @@ const BASE_URL: &str = "https://deb.example/imgbuild-test/debian-base-12-amd64.t
 
 /// A gzip'd tar as a root filesystem archive is: `./`-relative paths,
 /// directories before their files, root owners. A path ending in `/` is a
-/// directory.
+/// directory; `PATH -> TARGET` a symbolic link.
 pub(crate) fn root_targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
         Vec::new(),
@@ -381,6 +381,14 @@ pub(crate) fn root_targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
     ));
     for (path, data) in entries {
         let mut h = tar::Header::new_gnu();
+        if let Some((path, target)) = path.split_once(" -> ") {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_mtime(1_700_000_000);
+            h.set_size(0);
+            b.append_link(&mut h, format!("./{path}"), target).unwrap();
+            continue;
+        }
         let dir = path.ends_with('/');
         h.set_entry_type(if dir {
             tar::EntryType::Directory

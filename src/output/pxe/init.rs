@@ -19,11 +19,11 @@ pub(crate) const SCRIPT: &str = include_str!("init.sh");
 /// Where `/init` keeps the state partition's repart.d(5) definition, in
 /// the initial root only (not copied into the node's).
 pub(crate) const REPART_DIR: &str = "imgbuild.repart.d";
-const REPART_STATE: &str = "imgbuild.repart.d/50-imgbuild-state.conf";
+pub(crate) const REPART_STATE: &str = "imgbuild.repart.d/50-imgbuild-state.conf";
 /// The state partition of a disk (`--format disk`): made by systemd-repart
 /// on the first boot from the disk in the space after the ESP, grown into
 /// what is free on later boots, ext4.
-const REPART: &str = "# imgbuild: the state partition of a node booted from its disk (docs/build.md)\n\
+pub(crate) const REPART: &str = "# imgbuild: the state partition of a node booted from its disk (docs/build.md)\n\
 [Partition]\n\
 Type=linux-generic\n\
 Label=imgbuild-state\n\
@@ -131,7 +131,8 @@ mod tests {
             "imgbuild.rootsize=*",
             "imgbuild.init=*",
             "size=75% init=/sbin/init hostname='' ip='' esp=''",
-            "exec switch_root /newroot \"$init\"",
+            "exec switch_root $R \"$init\"",
+            "imgbuild.root=*) R='' ;;",
             "echo \"imgbuild-init: $*\" >/dev/kmsg",
             "exec /bin/sh",
         ] {

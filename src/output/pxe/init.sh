@@ -17,7 +17,10 @@
 #                           layers of the node seed.iso on that volume
 #                           (checked against its user-data's sha256) go
 #                           into the root; without the volume, stop
-# Booted from a disk (--format disk):
+# Booted from a disk (--format disk), this is the root's own /init, run by
+# the disk's boot initramfs once it has laid a tmpfs over the read-only root
+# (imgbuild.root= on the command line): the root is not copied, the steps
+# below work on it in place.
 #   imgbuild.esp=PARTUUID=U the EFI system partition it was loaded from: on
 #                           its disk, systemd-repart creates (first boot) or
 #                           grows the state partition (/imgbuild.repart.d:
@@ -36,9 +39,10 @@ fail() {
   say "FAILED: $*; starting a shell"
   exec /bin/sh
 }
-mount -t proc proc /proc || fail "cannot mount /proc"
-mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
-mount -t sysfs sysfs /sys 2>/dev/null || true
+# (from a disk's boot initramfs, switch_root has moved them here already)
+[ -e /proc/self ] || mount -t proc proc /proc || fail "cannot mount /proc"
+[ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
+[ -d /sys/kernel ] || mount -t sysfs sysfs /sys 2>/dev/null || true
 # the kernel opens /dev/console before /init only when the archive has one
 [ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
 # a dotted netmask (or a prefix length) as a prefix length
@@ -63,8 +67,8 @@ set_hostname() {
   case $1 in
     *[!a-z0-9.-]* | -* | '') fail "imgbuild.hostname=$1 is not a host name" ;;
   esac
-  echo "$1" >/newroot/etc/hostname || fail "cannot write /etc/hostname"
-  hosts=/newroot/etc/hosts
+  echo "$1" >$R/etc/hostname || fail "cannot write /etc/hostname"
+  hosts=$R/etc/hosts
   if [ -f $hosts ]; then
     grep -v '^127\.0\.1\.1[[:space:]]' $hosts >$hosts.new
   fi
@@ -80,9 +84,9 @@ set_network() {
   IFS=$old_ifs
   client=$1 gw=${3:-} mask=${4:-} dev=${6:-} auto=${7:-} dns0=${8:-} dns1=${9:-}
   [ -n "$dev" ] || dev='en* eth*'
-  units=/newroot/etc/systemd
-  [ -e /newroot/lib/systemd/system/systemd-networkd.service ] ||
-    [ -e /newroot/usr/lib/systemd/system/systemd-networkd.service ] ||
+  units=$R/etc/systemd
+  [ -e $R/lib/systemd/system/systemd-networkd.service ] ||
+    [ -e $R/usr/lib/systemd/system/systemd-networkd.service ] ||
     fail "imgbuild.ip= given, but the root has no systemd-networkd"
   mkdir -p $units/network $units/system/multi-user.target.wants || fail "cannot make $units"
   {
@@ -121,12 +125,12 @@ set_state() {
   systemd-repart --dry-run=no --no-pager --definitions=/imgbuild.repart.d "$disk" ||
     fail "systemd-repart could not make the state partition on $disk"
   part=$(device PARTLABEL=imgbuild-state 10) || fail "no imgbuild-state partition on $disk"
-  st=/newroot/var/lib/imgbuild/state
+  st=$R/var/lib/imgbuild/state
   mkdir -p $st || fail "cannot make $st"
   mount -t ext4 "$part" $st || fail "cannot mount $part"
   for d in etcd containerd; do
-    mkdir -p "$st/$d" "/newroot/var/lib/$d" || fail "cannot make /var/lib/$d"
-    mount --bind "$st/$d" "/newroot/var/lib/$d" || fail "cannot bind /var/lib/$d to the state partition"
+    mkdir -p "$st/$d" "$R/var/lib/$d" || fail "cannot make /var/lib/$d"
+    mount --bind "$st/$d" "$R/var/lib/$d" || fail "cannot bind /var/lib/$d to the state partition"
   done
   say "state on $part ($disk)"
 }
@@ -146,14 +150,14 @@ set_seed() {
     if [ -z "$want" ] || [ "$want" != "$got" ]; then
       fail "the seed's $(basename "$f") is not what its user-data names (sha256 $got)"
     fi
-    tar -xzpf "$f" -C /newroot --numeric-owner || fail "cannot extract the seed's $(basename "$f")"
+    tar -xzpf "$f" -C "${R:-/}" --numeric-owner || fail "cannot extract the seed's $(basename "$f")"
     n=$((n + 1))
   done
   umount /imgbuild.seed
   [ $n -gt 0 ] || fail "the seed $dev holds no node or secrets layer"
   say "the node's layers from the seed $dev ($n)"
 }
-size=75% init=/sbin/init hostname='' ip='' esp='' seed=''
+size=75% init=/sbin/init hostname='' ip='' esp='' seed='' R=/newroot
 # shellcheck disable=SC2013 # the command line's words
 for a in $(cat /proc/cmdline); do
   case $a in
@@ -163,6 +167,7 @@ for a in $(cat /proc/cmdline); do
     imgbuild.ip=*) ip=${a#*=} ;;
     imgbuild.esp=*) esp=${a#*=} ;;
     imgbuild.seed=*) seed=${a#*=} ;;
+    imgbuild.root=*) R='' ;;
   esac
 done
 # a kernel unpacked from its .deb (no maintainer script ran) has no module
@@ -171,24 +176,30 @@ kver=$(uname -r)
 if [ -n "$kver" ] && [ -d "/lib/modules/$kver" ] && [ ! -e "/lib/modules/$kver/modules.dep.bin" ]; then
   if depmod -a "$kver"; then say "indexed the modules of $kver (depmod)"; else say "depmod $kver failed"; fi
 fi
-mount -t tmpfs -o "size=$size,mode=0755" root /newroot ||
-  fail "cannot mount a tmpfs of size=$size on /newroot"
-say "copying the root into a tmpfs (size=$size)"
-for e in /* /.[!.]*; do
-  case $e in
-    /proc | /dev | /sys | /run | /newroot | /init | /imgbuild.repart.d | /imgbuild.seed | '/.[!.]*') continue ;;
-  esac
-  cp -a "$e" /newroot/ || fail "cannot copy $e into the tmpfs"
-done
-mkdir -p /newroot/proc /newroot/dev /newroot/sys /newroot/run ||
-  fail "cannot make the mount points in the tmpfs"
-[ -x "/newroot$init" ] || fail "no $init in the root"
+if [ -n "$R" ]; then
+  mount -t tmpfs -o "size=$size,mode=0755" root $R ||
+    fail "cannot mount a tmpfs of size=$size on $R"
+  say "copying the root into a tmpfs (size=$size)"
+  for e in /* /.[!.]*; do
+    case $e in
+      /proc | /dev | /sys | /run | $R | /init | /imgbuild.repart.d | /imgbuild.seed | '/.[!.]*') continue ;;
+    esac
+    cp -a "$e" $R/ || fail "cannot copy $e into the tmpfs"
+  done
+  mkdir -p $R/proc $R/dev $R/sys $R/run ||
+    fail "cannot make the mount points in the tmpfs"
+fi
+[ -x "$R$init" ] || fail "no $init in the root"
 # a name from imgbuild.ip= stands when imgbuild.hostname= is not given
 [ -n "$hostname" ] || hostname=$(echo "$ip" | cut -s -d: -f5)
 [ -z "$hostname" ] || set_hostname "$hostname"
 [ -z "$ip" ] || set_network "$ip"
 [ -z "$seed" ] || set_seed "$seed"
 [ -z "$esp" ] || set_state "$esp"
+if [ -z "$R" ]; then
+  say "exec $init"
+  exec "$init"
+fi
 # switch_root moves /proc and /dev into the new root and frees this one
 say "switch_root to $init"
-exec switch_root /newroot "$init"
+exec switch_root $R "$init"
