@@ -624,9 +624,15 @@ impl Assembly<'_> {
         // identity: it carries none
         let node = self.plan.kind == crate::plan::TargetKind::Node;
         let private = node && self.layers.iter().any(|l| l.kind == LayerKind::Secrets);
+        let layers: Vec<BuiltLayer> = self
+            .layers
+            .iter()
+            .filter(|l| private || l.kind != LayerKind::Secrets)
+            .cloned()
+            .collect();
         let input = disk::Input {
             plan: self.plan,
-            layers: self.layers,
+            layers: &layers,
             kernel: &kernel,
             // a role's generic disk takes the node's own layers from the
             // node's seed attached to it (docs/build.md)

@@ -384,6 +384,8 @@ pub(crate) fn root_targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
         if let Some((path, target)) = path.split_once(" -> ") {
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_mode(0o777);
+            h.set_uid(0);
+            h.set_gid(0);
             h.set_mtime(1_700_000_000);
             h.set_size(0);
             b.append_link(&mut h, format!("./{path}"), target).unwrap();
@@ -821,7 +823,13 @@ pub(crate) fn with_os_package(lab: &Lab, server: &Server, package: &str, bytes: 
         .unwrap()
         .push(deb);
     let os = doc.get_mut("os").unwrap().as_table_mut().unwrap();
-    os.insert("packages".into(), toml::Value::Array(vec![package.into()]));
+    let mut packages = os
+        .get("packages")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    packages.push(package.into());
+    os.insert("packages".into(), toml::Value::Array(packages));
     std::fs::write(&pins, toml::to_string(&doc).unwrap()).unwrap();
 }
 
