@@ -123,6 +123,12 @@ pub struct Staged {
 
 /// Stages `bytes` for `path`, with exactly `mode`, whatever the umask.
 pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
+    stage_with(path, bytes, mode, true)
+}
+
+/// [`stage`], the file fsynced only when `sync`: many files staged at once
+/// are made durable by one [`sync_fs`] before any is committed.
+pub fn stage_with(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<Staged> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -144,8 +150,22 @@ pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
         .open(&staged.tmp)?;
     f.set_permissions(fs::Permissions::from_mode(mode))?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     Ok(staged)
+}
+
+/// Writes back every dirty page of the filesystem that holds `dir`
+/// (syncfs(2)): what was staged there is durable once it returns.
+pub fn sync_fs(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir)?;
+    // SAFETY: syncfs takes an open descriptor, which `d` keeps open
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Staged {

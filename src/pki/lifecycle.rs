@@ -39,12 +39,16 @@ impl State<'_> {
         let token = self.ensure_token()?.value();
         self.ensure_vrrp_password()?;
         self.ensure_encryption_config()?;
+        // the leaves and kubeconfigs read no file another writes: staged
+        // together, made durable at once, then put in place
+        self.begin_batch();
         for leaf in self.spec.leaves.clone() {
             self.ensure_leaf(&leaf, &cas[&leaf.ca], renew)?;
         }
         for kc in self.spec.kubeconfigs.clone() {
             self.ensure_kubeconfig(&kc, &cas[&Ca::Kubernetes], &token, renew)?;
         }
+        self.commit_batch()?;
         Ok(self.changes)
     }
 

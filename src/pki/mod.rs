@@ -140,6 +140,9 @@ pub(crate) struct State<'a> {
     dir: PathBuf,
     spec: PkiSpec,
     changes: Vec<Change>,
+    /// Files written but not yet in place while the leaves are issued
+    /// (see [`State::write_all`]); `None` writes each group at once.
+    batch: Option<Vec<(PathBuf, fsutil::Staged)>>,
 }
 
 impl<'a> State<'a> {
@@ -150,6 +153,7 @@ impl<'a> State<'a> {
             dir: dir.to_path_buf(),
             spec: spec::spec(m),
             changes: Vec::new(),
+            batch: None,
         }
     }
 
@@ -166,15 +170,18 @@ impl<'a> State<'a> {
         }
     }
 
-    fn write(&self, rel: &str, text: &str) -> Result<(), PkiError> {
+    fn write(&mut self, rel: &str, text: &str) -> Result<(), PkiError> {
         self.write_all(&[(rel, text)])
     }
 
     /// Writes files that belong together (a key and its certificate): all
     /// staged (written and fsynced) before the first is renamed into place,
     /// so a crash between them is a matter of microseconds; a key that does
-    /// not match its certificate is re-issued on the next run anyway.
-    fn write_all(&self, files: &[(&str, &str)]) -> Result<(), PkiError> {
+    /// not match its certificate is re-issued on the next run anyway. In a
+    /// batch ([`State::begin_batch`]) they are staged unsynced and put in
+    /// place by [`State::commit_batch`].
+    fn write_all(&mut self, files: &[(&str, &str)]) -> Result<(), PkiError> {
+        let sync = self.batch.is_none();
         let mut staged = Vec::new();
         for (rel, text) in files {
             let path = self.path(rel);
@@ -183,19 +190,41 @@ impl<'a> State<'a> {
                 path: parent.clone(),
                 source,
             })?;
-            let s = fsutil::stage(&path, text.as_bytes(), FILE_MODE).map_err(|source| {
-                PkiError::Write {
+            let s = fsutil::stage_with(&path, text.as_bytes(), FILE_MODE, sync).map_err(
+                |source| PkiError::Write {
                     path: path.clone(),
                     source,
-                }
-            })?;
+                },
+            )?;
             staged.push((path, s));
         }
-        for (path, s) in staged {
-            s.commit()
-                .map_err(|source| PkiError::Write { path, source })?;
+        match &mut self.batch {
+            Some(batch) => batch.extend(staged),
+            None => commit(staged)?,
         }
         Ok(())
+    }
+
+    /// From here files are staged unsynced (a fleet's leaves: one fsync
+    /// each was most of a 10,000-node build), until [`State::commit_batch`].
+    fn begin_batch(&mut self) {
+        self.batch.get_or_insert_with(Vec::new);
+    }
+
+    /// Makes the batch durable with one syncfs of the state dir's
+    /// filesystem, then renames every file into place.
+    fn commit_batch(&mut self) -> Result<(), PkiError> {
+        let Some(staged) = self.batch.take() else {
+            return Ok(());
+        };
+        if staged.is_empty() {
+            return Ok(());
+        }
+        fsutil::sync_fs(&self.dir).map_err(|source| PkiError::Write {
+            path: self.dir.clone(),
+            source,
+        })?;
+        commit(staged)
     }
 
     fn note(&mut self, path: &str, action: Action) {
@@ -208,6 +237,15 @@ impl<'a> State<'a> {
     fn alg(&self) -> KeyAlgorithm {
         self.m.cluster.pki.key_algorithm
     }
+}
+
+/// Renames staged files into place, in order.
+fn commit(staged: Vec<(PathBuf, fsutil::Staged)>) -> Result<(), PkiError> {
+    for (path, s) in staged {
+        s.commit()
+            .map_err(|source| PkiError::Write { path, source })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
