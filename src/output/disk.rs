@@ -373,7 +373,11 @@ pub(crate) fn write(input: &Input, out: &Path) -> Result<Vec<(String, String)>, 
 /// The root's tree (spooled to `spool`), the boot loader and initramfs
 /// taken from it, and the root filesystem written into a new `raw` after
 /// the room the ESP needs.
-fn root_and_boot(input: &Input, raw: &Path, spool: &Path) -> Result<(File, Boot, Layout), DiskError> {
+fn root_and_boot(
+    input: &Input,
+    raw: &Path,
+    spool: &Path,
+) -> Result<(File, Boot, Layout), DiskError> {
     let target = input.plan.target.as_str();
     let own = [
         Own {
@@ -393,8 +397,13 @@ fn root_and_boot(input: &Input, raw: &Path, spool: &Path) -> Result<(File, Boot,
         source: Box::new(e),
     })?;
     let boot = boot_files(input, &tree)?;
-    let esp_len = esp_size(&esp_files(input, boot.loader.clone(), boot.initramfs.clone(), ""))
-        .map_err(io_err(target, input.kernel))?;
+    let esp_len = esp_size(&esp_files(
+        input,
+        boot.loader.clone(),
+        boot.initramfs.clone(),
+        "",
+    ))
+    .map_err(io_err(target, input.kernel))?;
     let _ = fs::remove_file(raw);
     let mut file = fs::OpenOptions::new()
         .read(true)
@@ -404,13 +413,12 @@ fn root_and_boot(input: &Input, raw: &Path, spool: &Path) -> Result<(File, Boot,
         .open(raw)
         .map_err(io_err(target, raw))?;
     let root_at = MIB + esp_len;
-    let root_len = squash::write(&tree, mtime, &mut file, root_at).map_err(|message| {
-        DiskError::Root {
+    let root_len =
+        squash::write(&tree, mtime, &mut file, root_at).map_err(|message| DiskError::Root {
             target: target.to_string(),
             path: raw.to_path_buf(),
             message,
-        }
-    })?;
+        })?;
     let layout = Layout {
         esp_len,
         root_at,
@@ -495,7 +503,8 @@ fn finish_raw(
             .unwrap_or([0; 4]),
     );
     let esp = esp_image((target, input.mtime), &files, layout.esp_len, volume_id)?;
-    file.seek(SeekFrom::Start(MIB)).map_err(io_err(target, raw))?;
+    file.seek(SeekFrom::Start(MIB))
+        .map_err(io_err(target, raw))?;
     file.write_all(&esp).map_err(io_err(target, raw))?;
     let end = layout.hash_at + v.size.next_multiple_of(MIB);
     file.set_len(end + MIB).map_err(io_err(target, raw))?;
@@ -538,7 +547,22 @@ fn write_gpt(
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
         .create_from_device(file, Some(ids.disk))
         .map_err(|e| gpt_err(&e))?;
-    let (root_type, verity_type) = root_types(input.plan.arch);
+    let partitions = partitions(input.plan.arch, layout, hash_len, ids);
+    disk.update_partitions(partitions)
+        .map_err(|e| gpt_err(&e))?;
+    let file = disk.write().map_err(|e| gpt_err(&e))?;
+    file.sync_all().map_err(io_err(target, raw))
+}
+
+/// The ESP, the root and its hash partition, each from a MiB boundary and
+/// a whole number of MiB.
+fn partitions(
+    arch: Arch,
+    layout: &Layout,
+    hash_len: u64,
+    ids: &Ids,
+) -> BTreeMap<u32, gpt::partition::Partition> {
+    let (root_type, verity_type) = root_types(arch);
     let linux = |guid: &str| gpt::partition_types::Type {
         guid: uuid::Uuid::parse_str(guid).unwrap_or_default(),
         os: gpt::partition_types::OperatingSystem::Linux,
@@ -556,14 +580,32 @@ fn write_gpt(
             },
         )
     };
-    let partitions = BTreeMap::from([
-        part(1, gpt::partition_types::EFI, ids.esp, MIB, layout.esp_len, "ESP"),
-        part(2, linux(root_type), ids.root, layout.root_at, layout.root_len, "imgbuild-root"),
-        part(3, linux(verity_type), ids.verity, layout.hash_at, hash_len, "imgbuild-root-verity"),
-    ]);
-    disk.update_partitions(partitions).map_err(|e| gpt_err(&e))?;
-    let file = disk.write().map_err(|e| gpt_err(&e))?;
-    file.sync_all().map_err(io_err(target, raw))
+    BTreeMap::from([
+        part(
+            1,
+            gpt::partition_types::EFI,
+            ids.esp,
+            MIB,
+            layout.esp_len,
+            "ESP",
+        ),
+        part(
+            2,
+            linux(root_type),
+            ids.root,
+            layout.root_at,
+            layout.root_len,
+            "imgbuild-root",
+        ),
+        part(
+            3,
+            linux(verity_type),
+            ids.verity,
+            layout.hash_at,
+            hash_len,
+            "imgbuild-root-verity",
+        ),
+    ])
 }
 
 /// `qemu-img convert -O qcow2 raw qcow2`.

@@ -190,12 +190,13 @@ impl<'a> State<'a> {
                 path: parent.clone(),
                 source,
             })?;
-            let s = fsutil::stage_with(&path, text.as_bytes(), FILE_MODE, sync).map_err(
-                |source| PkiError::Write {
-                    path: path.clone(),
-                    source,
-                },
-            )?;
+            let s =
+                fsutil::stage_with(&path, text.as_bytes(), FILE_MODE, sync).map_err(|source| {
+                    PkiError::Write {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
             staged.push((path, s));
         }
         match &mut self.batch {

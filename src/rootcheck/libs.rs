@@ -192,10 +192,16 @@ impl<'r, 'a> Loader<'r, 'a> {
 
     /// [`Loader::closure`] of one program: a library already loaded for it
     /// by that name is used again, as ld.so does.
-    fn program_closure(&self, program: &str, files: &mut BTreeSet<String>, missing: &mut Vec<String>) {
+    fn program_closure(
+        &self,
+        program: &str,
+        files: &mut BTreeSet<String>,
+        missing: &mut Vec<String>,
+    ) {
         let mut loaded: HashMap<String, String> = HashMap::new();
         let mut seen = HashSet::new();
-        let mut queue: VecDeque<(String, String)> = VecDeque::from([(program.to_string(), String::new())]);
+        let mut queue: VecDeque<(String, String)> =
+            VecDeque::from([(program.to_string(), String::new())]);
         while let Some((path, by)) = queue.pop_front() {
             let Some((real, needs, links)) = self.root.file_with_links(&path) else {
                 let what = if by.is_empty() {
@@ -220,7 +226,9 @@ impl<'r, 'a> Loader<'r, 'a> {
             for lib in &needs.libraries {
                 let at = match loaded.get(lib) {
                     Some(at) => at.clone(),
-                    None => self.locate(&real, needs, lib).unwrap_or_else(|| lib.clone()),
+                    None => self
+                        .locate(&real, needs, lib)
+                        .unwrap_or_else(|| lib.clone()),
                 };
                 loaded.insert(lib.clone(), at.clone());
                 queue.push_back((at, real.clone()));

@@ -280,7 +280,10 @@ mod tests {
         let (_, missing) = loader.closure(&["usr/bin/broken", "usr/bin/gone"]);
         assert_eq!(
             missing,
-            ["libgone.so.1 (which /usr/bin/broken needs)", "/usr/bin/gone"]
+            [
+                "libgone.so.1 (which /usr/bin/broken needs)",
+                "/usr/bin/gone"
+            ]
         );
     }
 

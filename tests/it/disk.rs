@@ -48,9 +48,15 @@ const BOOT_FILES: &[(&str, &[u8])] = &[
     ("usr/lib/modules/6.1.0-test/kernel/", b""),
     ("usr/lib/modules/6.1.0-test/kernel/fs/", b""),
     ("usr/lib/modules/6.1.0-test/kernel/fs/squashfs/", b""),
-    ("usr/lib/modules/6.1.0-test/kernel/fs/squashfs/squashfs.ko", b"stand-in\n"),
+    (
+        "usr/lib/modules/6.1.0-test/kernel/fs/squashfs/squashfs.ko",
+        b"stand-in\n",
+    ),
     ("usr/lib/modules/6.1.0-test/kernel/net/", b""),
-    ("usr/lib/modules/6.1.0-test/kernel/net/ip_vs.ko", b"stand-in\n"),
+    (
+        "usr/lib/modules/6.1.0-test/kernel/net/ip_vs.ko",
+        b"stand-in\n",
+    ),
 ];
 
 /// The lab with a base OS, a systemd-boot-efi package and (when `tools`)
@@ -134,44 +140,18 @@ fn a_node_disk_boots_systemd_boot_with_its_kernel_a_boot_initramfs_and_a_verity_
     let kinds: Vec<_> = parts.iter().map(|p| p["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, [ESP_TYPE, ROOT_TYPE, VERITY_TYPE], "{parts:?}");
     assert_eq!(parts[0]["start"].as_u64(), Some(2048), "{parts:?}");
-    let uuid = |i: usize| parts[i]["uuid"].as_str().unwrap().to_lowercase();
-    // the ESP: a clean FAT with systemd-boot where firmware looks for it
-    let esp = copy_out(&raw, &parts[0], &dir.join("esp"));
-    judge("fsck.vfat").arg("-n").arg(&esp).ok();
-    assert_eq!(esp_file(&raw, "EFI/BOOT/BOOTX64.EFI"), LOADER);
-    assert_eq!(esp_file(&raw, "imgbuild/vmlinuz"), KERNEL);
-    let loader = String::from_utf8(esp_file(&raw, "loader/loader.conf")).unwrap();
-    assert!(loader.contains("default imgbuild.conf\ntimeout 0\n"), "{loader}");
-    let entry = String::from_utf8(esp_file(&raw, "loader/entries/imgbuild.conf")).unwrap();
-    assert!(
-        entry.contains("linux /imgbuild/vmlinuz\ninitrd /imgbuild/boot.img\noptions console=tty0 console=ttyS0,115200 imgbuild.rootsize=75% "),
-        "{entry}"
-    );
-    assert_eq!(option(&entry, "imgbuild.root"), format!("PARTUUID={}", uuid(1)));
-    assert_eq!(option(&entry, "imgbuild.verity"), format!("PARTUUID={}", uuid(2)));
-    assert_eq!(option(&entry, "imgbuild.esp"), format!("PARTUUID={}", uuid(0)));
-    // the root hash: its halves are the partitions' GUIDs (as systemd-repart
-    // makes them), and veritysetup finds the root's every block in the tree
-    let hash = option(&entry, "imgbuild.roothash");
-    assert_eq!(hash, format!("{}{}", uuid(1), uuid(2)).replace('-', ""));
-    let root = copy_out(&raw, &parts[1], &dir.join("root"));
-    let tree = copy_out(&raw, &parts[2], &dir.join("tree"));
-    judge("veritysetup").arg("verify").arg(&root).arg(&tree).arg(hash).ok();
-    root_holds_the_node(&root);
-    // one changed byte of the root and veritysetup refuses it
-    judge_sh(&format!(
-        "printf X | dd of='{}' bs=1 seek=70000 conv=notrunc status=none",
-        root.display()
-    ))
-    .ok();
-    let tampered = judge("veritysetup").arg("verify").arg(&root).arg(&tree).arg(hash).output();
-    assert!(!tampered.status.success(), "veritysetup took a changed root");
+    let hash = esp_boots_the_root(&raw, &dir, &parts);
+    root_matches_its_hash(&raw, &dir, &parts, &hash);
     boot_initramfs_holds_its_programs_and_nothing_of_the_node(&raw, &dir);
     for f in ["esp", "root", "tree"] {
         std::fs::remove_file(dir.join(f)).unwrap();
     }
     // the qcow2 is the same disk; both private: the disk holds the secrets
-    judge("qemu-img").args(["compare", "-q"]).arg(&raw).arg(dir.join("disk.qcow2")).ok();
+    judge("qemu-img")
+        .args(["compare", "-q"])
+        .arg(&raw)
+        .arg(dir.join("disk.qcow2"))
+        .ok();
     assert_eq!((mode(&raw), mode(&dir.join("disk.qcow2"))), (0o600, 0o600));
     lab.imgbuild(&["verify", "d/node01"]).assert_ok();
     // a node's disk anyone can read fails verification
@@ -181,6 +161,72 @@ fn a_node_disk_boots_systemd_boot_with_its_kernel_a_boot_initramfs_and_a_verity_
         .assert_stderr_has(
             "disk/disk.raw: mode 0644; it carries the secrets layer and must be 0600",
         );
+}
+
+/// The ESP: a clean FAT with systemd-boot where firmware looks for it, the
+/// kernel, and an entry naming the partitions; returns the root hash.
+fn esp_boots_the_root(raw: &Path, dir: &Path, parts: &[serde_json::Value]) -> String {
+    let uuid = |i: usize| parts[i]["uuid"].as_str().unwrap().to_lowercase();
+    let esp = copy_out(raw, &parts[0], &dir.join("esp"));
+    judge("fsck.vfat").arg("-n").arg(&esp).ok();
+    assert_eq!(esp_file(raw, "EFI/BOOT/BOOTX64.EFI"), LOADER);
+    assert_eq!(esp_file(raw, "imgbuild/vmlinuz"), KERNEL);
+    let loader = String::from_utf8(esp_file(raw, "loader/loader.conf")).unwrap();
+    assert!(
+        loader.contains("default imgbuild.conf\ntimeout 0\n"),
+        "{loader}"
+    );
+    let entry = String::from_utf8(esp_file(raw, "loader/entries/imgbuild.conf")).unwrap();
+    assert!(
+        entry.contains("linux /imgbuild/vmlinuz\ninitrd /imgbuild/boot.img\noptions console=tty0 console=ttyS0,115200 imgbuild.rootsize=75% "),
+        "{entry}"
+    );
+    assert_eq!(
+        option(&entry, "imgbuild.root"),
+        format!("PARTUUID={}", uuid(1))
+    );
+    assert_eq!(
+        option(&entry, "imgbuild.verity"),
+        format!("PARTUUID={}", uuid(2))
+    );
+    assert_eq!(
+        option(&entry, "imgbuild.esp"),
+        format!("PARTUUID={}", uuid(0))
+    );
+    // the root hash: its halves are the partitions' GUIDs (as systemd-repart
+    // makes them), and veritysetup finds the root's every block in the tree
+    let hash = option(&entry, "imgbuild.roothash");
+    assert_eq!(hash, format!("{}{}", uuid(1), uuid(2)).replace('-', ""));
+    hash.to_string()
+}
+
+/// veritysetup finds the root's every block in the hash partition under
+/// the root hash, and refuses the root once one byte of it changed.
+fn root_matches_its_hash(raw: &Path, dir: &Path, parts: &[serde_json::Value], hash: &str) {
+    let root = copy_out(raw, &parts[1], &dir.join("root"));
+    let tree = copy_out(raw, &parts[2], &dir.join("tree"));
+    judge("veritysetup")
+        .arg("verify")
+        .arg(&root)
+        .arg(&tree)
+        .arg(hash)
+        .ok();
+    root_holds_the_node(&root);
+    judge_sh(&format!(
+        "printf X | dd of='{}' bs=1 seek=70000 conv=notrunc status=none",
+        root.display()
+    ))
+    .ok();
+    let tampered = judge("veritysetup")
+        .arg("verify")
+        .arg(&root)
+        .arg(&tree)
+        .arg(hash)
+        .output();
+    assert!(
+        !tampered.status.success(),
+        "veritysetup took a changed root"
+    );
 }
 
 /// The root filesystem: the base, the node's files and secrets, and the
@@ -202,7 +248,11 @@ fn root_holds_the_node(root: &Path) {
         .find(|l| l.ends_with(" /etc/kubernetes/pki/kubelet.key"))
         .unwrap();
     assert!(key.starts_with("-rw------- 0/0 "), "{key}");
-    let init = judge("unsquashfs").args(["-cat"]).arg(root).arg("init").ok();
+    let init = judge("unsquashfs")
+        .args(["-cat"])
+        .arg(root)
+        .arg("init")
+        .ok();
     assert!(init.contains("imgbuild's /init"), "{init}");
 }
 
@@ -229,7 +279,12 @@ fn boot_initramfs_holds_its_programs_and_nothing_of_the_node(raw: &Path, dir: &P
     ] {
         assert!(names.contains(&want), "lacks {want}:\n{list}");
     }
-    for never in ["kernel/net/ip_vs.ko", "etc/kubernetes", ".key", "etc/hostname"] {
+    for never in [
+        "kernel/net/ip_vs.ko",
+        "etc/kubernetes",
+        ".key",
+        "etc/hostname",
+    ] {
         assert!(!list.contains(never), "holds {never}:\n{list}");
     }
 }
@@ -285,8 +340,13 @@ fn a_disk_needs_a_base_os_and_systemd_boot_and_says_so() {
         .assert_failed()
         .assert_stderr_has("have no /usr/lib/systemd/boot/efi/systemd-bootx64.efi (systemd-boot): add the `systemd-boot-efi` package");
     let (lab, server) = disk_lab_with(false);
-    build(&lab, &server, &["node", "--role", "node01", "--format", "disk"], &[])
-        .assert_failed()
-        .assert_stderr_has("node01: the disk's boot initramfs needs /bin/sh, /bin/cat")
-        .assert_stderr_has("add the packages that hold them");
+    build(
+        &lab,
+        &server,
+        &["node", "--role", "node01", "--format", "disk"],
+        &[],
+    )
+    .assert_failed()
+    .assert_stderr_has("node01: the disk's boot initramfs needs /bin/sh, /bin/cat")
+    .assert_stderr_has("add the packages that hold them");
 }

@@ -84,10 +84,18 @@ pub(crate) fn initramfs(tree: &Tree, files: &BTreeSet<String>, mtime: i64) -> io
     // every directory above, and the mount points
     let above: Vec<String> = picked
         .keys()
-        .flat_map(|p| Path::new(p).ancestors().skip(1).map(|a| a.to_string_lossy().into_owned()))
+        .flat_map(|p| {
+            Path::new(p)
+                .ancestors()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+        })
         .filter(|a| !a.is_empty())
         .collect();
-    for d in above.into_iter().chain(["dev", "proc", "sys", "run", "newroot"].map(String::from)) {
+    for d in above
+        .into_iter()
+        .chain(["dev", "proc", "sys", "run", "newroot"].map(String::from))
+    {
         picked.entry(d).or_insert((0o755, 0, 0, Some(&Item::Dir)));
     }
     picked.insert("init".to_string(), (0o755, 0, 0, None));
@@ -107,7 +115,12 @@ pub(crate) fn initramfs(tree: &Tree, files: &BTreeSet<String>, mtime: i64) -> io
         let header = newc::Header {
             name,
             ino,
-            mode: kind | if kind == newc::S_IFLNK { 0o777 } else { mode & 0o7777 },
+            mode: kind
+                | if kind == newc::S_IFLNK {
+                    0o777
+                } else {
+                    mode & 0o7777
+                },
             uid: *uid,
             gid: *gid,
             nlink: if kind == newc::S_IFDIR { 2 } else { 1 },

@@ -77,33 +77,7 @@ impl Tree {
             written: 0,
         };
         for l in layers {
-            let label = format!("layer {}", l.name);
-            let tar = rootfs::decompress(File::open(&l.file).map_err(read_err(&l.file))?)
-                .map_err(read_err(&l.file))?;
-            rootfs::walk(tar, &label, &l.file, |m, r| {
-                let item = match &m.kind {
-                    Kind::Dir => Item::Dir,
-                    Kind::Symlink(t) => Item::Symlink(t.clone()),
-                    Kind::File => tree.spool_file(&mut out, r)?,
-                    Kind::HardLink(to) => match tree.entries.get(Path::new(to)) {
-                        Some(Entry {
-                            item: item @ Item::File { .. },
-                            ..
-                        }) => item.clone(),
-                        _ => return Err(format!("a hard link to /{to}, which is no file").into()),
-                    },
-                    Kind::Device => return Ok(()),
-                };
-                let entry = Entry {
-                    item,
-                    mode: m.mode,
-                    uid: m.uid,
-                    gid: m.gid,
-                    mtime: m.mtime,
-                };
-                tree.lay(PathBuf::from(&m.path), entry);
-                Ok(())
-            })?;
+            tree.read_layer(l, &mut out)?;
         }
         for o in own {
             let item = tree
@@ -123,6 +97,42 @@ impl Tree {
             .and_then(|f| f.sync_all())
             .map_err(read_err(spool))?;
         Ok(tree)
+    }
+
+    /// Lays the layer `l` over the tree, its files spooled to `out`.
+    fn read_layer(&mut self, l: &BuiltLayer, out: &mut impl Write) -> Result<(), ArchiveError> {
+        let read = |source| ArchiveError::Read {
+            archive: format!("layer {}", l.name),
+            path: l.file.clone(),
+            source,
+        };
+        let label = format!("layer {}", l.name);
+        let tar = rootfs::decompress(File::open(&l.file).map_err(read)?).map_err(read)?;
+        rootfs::walk(tar, &label, &l.file, |m, r| {
+            let item = match &m.kind {
+                Kind::Dir => Item::Dir,
+                Kind::Symlink(t) => Item::Symlink(t.clone()),
+                Kind::File => self.spool_file(out, r)?,
+                Kind::HardLink(to) => match self.entries.get(Path::new(to)) {
+                    Some(Entry {
+                        item: item @ Item::File { .. },
+                        ..
+                    }) => item.clone(),
+                    _ => return Err(format!("a hard link to /{to}, which is no file").into()),
+                },
+                Kind::Device => return Ok(()),
+            };
+            let entry = Entry {
+                item,
+                mode: m.mode,
+                uid: m.uid,
+                gid: m.gid,
+                mtime: m.mtime,
+            };
+            self.lay(PathBuf::from(&m.path), entry);
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// Copies `r` to the end of the spool.
@@ -202,7 +212,9 @@ impl Read for Spooled {
         let Some(f) = self.file.as_mut() else {
             return Ok(0);
         };
-        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = f.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(
@@ -241,7 +253,11 @@ mod tests {
         t.lay("a/b/c".into(), entry(Item::Symlink("x".into())));
         t.lay("a-b".into(), entry(Item::Dir));
         t.lay("a".into(), entry(Item::Dir));
-        assert_eq!(t.entries.len(), 4, "a directory over a directory keeps its content");
+        assert_eq!(
+            t.entries.len(),
+            4,
+            "a directory over a directory keeps its content"
+        );
         t.lay("a".into(), entry(Item::Symlink("y".into())));
         let left: Vec<_> = t.entries.keys().map(|p| p.display().to_string()).collect();
         assert_eq!(left, ["a", "a-b"]);

@@ -91,7 +91,7 @@ pub(crate) fn write<F: Read + Write + Seek>(
     salt: &[u8; 32],
     uuid: &[u8; 16],
 ) -> io::Result<Verity> {
-    if len == 0 || len % BLOCK != 0 {
+    if len == 0 || !len.is_multiple_of(BLOCK) {
         return Err(io::Error::other(format!(
             "the root filesystem is {len} bytes, not whole {BLOCK}-byte blocks"
         )));
@@ -134,7 +134,10 @@ mod tests {
         assert_eq!(levels[1].len(), BLOCK as usize);
         assert_eq!(root, digest(&salt, &levels[1]));
         assert_eq!(&levels[0][..32], &[0u8; 32]);
-        assert_eq!(&levels[0][BLOCK as usize..BLOCK as usize + 32], &[128u8; 32]);
+        assert_eq!(
+            &levels[0][BLOCK as usize..BLOCK as usize + 32],
+            &[128u8; 32]
+        );
     }
 
     #[test]
