@@ -401,11 +401,14 @@ Where a target is missed, see "Why" below.
   and each template is parsed once (they were serialized for every layer of
   every node); each node is planned when a worker takes it; the threads
   recording layers are joined as they finish and a node's layer leaves
-  memory once recorded; malloc's arenas are capped at `--jobs`. What grows
-  is the inventory itself, held once. What is left is the disk: each node's
-  PKI files are fsynced one by one before they are renamed in, one node
-  after the other, and every new inode costs ext4 more as the files around
-  it grow; the CPU time per node is flat.
+  memory once recorded; malloc's arenas are capped at `--jobs`, and what
+  the PKI freed is given back before the first node is built. What grows
+  is the inventory itself, held once. The disk was most of it: every PKI
+  file and four small files of every node were fsynced one by one. Now a
+  fleet's leaves are staged unsynced and made durable by one syncfs before
+  they are renamed in, and a node's output directory by one syncfs (every
+  file of it, the seed and overlay included) before it is renamed into
+  place.
 
 ## Commands
 

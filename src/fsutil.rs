@@ -156,6 +156,20 @@ pub fn stage_with(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Resul
     Ok(staged)
 }
 
+/// Writes `bytes` to a new `path` with exactly `mode`, not fsynced: for a
+/// file of a scratch directory that is made durable whole ([`sync_fs`])
+/// and renamed into place as one.
+pub fn write_unsynced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    f.write_all(bytes)
+}
+
 /// Writes back every dirty page of the filesystem that holds `dir`
 /// (syncfs(2)): what was staged there is durable once it returns.
 pub fn sync_fs(dir: &Path) -> io::Result<()> {

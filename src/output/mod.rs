@@ -400,7 +400,10 @@ pub fn assemble(
     a.big_files(seed_files.as_deref())?;
     let sums = sha256sums(tmp, &a.known).map_err(io_err(target, tmp))?;
     let p = tmp.join(sums::FILE);
-    fsutil::write_atomic(&p, sums.render().as_bytes(), 0o644).map_err(io_err(target, &p))?;
+    fsutil::write_unsynced(&p, sums.render().as_bytes(), 0o644).map_err(io_err(target, &p))?;
+    // every file of the directory on disk (one syncfs, not one fsync per
+    // file), then the directory renamed into place whole
+    fsutil::sync_fs(tmp).map_err(io_err(target, tmp))?;
     let old = out_root.join(format!(".{target}.old.{}", std::process::id()));
     replace_dir(tmp, &dest, &old).map_err(io_err(target, &dest))?;
     Ok((dest, Outcome::Built))
@@ -419,7 +422,7 @@ impl Assembly<'_> {
         let image = image_json(self.m, self.plan, self.layers, self.opts);
         let json = crate::json::canonical(&image);
         let digest = hex::encode(Sha256::digest(json.as_bytes()));
-        fsutil::write_atomic(&self.tmp.join("image.json"), json.as_bytes(), 0o644)?;
+        fsutil::write_unsynced(&self.tmp.join("image.json"), json.as_bytes(), 0o644)?;
         let formats = &self.opts.formats;
         let seed_files = if formats.has(Format::CloudInit) {
             let seed = &self.opts.seed;
@@ -466,7 +469,7 @@ impl Assembly<'_> {
             image_digest,
         });
         let sbom_digest = hex::encode(Sha256::digest(&sbom));
-        fsutil::write_atomic(&self.tmp.join(sbom::FILE), &sbom, 0o644)?;
+        fsutil::write_unsynced(&self.tmp.join(sbom::FILE), &sbom, 0o644)?;
         self.known.insert(sbom::FILE, sbom_digest.clone());
         written.insert(sbom::FILE.to_string(), sbom_digest);
         let statement = provenance::statement(&provenance::Input {
@@ -476,7 +479,7 @@ impl Assembly<'_> {
             opts: self.opts,
             files: &written,
         });
-        fsutil::write_atomic(
+        fsutil::write_unsynced(
             &self.tmp.join(provenance::FILE),
             statement.as_bytes(),
             0o644,
