@@ -15,6 +15,7 @@
 //! (both files 0600); a role's generic disk carries none.
 
 mod boot;
+mod shared;
 mod squash;
 mod tree;
 mod verity;
@@ -31,12 +32,12 @@ use crate::fsutil;
 use crate::layer::BuiltLayer;
 use crate::manifest::Arch;
 use crate::plan::Plan;
-use crate::rootcheck::{RootCheck, RootCheckError};
+use crate::rootcheck::RootCheckError;
 use tree::{Own, Tree};
 
 pub const RAW: &str = "disk/disk.raw";
 pub const QCOW2: &str = "disk/disk.qcow2";
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,9 @@ pub(crate) struct Input<'a> {
     pub mtime: i64,
     /// The disk carries private material (0600).
     pub private: bool,
+    /// The layer store's directory: the shared part of disks is kept below
+    /// it (`disk/`).
+    pub store_dir: &'a Path,
 }
 
 /// systemd-boot's EFI binary in the OS layers, for `arch`.
@@ -147,15 +151,25 @@ enum Body {
 }
 
 /// The ESP's files: the boot loader, its configuration, one entry with
-/// `cmdline`, the kernel and the boot initramfs.
-fn esp_files(input: &Input, loader: Vec<u8>, boot: Vec<u8>, cmdline: &str) -> Vec<(String, Body)> {
+/// `cmdline`, the kernel, the boot initramfs and the node's own layers.
+fn esp_files(
+    input: &Input,
+    root: &shared::Shared,
+    node: Option<Vec<u8>>,
+    cmdline: &str,
+) -> Vec<(String, Body)> {
     let (_, efi_path) = boot_loader_path(input.plan.arch);
     let target = &input.plan.target;
+    let node_line = if node.is_some() {
+        "initrd /imgbuild/node.img\n"
+    } else {
+        ""
+    };
     let entry = format!(
-        "# imgbuild: {target} (docs/build.md, --format disk)\ntitle imgbuild {target}\nlinux /imgbuild/vmlinuz\ninitrd /imgbuild/boot.img\noptions {cmdline}\n"
+        "# imgbuild: {target} (docs/build.md, --format disk)\ntitle imgbuild {target}\nlinux /imgbuild/vmlinuz\ninitrd /imgbuild/boot.img\n{node_line}options {cmdline}\n"
     );
-    vec![
-        (efi_path.to_string(), Body::Bytes(loader)),
+    let mut files = vec![
+        (efi_path.to_string(), Body::Bytes(root.loader.clone())),
         (
             "loader/loader.conf".to_string(),
             Body::Bytes(b"default imgbuild.conf\ntimeout 0\neditor no\n".to_vec()),
@@ -168,8 +182,15 @@ fn esp_files(input: &Input, loader: Vec<u8>, boot: Vec<u8>, cmdline: &str) -> Ve
             "imgbuild/vmlinuz".to_string(),
             Body::File(input.kernel.to_path_buf()),
         ),
-        ("imgbuild/boot.img".to_string(), Body::Bytes(boot)),
-    ]
+        (
+            "imgbuild/boot.img".to_string(),
+            Body::Bytes(root.boot.clone()),
+        ),
+    ];
+    if let Some(node) = node {
+        files.push(("imgbuild/node.img".to_string(), Body::Bytes(node)));
+    }
+    files
 }
 
 /// SOURCE_DATE_EPOCH as FAT's date and time (FAT starts in 1980).
@@ -318,14 +339,6 @@ fn io_err(target: &str, path: &Path) -> impl FnOnce(io::Error) -> DiskError {
     }
 }
 
-/// What the boot partition holds but for the loader entry.
-struct Boot {
-    loader: Vec<u8>,
-    initramfs: Vec<u8>,
-    /// What the disk's GUIDs, salt and volume id are derived from.
-    seed: Vec<u8>,
-}
-
 /// Where the partitions are on the disk, in bytes.
 struct Layout {
     esp_len: u64,
@@ -334,27 +347,38 @@ struct Layout {
     hash_at: u64,
 }
 
+/// imgbuild's own files in every disk's root: `/init` and the state
+/// partition's definition.
+fn own_files() -> [Own<'static>; 2] {
+    [
+        Own {
+            path: "init",
+            mode: 0o755,
+            body: super::pxe::init::SCRIPT.as_bytes(),
+        },
+        Own {
+            path: super::pxe::init::REPART_STATE,
+            mode: 0o644,
+            body: super::pxe::init::REPART.as_bytes(),
+        },
+    ]
+}
+
 /// Writes `disk/disk.raw` and `disk/disk.qcow2` below `out`; returns each
 /// (relative path, sha256).
 pub(crate) fn write(input: &Input, out: &Path) -> Result<Vec<(String, String)>, DiskError> {
     let target = input.plan.target.as_str();
     let dir = out.join("disk");
     fs::create_dir_all(&dir).map_err(io_err(target, &dir))?;
+    let (common, own): (Vec<BuiltLayer>, Vec<BuiltLayer>) = input
+        .layers
+        .iter()
+        .cloned()
+        .partition(|l| l.kind.is_shared());
+    let root = shared::get(input, &common, &own_files(), &input.store_dir.join("disk"))?;
+    let node = node_initrd(input, &own, &dir)?;
     let raw = out.join(RAW);
-    let spool = dir.join(".root.spool");
-    let made = root_and_boot(input, &raw, &spool);
-    let _ = fs::remove_file(&spool);
-    let (mut file, boot, layout) = made?;
-    let salt: [u8; 32] = Sha256::new()
-        .chain_update(&boot.seed)
-        .chain_update("verity-salt")
-        .finalize()
-        .into();
-    let uuid = *derived_uuid(&boot.seed, "verity").as_bytes();
-    let (at, len) = (layout.root_at, layout.root_len);
-    let v = verity::write(&mut file, at, len, layout.hash_at, &salt, &uuid)
-        .map_err(io_err(target, &raw))?;
-    finish_raw(input, file, &raw, boot, &layout, &v)?;
+    write_raw(input, &raw, &root, node)?;
     let qcow2 = out.join(QCOW2);
     write_qcow2(input, &raw, &qcow2)?;
     let mut written = Vec::new();
@@ -370,118 +394,54 @@ pub(crate) fn write(input: &Input, out: &Path) -> Result<Vec<(String, String)>, 
     Ok(written)
 }
 
-/// The root's tree (spooled to `spool`), the boot loader and initramfs
-/// taken from it, and the root filesystem written into a new `raw` after
-/// the room the ESP needs.
-fn root_and_boot(
+/// The node's own layers (its node layer, its secrets on a node's disk) as
+/// the ESP's `imgbuild/node.img`, below `/imgbuild.add` (the boot
+/// initramfs copies them onto the root); none on a role's generic disk.
+fn node_initrd(
     input: &Input,
-    raw: &Path,
-    spool: &Path,
-) -> Result<(File, Boot, Layout), DiskError> {
+    layers: &[BuiltLayer],
+    dir: &Path,
+) -> Result<Option<Vec<u8>>, DiskError> {
+    if layers.is_empty() {
+        return Ok(None);
+    }
     let target = input.plan.target.as_str();
-    let own = [
-        Own {
-            path: "init",
-            mode: 0o755,
-            body: super::pxe::init::SCRIPT.as_bytes(),
-        },
-        Own {
-            path: super::pxe::init::REPART_STATE,
-            mode: 0o644,
-            body: super::pxe::init::REPART.as_bytes(),
-        },
-    ];
+    let spool = dir.join(".node.spool");
     let mtime = u64::try_from(input.mtime).unwrap_or(0);
-    let tree = Tree::read(input.layers, &own, mtime, spool).map_err(|e| DiskError::Layers {
+    let tree = Tree::read(layers, &[], mtime, &spool).map_err(|e| DiskError::Layers {
         target: target.to_string(),
         source: Box::new(e),
-    })?;
-    let boot = boot_files(input, &tree)?;
-    let esp_len = esp_size(&esp_files(
-        input,
-        boot.loader.clone(),
-        boot.initramfs.clone(),
-        "",
-    ))
-    .map_err(io_err(target, input.kernel))?;
-    let _ = fs::remove_file(raw);
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(raw)
-        .map_err(io_err(target, raw))?;
-    let root_at = MIB + esp_len;
-    let root_len =
-        squash::write(&tree, mtime, &mut file, root_at).map_err(|message| DiskError::Root {
-            target: target.to_string(),
-            path: raw.to_path_buf(),
-            message,
-        })?;
-    let layout = Layout {
-        esp_len,
-        root_at,
-        root_len,
-        hash_at: root_at + root_len.next_multiple_of(MIB),
-    };
-    Ok((file, boot, layout))
+    });
+    let made = tree
+        .and_then(|t| boot::below(&t, "imgbuild.add", input.mtime).map_err(io_err(target, &spool)));
+    let _ = fs::remove_file(&spool);
+    made.map(Some)
 }
 
-/// The boot loader and the boot initramfs out of `tree`, and the seed of
-/// the disk's GUIDs: the node, the loader, the kernel, the initramfs and
-/// the command line.
-fn boot_files(input: &Input, tree: &Tree) -> Result<Boot, DiskError> {
-    let target = input.plan.target.as_str();
-    let (loader_path, _) = boot_loader_path(input.plan.arch);
-    let loader = tree
-        .content(loader_path)
-        .map_err(io_err(target, input.kernel))?
-        .ok_or_else(|| DiskError::NoBootLoader {
-            target: target.to_string(),
-            path: loader_path.to_string(),
-        })?;
-    let files = RootCheck::default()
-        .closure(input.plan, input.layers, boot::PROGRAMS)
-        .map_err(|e| DiskError::Boot {
-            target: target.to_string(),
-            source: Box::new(e),
-        })?;
-    let initramfs =
-        boot::initramfs(tree, &files, input.mtime).map_err(io_err(target, input.kernel))?;
-    let mut h = Sha256::new();
-    h.update(target.as_bytes());
-    h.update(Sha256::digest(&loader));
-    h.update(
-        fsutil::sha256_file(input.kernel)
-            .map_err(io_err(target, input.kernel))?
-            .as_bytes(),
-    );
-    h.update(Sha256::digest(&initramfs));
-    h.update(input.cmdline.as_bytes());
-    Ok(Boot {
-        loader,
-        initramfs,
-        seed: h.finalize().to_vec(),
-    })
-}
-
-/// The ESP (its entry naming the partitions and the root hash) and the
-/// partition table, into the disk that has the root and its hashes.
-fn finish_raw(
+/// The disk: the ESP (its entry naming the partitions and the root hash),
+/// the shared root and its hash partition copied in after it, the
+/// partition table. Its own GUIDs are derived from the node, the boot
+/// files, the kernel, the command line and the root hash.
+fn write_raw(
     input: &Input,
-    mut file: File,
     raw: &Path,
-    boot: Boot,
-    layout: &Layout,
-    v: &verity::Verity,
+    root: &shared::Shared,
+    node: Option<Vec<u8>>,
 ) -> Result<(), DiskError> {
     let target = input.plan.target.as_str();
-    let mut seed = boot.seed.clone();
-    seed.extend_from_slice(&v.root_hash);
+    let mut h = Sha256::new();
+    h.update(target.as_bytes());
+    h.update(Sha256::digest(&root.loader));
+    let kernel = fsutil::sha256_file(input.kernel).map_err(io_err(target, input.kernel))?;
+    h.update(kernel.as_bytes());
+    h.update(Sha256::digest(&root.boot));
+    h.update(Sha256::digest(node.as_deref().unwrap_or_default()));
+    h.update(input.cmdline.as_bytes());
+    h.update(root.root_hash);
+    let seed = h.finalize().to_vec();
     let mut halves = [[0u8; 16]; 2];
-    halves[0].copy_from_slice(&v.root_hash[..16]);
-    halves[1].copy_from_slice(&v.root_hash[16..]);
+    halves[0].copy_from_slice(&root.root_hash[..16]);
+    halves[1].copy_from_slice(&root.root_hash[16..]);
     let ids = Ids {
         disk: derived_uuid(&seed, "disk"),
         esp: derived_uuid(&seed, "esp"),
@@ -493,22 +453,43 @@ fn finish_raw(
         input.cmdline,
         ids.root,
         ids.verity,
-        hex::encode(v.root_hash),
+        hex::encode(root.root_hash),
         ids.esp
     );
-    let files = esp_files(input, boot.loader, boot.initramfs, &cmdline);
+    let files = esp_files(input, root, node, &cmdline);
+    let esp_len = esp_size(&files).map_err(io_err(target, input.kernel))?;
     let volume_id = u32::from_le_bytes(
         derived_uuid(&seed, "fat").as_bytes()[..4]
             .try_into()
             .unwrap_or([0; 4]),
     );
-    let esp = esp_image((target, input.mtime), &files, layout.esp_len, volume_id)?;
-    file.seek(SeekFrom::Start(MIB))
-        .map_err(io_err(target, raw))?;
-    file.write_all(&esp).map_err(io_err(target, raw))?;
-    let end = layout.hash_at + v.size.next_multiple_of(MIB);
-    file.set_len(end + MIB).map_err(io_err(target, raw))?;
-    write_gpt(input, file, raw, layout, v.size, &ids)
+    let esp = esp_image((target, input.mtime), &files, esp_len, volume_id)?;
+    let layout = Layout {
+        esp_len,
+        root_at: MIB + esp_len,
+        root_len: root.root_len,
+        hash_at: MIB + esp_len + root.hash_at,
+    };
+    let file = place(raw, &esp, root, &layout).map_err(io_err(target, raw))?;
+    write_gpt(input, file, raw, &layout, root.hash_len, &ids)
+}
+
+/// A new `raw` (0600) with `esp` at 1 MiB and the shared root and hash
+/// partitions at `layout.root_at`, 1 MiB after them for the backup table.
+fn place(raw: &Path, esp: &[u8], root: &shared::Shared, layout: &Layout) -> io::Result<File> {
+    let _ = fs::remove_file(raw);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(raw)?;
+    file.seek(SeekFrom::Start(MIB))?;
+    file.write_all(esp)?;
+    file.seek(SeekFrom::Start(layout.root_at))?;
+    let copied = io::copy(&mut File::open(&root.parts)?, &mut file)?;
+    file.set_len(layout.root_at + copied + MIB)?;
+    Ok(file)
 }
 
 /// The disk's and its partitions' GUIDs.

@@ -649,6 +649,7 @@ impl Assembly<'_> {
             },
             mtime: self.opts.source_date_epoch,
             private,
+            store_dir: &self.store.dir,
         };
         let written = disk::write(&input, self.tmp).map_err(|source| OutputError::Disk {
             target: target.to_string(),

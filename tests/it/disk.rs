@@ -143,6 +143,7 @@ fn a_node_disk_boots_systemd_boot_with_its_kernel_a_boot_initramfs_and_a_verity_
     let hash = esp_boots_the_root(&raw, &dir, &parts);
     root_matches_its_hash(&raw, &dir, &parts, &hash);
     boot_initramfs_holds_its_programs_and_nothing_of_the_node(&raw, &dir);
+    node_initrd_holds_the_nodes_own_files(&raw, &dir);
     for f in ["esp", "root", "tree"] {
         std::fs::remove_file(dir.join(f)).unwrap();
     }
@@ -178,7 +179,7 @@ fn esp_boots_the_root(raw: &Path, dir: &Path, parts: &[serde_json::Value]) -> St
     );
     let entry = String::from_utf8(esp_file(raw, "loader/entries/imgbuild.conf")).unwrap();
     assert!(
-        entry.contains("linux /imgbuild/vmlinuz\ninitrd /imgbuild/boot.img\noptions console=tty0 console=ttyS0,115200 imgbuild.rootsize=75% "),
+        entry.contains("linux /imgbuild/vmlinuz\ninitrd /imgbuild/boot.img\ninitrd /imgbuild/node.img\noptions console=tty0 console=ttyS0,115200 imgbuild.rootsize=75% "),
         "{entry}"
     );
     assert_eq!(
@@ -211,7 +212,7 @@ fn root_matches_its_hash(raw: &Path, dir: &Path, parts: &[serde_json::Value], ha
         .arg(&tree)
         .arg(hash)
         .ok();
-    root_holds_the_node(&root);
+    root_holds_the_shared_layers(&root);
     judge_sh(&format!(
         "printf X | dd of='{}' bs=1 seek=70000 conv=notrunc status=none",
         root.display()
@@ -230,8 +231,10 @@ fn root_matches_its_hash(raw: &Path, dir: &Path, parts: &[serde_json::Value], ha
 }
 
 /// The root filesystem: the base, the node's files and secrets, and the
-/// root's own `/init` with the state partition's definition.
-fn root_holds_the_node(root: &Path) {
+/// The root filesystem: the base, the roles' files and the root's own
+/// `/init` with the state partition's definition; nothing of the node's own
+/// (those are on the ESP, `imgbuild/node.img`).
+fn root_holds_the_shared_layers(root: &Path) {
     let list = judge("unsquashfs").args(["-lln", "-d", ""]).arg(root).ok();
     for want in [
         "-rwxr-xr-x 0/0 ",
@@ -239,21 +242,43 @@ fn root_holds_the_node(root: &Path) {
         " /imgbuild.repart.d/50-imgbuild-state.conf\n",
         " /etc/debian_version\n",
         " /usr/lib/systemd/boot/efi/systemd-bootx64.efi\n",
-        " /etc/kubernetes/pki/kubelet.key\n",
+        " /etc/containerd/config.toml\n",
     ] {
         assert!(list.contains(want), "lacks {want:?}:\n{list}");
     }
-    let key = list
-        .lines()
-        .find(|l| l.ends_with(" /etc/kubernetes/pki/kubelet.key"))
-        .unwrap();
-    assert!(key.starts_with("-rw------- 0/0 "), "{key}");
+    for never in [".key\n", "/kube-proxy.conf\n", "/etc/hostname\n"] {
+        assert!(!list.contains(never), "holds {never:?}:\n{list}");
+    }
     let init = judge("unsquashfs")
         .args(["-cat"])
         .arg(root)
         .arg("init")
         .ok();
     assert!(init.contains("imgbuild's /init"), "{init}");
+}
+
+/// The ESP's `imgbuild/node.img`: the node's own layers, its secrets
+/// private, below `/imgbuild.add`.
+fn node_initrd_holds_the_nodes_own_files(raw: &Path, dir: &Path) {
+    std::fs::write(dir.join("node.img"), esp_file(raw, "imgbuild/node.img")).unwrap();
+    let list = judge_sh(&format!(
+        "gzip -dc '{}/node.img' | cpio -tv --quiet --numeric-uid-gid",
+        dir.display()
+    ))
+    .ok();
+    std::fs::remove_file(dir.join("node.img")).unwrap();
+    let line = |p: &str| {
+        list.lines()
+            .find(|l| l.ends_with(&format!(" imgbuild.add/{p}")))
+            .unwrap_or_else(|| panic!("no imgbuild.add/{p}:\n{list}"))
+            .to_string()
+    };
+    assert!(line("etc/hostname").starts_with("-rw-r--r-- "), "{list}");
+    assert!(
+        line("etc/kubernetes/pki/kubelet.key").starts_with("-rw------- "),
+        "{list}"
+    );
+    assert!(!list.contains(" imgbuild.add/etc/debian_version"), "{list}");
 }
 
 /// The boot initramfs: `/init`, the programs it runs and the storage and
@@ -293,6 +318,14 @@ fn boot_initramfs_holds_its_programs_and_nothing_of_the_node(raw: &Path, dir: &P
 fn two_disk_builds_are_the_same_bytes_and_a_generic_disk_holds_no_secret() {
     let (lab, server) = disk_lab();
     build_node(&lab, &server, "a", &["--format", "disk"]);
+    // the root, its hashes and the boot initramfs made again, not reused
+    let stored = lab.path("cache/layers/disk");
+    assert!(
+        std::fs::read_dir(&stored).unwrap().count() >= 4,
+        "nothing kept in {}",
+        stored.display()
+    );
+    std::fs::remove_dir_all(&stored).unwrap();
     build_node(&lab, &server, "b", &["--format", "disk"]);
     let read = |f: &str| std::fs::read_to_string(lab.path(f)).unwrap();
     assert_eq!(read("a/node01/SHA256SUMS"), read("b/node01/SHA256SUMS"));
@@ -311,6 +344,13 @@ fn two_disk_builds_are_the_same_bytes_and_a_generic_disk_holds_no_secret() {
     assert_eq!(mode(&raw), 0o644);
     let parts = partitions(&raw);
     let root = copy_out(&raw, &parts[1], &lab.path("g/root"));
+    // node01, a worker, has the same root, byte for byte: one made, kept
+    let node01 = lab.path("a/node01/disk/disk.raw");
+    let theirs = copy_out(&node01, &partitions(&node01)[1], &lab.path("g/node01-root"));
+    assert!(
+        std::fs::read(&root).unwrap() == std::fs::read(&theirs).unwrap(),
+        "the generic worker's root differs from node01's"
+    );
     let list = judge("unsquashfs").args(["-lln", "-d", ""]).arg(&root).ok();
     assert!(list.contains(" /etc/debian_version\n"), "{list}");
     for never in [".key\n", "/kube-proxy.conf\n", "/etc/hostname\n"] {

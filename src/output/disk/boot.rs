@@ -71,17 +71,41 @@ fn is_boot_module(path: &str) -> bool {
         })
 }
 
+/// An entry of an initramfs: mode bits, owner, and what it is (`None`:
+/// the boot `/init`).
+type Pick<'t> = (u32, u32, u32, Option<&'t Item>);
+
 /// The gzip'd newc initramfs of `files` (from [`crate::rootcheck`]) and
 /// the modules of `tree`, with `/init`; every mtime `mtime`.
 pub(crate) fn initramfs(tree: &Tree, files: &BTreeSet<String>, mtime: i64) -> io::Result<Vec<u8>> {
-    let mut picked: BTreeMap<String, (u32, u32, u32, Option<&Item>)> = BTreeMap::new();
+    let mut picked: BTreeMap<String, Pick> = BTreeMap::new();
     for (path, e) in &tree.entries {
         let p = path.to_string_lossy();
         if files.contains(p.as_ref()) || is_boot_module(&p) {
             picked.insert(p.into_owned(), (e.mode, e.uid, e.gid, Some(&e.item)));
         }
     }
-    // every directory above, and the mount points
+    for d in ["dev", "proc", "sys", "run", "newroot"] {
+        picked.insert(d.to_string(), (0o755, 0, 0, Some(&Item::Dir)));
+    }
+    picked.insert("init".to_string(), (0o755, 0, 0, None));
+    newc(tree, picked, mtime)
+}
+
+/// The gzip'd newc archive of every path of `tree` below `/prefix` (what a
+/// disk's boot initramfs copies onto the root); every mtime `mtime`.
+pub(crate) fn below(tree: &Tree, prefix: &str, mtime: i64) -> io::Result<Vec<u8>> {
+    let mut picked: BTreeMap<String, Pick> = BTreeMap::new();
+    for (path, e) in &tree.entries {
+        let p = format!("{prefix}/{}", path.to_string_lossy());
+        picked.insert(p, (e.mode, e.uid, e.gid, Some(&e.item)));
+    }
+    newc(tree, picked, mtime)
+}
+
+/// `picked` with every directory above its paths as one gzip'd newc
+/// archive, in path order.
+fn newc(tree: &Tree, mut picked: BTreeMap<String, Pick>, mtime: i64) -> io::Result<Vec<u8>> {
     let above: Vec<String> = picked
         .keys()
         .flat_map(|p| {
@@ -92,13 +116,9 @@ pub(crate) fn initramfs(tree: &Tree, files: &BTreeSet<String>, mtime: i64) -> io
         })
         .filter(|a| !a.is_empty())
         .collect();
-    for d in above
-        .into_iter()
-        .chain(["dev", "proc", "sys", "run", "newroot"].map(String::from))
-    {
+    for d in above {
         picked.entry(d).or_insert((0o755, 0, 0, Some(&Item::Dir)));
     }
-    picked.insert("init".to_string(), (0o755, 0, 0, None));
     let mtime = u32::try_from(mtime).unwrap_or(0);
     let mut cpio = Vec::new();
     for (ino, (name, (mode, uid, gid, item))) in (1..).zip(&picked) {
