@@ -240,6 +240,7 @@ impl<'a> Build<'a> {
             mtime: self.settings.mtime(),
             jobs: self.settings.ctx.jobs,
             cpio: self.opts.formats.has(output::Format::Pxe),
+            compression: self.opts.compression,
             images: &self.images,
             os_layer: None,
         };

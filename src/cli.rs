@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::manifest::Arch;
 use crate::output::{Format, SeedLayers};
+use crate::pgzip::Compression;
 
 /// Build immutable, reproducible node images for binary-installed, highly
 /// available Kubernetes clusters: a pinned base OS, pinned binaries and
@@ -144,6 +145,10 @@ pub struct BuildArgs {
     /// Output formats, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "layers,cloud-init,pxe")]
     pub format: Vec<Format>,
+    /// How layers and PXE segments are compressed: gzip (`.tar.gz`, `.cpio.gz`) or zstd
+    /// (`.tar.zst`, `.cpio.zst`; OCI `tar+zstd`; a stock image needs zstd for the seed).
+    #[arg(long, value_enum, default_value = "gzip")]
+    pub compression: Compression,
     /// `embed` puts every layer in seed.iso and the PXE initrd; `url=BASE` leaves the
     /// shared ones out: cloud-init fetches them and boot.ipxe loads their segments from BASE.
     #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]

@@ -33,6 +33,7 @@ mod sign;
 mod sums;
 mod tarutil;
 mod verify;
+mod zstdblocks;
 
 pub use commands::{Error, Outcome};
 /// The gzip level of every layer (for `just bench`'s own-deflate limit).

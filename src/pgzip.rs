@@ -1,16 +1,19 @@
-//! Parallel, reproducible gzip for layers: takes the bytes of one archive
-//! stream (a tar) or of two archive streams of the same files (a tar and the
-//! newc cpio of a PXE overlay) and writes each as one gzip file.
+//! Parallel, reproducible gzip or zstd for layers: takes the bytes of one
+//! archive stream (a tar) or of two archive streams of the same files (a
+//! tar and the newc cpio of a PXE overlay) and writes each as one gzip
+//! member or one zstd frame ([`Compression`]).
 //!
 //! Every stream is cut into pieces at places that depend only on the
 //! stream's own bytes (archive metadata gathered up to [`PIECE`] bytes; a
 //! large file's content cut every [`PIECE`] bytes), never on the number of
-//! threads. Each piece is deflated on its own, with a fresh compressor and a
-//! sync flush at its end, so the pieces concatenate into one valid deflate
-//! stream and the bytes do not depend on `--jobs`. A large file's content is
-//! the same in both archives, so its pieces are compressed once and written
-//! to both: the cpio of a layer costs no second compression. The crc32 of
-//! each stream is combined from its pieces'.
+//! threads. Each piece is compressed on its own, with a fresh compressor:
+//! for gzip, deflate with a sync flush at its end, so the pieces concatenate
+//! into one valid deflate stream (the crc32 of each stream is combined from
+//! its pieces'); for zstd, blocks that fit anywhere in one frame
+//! ([`crate::zstdblocks`]). So the bytes do not depend on `--jobs`. A large
+//! file's content is the same in both archives, so its pieces are compressed
+//! once and written to both: the cpio of a layer costs no second
+//! compression.
 //!
 //! Memory is bounded: a few pieces per thread are in flight, whatever the
 //! size of the archives.
@@ -19,7 +22,8 @@ use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress, FlushCompress};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Size of a piece of input deflated on its own.
@@ -31,16 +35,143 @@ pub(crate) const SHARED_MIN: u64 = 64 << 10;
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 /// The last deflate block: empty, final, fixed Huffman codes.
 const LAST_BLOCK: [u8; 2] = [0x03, 0x00];
+/// gzip level of every gzip layer.
+pub const GZIP_LEVEL: u32 = 6;
 
-/// One deflated piece: its bytes, and the crc32 and length of its input.
-struct Piece {
-    data: Vec<u8>,
+/// How a build's layers and PXE segments are compressed (`--compression`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip, level 6 (every consumer reads it)
+    #[default]
+    Gzip,
+    /// zstd, level 3 (containerd, the OCI spec, GNU tar with zstd, the kernel's initramfs)
+    Zstd,
+}
+
+impl Compression {
+    /// Its name: `gzip` or `zstd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// Whether it is gzip, the default (left out of records and image.json,
+    /// which predate the choice).
+    pub fn is_gzip(&self) -> bool {
+        *self == Compression::Gzip
+    }
+
+    /// The suffix of a compressed file: `gz` or `zst`.
+    pub fn ext(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gz",
+            Compression::Zstd => "zst",
+        }
+    }
+
+    /// The level every layer is compressed at.
+    pub fn level(self) -> i32 {
+        match self {
+            Compression::Gzip => GZIP_LEVEL as i32,
+            Compression::Zstd => crate::zstdblocks::LEVEL,
+        }
+    }
+
+    /// The OCI media type of a layer compressed so.
+    pub fn oci_layer_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+
+    /// `data` as one gzip member (mtime 0, no name) or one zstd frame,
+    /// written in one go: the small archives (PXE's `/init`, a trailer).
+    pub fn whole(self, data: &[u8]) -> io::Result<Vec<u8>> {
+        match self {
+            Compression::Gzip => {
+                let level = flate2::Compression::new(GZIP_LEVEL);
+                let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), level);
+                gz.write_all(data)?;
+                gz.finish()
+            }
+            Compression::Zstd => crate::zstdblocks::frame(data),
+        }
+    }
+
+    fn header(self) -> &'static [u8] {
+        match self {
+            Compression::Gzip => &HEADER,
+            Compression::Zstd => &crate::zstdblocks::HEADER,
+        }
+    }
+}
+
+/// What closes a stream: gzip's last block, crc32 and length, combined from
+/// the pieces'; zstd's empty last block.
+struct Tail {
+    how: Compression,
     crc: crc32fast::Hasher,
     len: u64,
 }
 
+impl Tail {
+    fn new(how: Compression) -> Tail {
+        Tail {
+            how,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    fn add(&mut self, p: &Piece) {
+        if let Some(crc) = &p.crc {
+            self.crc.combine(crc);
+        }
+        self.len += p.len;
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        match self.how {
+            Compression::Gzip => {
+                let mut tail = LAST_BLOCK.to_vec();
+                tail.extend_from_slice(&self.crc.clone().finalize().to_le_bytes());
+                // ISIZE is the input length modulo 2^32
+                tail.extend_from_slice(&((self.len & 0xffff_ffff) as u32).to_le_bytes());
+                tail
+            }
+            Compression::Zstd => crate::zstdblocks::END.to_vec(),
+        }
+    }
+}
+
+/// One compressed piece: its bytes, and the length (and for gzip the
+/// crc32) of its input.
+struct Piece {
+    data: Vec<u8>,
+    crc: Option<crc32fast::Hasher>,
+    len: u64,
+}
+
+/// `input` compressed on its own as `how` says.
+fn compress(input: &[u8], how: Compression) -> io::Result<Piece> {
+    match how {
+        Compression::Gzip => deflate(input, GZIP_LEVEL),
+        Compression::Zstd => Ok(Piece {
+            data: crate::zstdblocks::blocks(input, crate::zstdblocks::LEVEL)?,
+            crc: None,
+            len: input.len() as u64,
+        }),
+    }
+}
+
 fn deflate(input: &[u8], level: u32) -> io::Result<Piece> {
-    let mut c = Compress::new(Compression::new(level), false);
+    let mut c = Compress::new(flate2::Compression::new(level), false);
     let mut out = Vec::with_capacity(input.len() + input.len() / 8 + 1024);
     loop {
         let done = usize::try_from(c.total_in()).unwrap_or(input.len());
@@ -55,7 +186,7 @@ fn deflate(input: &[u8], level: u32) -> io::Result<Piece> {
     crc.update(input);
     Ok(Piece {
         data: out,
-        crc,
+        crc: Some(crc),
         len: input.len() as u64,
     })
 }
@@ -70,26 +201,25 @@ enum To {
 
 type Job = (Vec<u8>, SyncSender<io::Result<Piece>>);
 
-/// One gzip file being written.
+/// One compressed file being written.
 struct Gz<W: Write> {
     w: W,
-    crc: crc32fast::Hasher,
-    len: u64,
-    /// Only for the file whose digest is wanted (the tar.gz).
+    tail: Tail,
+    /// Only for the file whose digest is wanted (the tar).
     sha: Option<Sha256>,
     size: u64,
 }
 
 impl<W: Write> Gz<W> {
-    fn new(mut w: W, hashed: bool) -> io::Result<Gz<W>> {
-        w.write_all(&HEADER)?;
-        let sha = hashed.then(|| Sha256::new_with_prefix(HEADER));
+    fn new(mut w: W, how: Compression, hashed: bool) -> io::Result<Gz<W>> {
+        let header = how.header();
+        w.write_all(header)?;
+        let sha = hashed.then(|| Sha256::new_with_prefix(header));
         Ok(Gz {
             w,
-            crc: crc32fast::Hasher::new(),
-            len: 0,
+            tail: Tail::new(how),
             sha,
-            size: HEADER.len() as u64,
+            size: header.len() as u64,
         })
     }
 
@@ -99,17 +229,13 @@ impl<W: Write> Gz<W> {
             sha.update(&p.data);
         }
         self.size += p.data.len() as u64;
-        self.crc.combine(&p.crc);
-        self.len += p.len;
+        self.tail.add(p);
         Ok(())
     }
 
     /// The size and (when hashed) the sha256 of the file, and its writer.
     fn finish(mut self) -> io::Result<(Option<String>, u64, W)> {
-        let mut tail = LAST_BLOCK.to_vec();
-        tail.extend_from_slice(&self.crc.clone().finalize().to_le_bytes());
-        // ISIZE is the input length modulo 2^32
-        tail.extend_from_slice(&((self.len & 0xffff_ffff) as u32).to_le_bytes());
+        let tail = self.tail.bytes();
         self.w.write_all(&tail)?;
         self.w.flush()?;
         let digest = self.sha.map(|mut sha| {
@@ -120,7 +246,7 @@ impl<W: Write> Gz<W> {
     }
 }
 
-/// A gzip file as written: sha256 of its bytes and its size.
+/// A compressed file as written: sha256 of its bytes and its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
     pub digest: String,
@@ -155,7 +281,7 @@ impl Streams {
     }
 
     fn send(&mut self, data: Vec<u8>, to: To) -> io::Result<()> {
-        let stopped = || io::Error::other("the gzip writer stopped");
+        let stopped = || io::Error::other("the compressed file's writer stopped");
         let (tx, rx) = sync_channel(1);
         self.jobs.send((data, tx)).map_err(|_| stopped())?;
         self.order.send((rx, to)).map_err(|_| stopped())
@@ -176,9 +302,12 @@ impl Streams {
         if i == 0 {
             self.diff.update(bytes);
         }
-        self.pending[i].extend_from_slice(bytes);
-        if self.pending[i].len() >= PIECE {
-            self.flush_pending(i)?;
+        // no piece grows past twice PIECE (zstd's window holds it)
+        for chunk in bytes.chunks(PIECE) {
+            self.pending[i].extend_from_slice(chunk);
+            if self.pending[i].len() >= PIECE {
+                self.flush_pending(i)?;
+            }
         }
         Ok(())
     }
@@ -231,12 +360,13 @@ impl Streams {
 /// cpio.gz's size and writer.
 type Finished<W1, W2> = (Written, W1, Option<(u64, W2)>);
 
-/// The deflate threads: each takes a job, deflates it, sends the piece back.
+/// The compressing threads: each takes a job, compresses it, sends the
+/// piece back.
 fn spawn_workers<'s>(
     s: &'s std::thread::Scope<'s, '_>,
     threads: usize,
     jobs: Receiver<Job>,
-    level: u32,
+    how: Compression,
 ) {
     let jobs = Arc::new(Mutex::new(jobs));
     for _ in 0..threads {
@@ -249,24 +379,26 @@ fn spawn_workers<'s>(
                 };
                 let Ok((data, reply)) = job else { return };
                 // the writer may have stopped; then nobody waits for it
-                let _ = reply.send(deflate(&data, level));
+                let _ = reply.send(compress(&data, how));
             }
         });
     }
 }
 
-/// The writer thread's work: the pieces, in order, into the gzip files.
+/// The writer thread's work: the pieces, in order, into the compressed
+/// files.
 fn write_pieces<W1: Write, W2: Write>(
     tar: W1,
     cpio: Option<W2>,
+    how: Compression,
     order: Receiver<(Receiver<io::Result<Piece>>, To)>,
 ) -> io::Result<Finished<W1, W2>> {
-    let mut t = Gz::new(tar, true)?;
-    let mut c = cpio.map(|w| Gz::new(w, false)).transpose()?;
+    let mut t = Gz::new(tar, how, true)?;
+    let mut c = cpio.map(|w| Gz::new(w, how, false)).transpose()?;
     for (rx, to) in order {
         let piece = rx
             .recv()
-            .map_err(|_| io::Error::other("a gzip thread stopped"))??;
+            .map_err(|_| io::Error::other("a compressing thread stopped"))??;
         if matches!(to, To::Tar | To::Both) {
             t.put(&piece)?;
         }
@@ -283,13 +415,14 @@ fn write_pieces<W1: Write, W2: Write>(
     Ok((tw, tar, cw))
 }
 
-/// Writes the gzip of the tar stream to `tar` and, when given, of the cpio
-/// stream to `cpio`, with `threads` compressors; `body` produces the
-/// streams' bytes. Errors of the writers are turned into `E` by `io_err`.
+/// Writes the tar stream compressed as `how` says to `tar` and, when given,
+/// the cpio stream to `cpio`, with `threads` compressors; `body` produces
+/// the streams' bytes. Errors of the writers are turned into `E` by
+/// `io_err`.
 pub fn write<W1, W2, E>(
     tar: W1,
     cpio: Option<W2>,
-    level: u32,
+    how: Compression,
     threads: usize,
     body: impl FnOnce(&mut Streams) -> Result<(), E>,
     io_err: impl Fn(io::Error) -> E,
@@ -303,8 +436,8 @@ where
     let (order_tx, order_rx) = sync_channel::<(Receiver<io::Result<Piece>>, To)>(4 * threads);
     let with_cpio = cpio.is_some();
     std::thread::scope(|s| {
-        spawn_workers(s, threads, job_rx, level);
-        let writer = s.spawn(move || write_pieces(tar, cpio, order_rx));
+        spawn_workers(s, threads, job_rx, how);
+        let writer = s.spawn(move || write_pieces(tar, cpio, how, order_rx));
         let mut streams = Streams {
             jobs: job_tx,
             order: order_tx,
@@ -322,7 +455,7 @@ where
         drop((jobs, order));
         let written = writer
             .join()
-            .map_err(|_| io_err(io::Error::other("the gzip writer panicked")))?;
+            .map_err(|_| io_err(io::Error::other("the compressed file's writer panicked")))?;
         // a writer error explains a producer's "writer stopped": report it first
         let (tw, tar_writer, cw) = written.map_err(&io_err)?;
         produced?;
@@ -356,11 +489,20 @@ mod tests {
     }
 
     fn run(threads: usize, with_cpio: bool, big: &[u8]) -> Output<Vec<u8>, Vec<u8>> {
+        run_as(Compression::Gzip, threads, with_cpio, big)
+    }
+
+    fn run_as(
+        how: Compression,
+        threads: usize,
+        with_cpio: bool,
+        big: &[u8],
+    ) -> Output<Vec<u8>, Vec<u8>> {
         let cpio = with_cpio.then(Vec::new);
         write(
             Vec::new(),
             cpio,
-            6,
+            how,
             threads,
             |s| {
                 s.meta(b"tar-header-1", b"cpio-header-1")?;
@@ -430,12 +572,83 @@ mod tests {
         let r = write(
             Vec::new(),
             None::<Vec<u8>>,
-            6,
+            Compression::Gzip,
             2,
             |s| s.content(&mut &[1u8; 100][..], SHARED_MIN * 2),
             |e| e,
         );
         let e = r.expect_err("an error");
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// `zstd -d` (the real program) of `data`.
+    fn unzstd(data: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.zst");
+        std::fs::write(&path, data).expect("write");
+        let out = std::process::Command::new("zstd")
+            .args(["-d", "-c", "-q"])
+            .arg(&path)
+            .output()
+            .expect("zstd (scripts/setup installs it)");
+        assert!(out.status.success(), "zstd -d: {:?}", out);
+        out.stdout
+    }
+
+    #[test]
+    fn zstd_streams_decompress_to_their_bytes_and_share_content() {
+        let big = pseudo_random(3 * PIECE + 4321, 11);
+        let out = run_as(Compression::Zstd, 2, true, &big);
+        let gz = run(2, true, &big);
+        // the same archive bytes inside, whatever the compression
+        assert_eq!(out.diff_id, gz.diff_id);
+        let mut tar = b"tar-header-1".to_vec();
+        tar.extend_from_slice(&big);
+        tar.extend_from_slice(b"tar-pad");
+        tar.extend_from_slice(b"small file");
+        tar.extend_from_slice(&[0u8; 1024]);
+        assert_eq!(unzstd(&out.tar_writer), tar);
+        let cpio = out.cpio_writer.as_ref().expect("cpio");
+        let mut want = b"cpio-header-1".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"cp");
+        want.extend_from_slice(b"small file");
+        assert_eq!(unzstd(cpio), want);
+        assert_eq!(out.tar.digest, hex::encode(Sha256::digest(&out.tar_writer)));
+        assert_eq!(out.tar.size, out.tar_writer.len() as u64);
+        assert!(out.tar_writer.starts_with(&crate::zstdblocks::HEADER));
+    }
+
+    #[test]
+    fn zstd_bytes_do_not_depend_on_threads_or_on_the_second_stream() {
+        let big = pseudo_random(2 * PIECE + 77, 5);
+        let one = run_as(Compression::Zstd, 1, false, &big);
+        let two = run_as(Compression::Zstd, 2, true, &big);
+        let four = run_as(Compression::Zstd, 4, true, &big);
+        assert_eq!(one.tar_writer, two.tar_writer);
+        assert_eq!(two.tar_writer, four.tar_writer);
+        assert_eq!(two.cpio_writer, four.cpio_writer);
+    }
+
+    #[test]
+    fn a_large_metadata_write_is_cut_into_pieces_the_window_holds() {
+        let huge = pseudo_random(5 * PIECE, 2);
+        let out = write(
+            Vec::new(),
+            None::<Vec<u8>>,
+            Compression::Zstd,
+            2,
+            |s| s.meta(&huge, b""),
+            |e| e,
+        )
+        .expect("write");
+        assert_eq!(unzstd(&out.tar_writer), huge);
+    }
+
+    #[test]
+    fn whole_writes_one_member_of_either_kind() {
+        let data = pseudo_random(PIECE + 3, 9);
+        assert_eq!(gunzip(&Compression::Gzip.whole(&data).expect("gz")), data);
+        assert_eq!(unzstd(&Compression::Zstd.whole(&data).expect("zst")), data);
     }
 }

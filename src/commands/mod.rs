@@ -88,6 +88,7 @@ fn options(s: &Settings, args: &BuildArgs) -> output::Options {
         source_date_epoch: s.ctx.source_date_epoch,
         oci_with_secrets: args.oci_with_secrets,
         pxe_secrets: args.pxe_secrets,
+        compression: args.compression,
     }
 }
 

@@ -72,6 +72,7 @@ fn rebuild(s: &Settings, m: &Manifests, args: &VerifyArgs, image: &ImageJson) ->
         source_date_epoch: s.ctx.source_date_epoch,
         oci_with_secrets: output::oci::has_with_secrets(&args.dir),
         pxe_secrets: output::pxe::loads_secrets(&args.dir),
+        compression: image.build.compression,
     };
     // the options a directory records are its claim, not an order: show
     // what the rebuild uses (each was checked by the same parser as the

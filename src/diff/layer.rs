@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 
-use flate2::read::GzDecoder;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -72,8 +71,9 @@ pub fn read(dir: &Dir, l: &LayerJson) -> Result<Listing, DiffError> {
     };
     let file = dir.file(&l.file)?;
     let mut hashing = Hashing::new(file);
-    let listing = entries(&mut hashing).map_err(|e| bad(format!("not a gzip'd tar: {e}")))?;
-    // whatever follows the gzip stream is hashed too
+    let listing =
+        entries(&mut hashing).map_err(|e| bad(format!("not a gzip'd or zstd'd tar: {e}")))?;
+    // whatever follows the compressed stream is hashed too
     io::copy(&mut hashing, &mut io::sink()).map_err(|source| DiffError::Io {
         path: path.clone(),
         source,
@@ -89,10 +89,10 @@ pub fn read(dir: &Dir, l: &LayerJson) -> Result<Listing, DiffError> {
     Ok(listing)
 }
 
-/// The entries of the tar inside the gzip stream `r`.
+/// The entries of the tar inside the gzip or zstd stream `r`.
 fn entries(r: &mut Hashing) -> io::Result<Listing> {
     let mut listing = Listing::new();
-    let mut a = tar::Archive::new(GzDecoder::new(r));
+    let mut a = tar::Archive::new(crate::layer::rootfs::layer_reader(r)?);
     for e in a.entries()? {
         let mut e = e?;
         if listing.len() >= MAX_ENTRIES {
@@ -102,7 +102,7 @@ fn entries(r: &mut Hashing) -> io::Result<Listing> {
         let entry = entry(&mut e)?;
         listing.insert(absolute(&name), entry);
     }
-    // the gzip stream to its end, so its trailer is checked
+    // the compressed stream to its end, so its trailer is checked
     let mut gz = a.into_inner();
     io::copy(&mut gz, &mut io::sink())?;
     Ok(listing)

@@ -44,8 +44,9 @@ use write::Resolved;
 
 /// Bump when the layer format changes: every key changes with it.
 pub const FORMAT: &str = "imgbuild-layer-v2";
-/// gzip level of every layer (public for the `deflate_limit` example).
-pub const GZIP_LEVEL: u32 = 6;
+use crate::pgzip::Compression;
+/// gzip level of every gzip layer (public for the `deflate_limit` example).
+pub use crate::pgzip::GZIP_LEVEL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -111,8 +112,11 @@ pub struct BuiltLayer {
     pub(crate) name: String,
     pub(crate) kind: LayerKind,
     pub(crate) key: String,
-    /// sha256 of the `.tar.gz`
+    /// sha256 of the `.tar.gz` (or `.tar.zst`)
     pub(crate) digest: String,
+    /// How the layer and its segment are compressed (absent: gzip).
+    #[serde(default, skip_serializing_if = "Compression::is_gzip")]
+    pub(crate) compression: Compression,
     pub(crate) size: u64,
     /// sha256 of the uncompressed tar (the OCI diff_id)
     pub(crate) diff_id: String,
@@ -136,6 +140,16 @@ pub struct BuiltLayer {
 }
 
 impl BuiltLayer {
+    /// The layer's file name in an output: `NN-<name>.tar.gz` or `.tar.zst`.
+    pub(crate) fn tar_name(&self) -> String {
+        format!("{}.tar.{}", self.name, self.compression.ext())
+    }
+
+    /// Its PXE segment's file name: `NN-<name>.cpio.gz` or `.cpio.zst`.
+    pub(crate) fn segment_name(&self) -> String {
+        format!("{}.cpio.{}", self.name, self.compression.ext())
+    }
+
     /// The layer's PXE segment, or an error naming the layer when it was
     /// built without one.
     pub(crate) fn segment(&self) -> io::Result<&Path> {
@@ -161,7 +175,7 @@ pub(crate) fn build(
 ) -> Result<BuiltLayer, LayerError> {
     let (key, resolved) = resolve_all(inputs, layer)?;
     if layer.kind == LayerKind::Secrets {
-        let files = Files::private(private_dir, &layer.name);
+        let files = Files::private(private_dir, &layer.name, inputs.compression);
         return write::write_layer(inputs, layer, resolved, &key, &files, true);
     }
     // one builder per key, across threads and processes; the others wait and reuse
@@ -170,7 +184,8 @@ pub(crate) fn build(
     if let Some(built) = store.find(&key, &layer.name, inputs.cpio) {
         return Ok(built);
     }
-    let built = write::write_layer(inputs, layer, resolved, &key, &store.files(&key), false)?;
+    let files = store.files(&key, inputs.compression);
+    let built = write::write_layer(inputs, layer, resolved, &key, &files, false)?;
     store.record(&built);
     Ok(built)
 }
@@ -183,7 +198,10 @@ fn resolve_all<'p>(
 ) -> Result<(String, Vec<Resolved<'p>>), LayerError> {
     let mut resolved = Vec::new();
     let mut key = Sha256::new();
-    key.update(format!("{FORMAT}\nmtime {}\ngzip {GZIP_LEVEL}\n", inputs.mtime).as_bytes());
+    // gzip's line is as it was before zstd: gzip layers keep their keys
+    let how = inputs.compression;
+    let level = how.level();
+    key.update(format!("{FORMAT}\nmtime {}\n{} {level}\n", inputs.mtime, how.name()).as_bytes());
     for e in &layer.entries {
         let (content, id) = inputs.resolve(layer, e)?;
         key.update(format!("{} {:o} {} {} {id}\n", e.path, e.mode, e.uid, e.gid).as_bytes());

@@ -29,6 +29,8 @@ pub struct Inputs<'a> {
     pub jobs: usize,
     /// Write each layer's PXE segment too.
     pub cpio: bool,
+    /// How the layer and its segment are compressed.
+    pub compression: crate::pgzip::Compression,
     /// Pulled images by (name, arch).
     pub images: &'a BTreeMap<(String, Arch), PulledImage>,
     /// The target's `os` layer once built: what its packages are placed in,

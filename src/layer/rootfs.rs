@@ -75,6 +75,21 @@ pub(crate) fn decompress(r: impl Read + Send + 'static) -> io::Result<Box<dyn Re
     })
 }
 
+/// A layer imgbuild wrote, or any gzip'd or zstd'd stream: decoded as its
+/// first bytes say (gzip members or zstd frames, to the end), else read as
+/// it is. Unlike [`decompress`], `r` may borrow.
+pub(crate) fn layer_reader<'a>(r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    let mut r = BufReader::with_capacity(1 << 20, r);
+    let head = r.fill_buf()?;
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(r))
+    } else if head.starts_with(&ZSTD_MAGIC) {
+        Box::new(Unzstd::new(r))
+    } else {
+        Box::new(r)
+    })
+}
+
 /// Whether `head` starts a zstd skippable frame (magic 0x184D2A50 to
 /// 0x184D2A5F, little-endian), which pzstd puts before each frame.
 fn is_skippable_frame(head: &[u8]) -> bool {

@@ -32,6 +32,7 @@ use super::write::STORED_MODE;
 use super::{BuiltLayer, LayerError, Listing, io_err};
 use crate::fetch::Cache;
 use crate::fsutil;
+use crate::pgzip::Compression;
 use crate::report::Reporter;
 
 /// Where built layers live, by key.
@@ -89,10 +90,11 @@ pub(super) struct Files {
 impl Files {
     /// The files of a layer that never enters the store (the secrets layer):
     /// `<dir>/<name>.tar.gz`, its segment hidden beside it.
-    pub(super) fn private(dir: &Path, name: &str) -> Files {
+    pub(super) fn private(dir: &Path, name: &str, how: Compression) -> Files {
+        let ext = how.ext();
         Files {
-            tar: dir.join(format!("{name}.tar.gz")),
-            segment: dir.join(format!(".{name}.cpio.gz")),
+            tar: dir.join(format!("{name}.tar.{ext}")),
+            segment: dir.join(format!(".{name}.cpio.{ext}")),
             listing: PathBuf::new(),
         }
     }
@@ -275,10 +277,11 @@ impl Store {
     }
 
     /// The files of the stored layer `key`.
-    pub(super) fn files(&self, key: &str) -> Files {
+    pub(super) fn files(&self, key: &str, how: Compression) -> Files {
+        let ext = how.ext();
         Files {
-            tar: self.dir.join(format!("{key}.tar.gz")),
-            segment: self.dir.join(format!("{key}.cpio.gz")),
+            tar: self.dir.join(format!("{key}.tar.{ext}")),
+            segment: self.dir.join(format!("{key}.cpio.{ext}")),
             listing: self.dir.join(format!("{key}.files.json")),
         }
     }
@@ -313,8 +316,8 @@ impl Store {
         }
         let text = fs::read_to_string(self.record_path(key)).ok()?;
         let mut record = serde_json::from_str::<Record>(&text).ok()?;
-        let files = self.files(key);
         let l = &record.layer;
+        let files = self.files(key, l.compression);
         let tar = check_file(&files.tar, l.size, &l.digest, record.tar_stamp.as_ref());
         let segment = match (cpio, l.segment_size, &l.segment_digest) {
             (false, _, _) => Found::Good { hashed: false },
@@ -324,15 +327,19 @@ impl Store {
             (true, _, _) => Found::Missing,
         };
         let hashed = match (tar, segment) {
-            (Found::Damaged(why), _) => return self.discard(key, name, &files.tar, &why),
-            (_, Found::Damaged(why)) => return self.discard(key, name, &files.segment, &why),
+            (Found::Damaged(why), _) => return self.discard(key, name, &files, &files.tar, &why),
+            (_, Found::Damaged(why)) => {
+                return self.discard(key, name, &files, &files.segment, &why);
+            }
             (Found::Missing, _) | (_, Found::Missing) => return None,
             (Found::Good { hashed: t }, Found::Good { hashed: s }) => t || s,
         };
         let listing = match read_listing(&files.listing, l.files_digest.as_deref()) {
             Listed::Good(listing) => listing,
             Listed::Missing => return None,
-            Listed::Damaged(why) => return self.discard(key, name, &files.listing, &why),
+            Listed::Damaged(why) => {
+                return self.discard(key, name, &files, &files.listing, &why);
+            }
         };
         if hashed {
             // best effort: without a new stamp, the next run hashes again
@@ -351,12 +358,18 @@ impl Store {
 
     /// Reports the stored file `path` of `key` that does not match its
     /// record, and removes the layer's files: it is built again.
-    fn discard(&self, key: &str, name: &str, path: &Path, why: &str) -> Option<BuiltLayer> {
+    fn discard(
+        &self,
+        key: &str,
+        name: &str,
+        files: &Files,
+        path: &Path,
+        why: &str,
+    ) -> Option<BuiltLayer> {
         self.reporter.warn(&format!(
             "warning: the layer store's {} does not match its record ({why}); building layer {name} again",
             path.display()
         ));
-        let files = self.files(key);
         for f in [
             &files.tar,
             &files.segment,
@@ -370,7 +383,7 @@ impl Store {
 
     /// Takes the stamps of `key`'s checked files anew and writes its record.
     fn restamp(&self, key: &str, record: &mut Record, cpio: bool) -> io::Result<()> {
-        let files = self.files(key);
+        let files = self.files(key, record.layer.compression);
         record.tar_stamp = Some(restamp(&files.tar)?);
         if cpio {
             record.segment_stamp = Some(restamp(&files.segment)?);

@@ -20,7 +20,7 @@ use super::os;
 use super::resolve::{Content, Inputs};
 use super::rootfs::{Kind, Member};
 use super::store::Files;
-use super::{BuiltLayer, GZIP_LEVEL, LayerError, io_err};
+use super::{BuiltLayer, LayerError, io_err};
 use crate::fetch::Cache;
 use crate::fetch::archive;
 use crate::fetch::oci::{self, PulledImage};
@@ -77,6 +77,7 @@ pub(super) fn write_layer(
         name: layer.name.clone(),
         kind: layer.kind,
         key: key.to_string(),
+        compression: inputs.compression,
         digest: w.tar.digest,
         size: w.tar.size,
         diff_id: w.diff_id,
@@ -118,7 +119,7 @@ fn compress(
     let out = pgzip::write(
         tar,
         cpio,
-        GZIP_LEVEL,
+        inputs.compression,
         inputs.jobs,
         |s| {
             listing = write_entries(s, inputs, layer, resolved)?;

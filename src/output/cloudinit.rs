@@ -24,6 +24,7 @@ use super::iso::{self, IsoFile};
 use super::stock::Stock;
 use crate::layer::BuiltLayer;
 use crate::manifest::Manifests;
+use crate::pgzip::Compression;
 use crate::plan::{LayerKind, Plan, Source, TargetKind};
 use crate::quote;
 
@@ -238,6 +239,7 @@ fn fetch_debs(s: &mut String, st: &Stock) {
 /// Checks every layer and `.deb` against the sha256 written here, before
 /// anything changes; names the files that differ on the console.
 fn verify_seed(s: &mut String, plan: &Plan, layers: &[BuiltLayer], st: &Stock) {
+    need_zstd(s, layers);
     let _ = writeln!(s, "cd \"$work\"");
     let _ = writeln!(s, "log=/run/imgbuild/sha256sum.log");
     let _ = writeln!(
@@ -245,7 +247,7 @@ fn verify_seed(s: &mut String, plan: &Plan, layers: &[BuiltLayer], st: &Stock) {
         "if ! sha256sum -c --strict --quiet <<'SUMS' >\"$log\" 2>&1"
     );
     for l in layers {
-        let _ = writeln!(s, "{}  {}.tar.gz", l.digest, l.name);
+        let _ = writeln!(s, "{}  {}", l.digest, l.tar_name());
     }
     for d in &st.debs {
         let _ = writeln!(s, "{}  debs/{}", d.sha256, d.file_name());
@@ -355,10 +357,10 @@ fn fetch_layers(s: &mut String, layers: &[BuiltLayer], seed: &SeedLayers) {
     let _ = writeln!(s, "  mount -o ro \"$dev\" \"$seed\"");
     let _ = writeln!(s, "fi");
     for l in layers {
-        let file = format!("{}.tar.gz", l.name);
+        let file = l.tar_name();
         match seed.base().filter(|_| seed.remote(l)) {
             Some(base) => {
-                let url = format!("{base}/sha256/{}.tar.gz", l.digest);
+                let url = format!("{base}/sha256/{}.tar.{}", l.digest, l.compression.ext());
                 let _ = writeln!(
                     s,
                     "curl -fsSL --retry 5 -o \"$work/{file}\" {}",
@@ -379,15 +381,22 @@ fn apply_layers(s: &mut String, layers: &[BuiltLayer], verify: bool) {
     if verify {
         let _ = writeln!(s, "sha256sum -c --strict <<'SUMS'");
         for l in layers {
-            let _ = writeln!(s, "{}  {}.tar.gz", l.digest, l.name);
+            let _ = writeln!(s, "{}  {}", l.digest, l.tar_name());
         }
         let _ = writeln!(s, "SUMS");
+        // (the stock path checked for zstd before it installed anything)
+        need_zstd(s, layers);
     }
     for l in layers {
+        let z = match l.compression {
+            Compression::Gzip => "z",
+            Compression::Zstd => "",
+        };
+        let zstd = if z.is_empty() { "--zstd " } else { "" };
         let _ = writeln!(
             s,
-            "tar -xzpf {}.tar.gz -C / --numeric-owner --no-overwrite-dir",
-            l.name
+            "tar {zstd}-x{z}pf {} -C / --numeric-owner --no-overwrite-dir",
+            l.tar_name()
         );
     }
     let _ = writeln!(s, "cd /");
@@ -528,8 +537,8 @@ pub fn files(
     for l in layers {
         if !seed.remote(l) {
             files.push(IsoFile::path(
-                &format!("layers/{}.tar.gz", l.name),
-                &out.join("layers").join(format!("{}.tar.gz", l.name)),
+                &format!("layers/{}", l.tar_name()),
+                &out.join("layers").join(l.tar_name()),
             ));
         }
     }
@@ -548,4 +557,16 @@ pub fn seed_iso(out: &Path, files: &[IsoFile], mtime: u64) -> io::Result<String>
         files,
         mtime,
     )
+}
+
+/// With zstd layers (`--compression zstd`): stops, before anything is
+/// extracted, on a machine without zstd (GNU tar runs it for `--zstd`).
+fn need_zstd(s: &mut String, layers: &[BuiltLayer]) {
+    if layers.iter().all(|l| l.compression == Compression::Gzip) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "command -v zstd >/dev/null || {{ echo \"imgbuild: this seed's layers are zstd (built with --compression zstd) and this machine has no zstd: install it, or build with --compression gzip\" >&2; exit 1; }}"
+    );
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layer::BuiltLayer;
 use crate::manifest::{Arch, BASE_ROLE};
+use crate::pgzip::Compression;
 use crate::plan::{LayerKind, OS_LAYER, OS_PACKAGES_LAYER, TargetKind};
 
 /// One output format (`--format`).
@@ -189,6 +190,9 @@ pub struct ImageJson {
 pub struct BuildJson {
     pub formats: Formats,
     pub seed_layers: SeedLayers,
+    /// `--compression` (absent for gzip, as before it existed).
+    #[serde(default, skip_serializing_if = "Compression::is_gzip")]
+    pub compression: Compression,
     /// The version of imgbuild that wrote it.
     pub imgbuild: String,
 }

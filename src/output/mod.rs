@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::fsutil;
 use crate::layer::{BuiltLayer, Store};
 use crate::manifest::Manifests;
+use crate::pgzip::Compression;
 use crate::plan::{LayerKind, Plan};
 use crate::sums::{self, Sums};
 
@@ -91,6 +92,8 @@ pub struct Options {
     /// A whole node's boot.ipxe also loads `pxe/secrets.cpio.gz`
     /// (`--pxe-secrets`).
     pub pxe_secrets: bool,
+    /// How layers and PXE segments are compressed (`--compression`).
+    pub compression: Compression,
 }
 
 fn io_err<'a>(target: &'a str, path: &'a Path) -> impl FnOnce(io::Error) -> OutputError + 'a {
@@ -144,6 +147,7 @@ pub fn image_json(m: &Manifests, plan: &Plan, layers: &[BuiltLayer], opts: &Opti
         build: BuildJson {
             formats: opts.formats.clone(),
             seed_layers: opts.seed.clone(),
+            compression: opts.compression,
             imgbuild: env!("CARGO_PKG_VERSION").to_string(),
         },
     }
@@ -152,7 +156,7 @@ pub fn image_json(m: &Manifests, plan: &Plan, layers: &[BuiltLayer], opts: &Opti
 fn layer_json(l: &BuiltLayer) -> LayerJson {
     LayerJson {
         name: l.name.clone(),
-        file: format!("layers/{}.tar.gz", l.name),
+        file: format!("layers/{}", l.tar_name()),
         digest: format!("sha256:{}", l.digest),
         size: l.size,
         diff_id: format!("sha256:{}", l.diff_id),
@@ -414,7 +418,7 @@ impl Assembly<'_> {
     /// seed ISO) and boot.ipxe with the shared segments it loads.
     fn small_files(&mut self) -> io::Result<Option<Vec<iso::IsoFile>>> {
         for l in self.layers {
-            let dest = self.tmp.join("layers").join(format!("{}.tar.gz", l.name));
+            let dest = self.tmp.join("layers").join(l.tar_name());
             if l.file != dest {
                 link_or_copy(&l.file, &dest)?;
             }
@@ -499,9 +503,10 @@ impl Assembly<'_> {
         if pxe::is_whole(self.layers) {
             let has_secrets = self.layers.iter().any(|l| l.kind == LayerKind::Secrets);
             let secrets = self.opts.pxe_secrets && has_secrets;
-            pxe::whole_boot_script(plan, &remote, base, secrets, tmp)?;
+            let how = self.opts.compression;
+            pxe::whole_boot_script(plan, &remote, base, (secrets, how), tmp)?;
         } else {
-            pxe::boot_script(plan, &remote, base, tmp)?;
+            pxe::boot_script(plan, &remote, base, self.opts.compression, tmp)?;
         }
         for s in &remote {
             self.known
@@ -519,7 +524,7 @@ impl Assembly<'_> {
         for l in self.layers {
             if formats.has(Format::Layers) {
                 want.push((
-                    format!("layers/{}.tar.gz", l.name),
+                    format!("layers/{}", l.tar_name()),
                     &l.file,
                     l.size,
                     &l.digest,
@@ -529,7 +534,7 @@ impl Assembly<'_> {
             if let (true, Some(seg), Some(size), Some(d)) =
                 (remote, &l.segment, l.segment_size, &l.segment_digest)
             {
-                want.push((format!("pxe/segments/{}.cpio.gz", l.name), seg, size, d));
+                want.push((format!("pxe/segments/{}", l.segment_name()), seg, size, d));
             }
         }
         if formats.has(Format::Oci) {
@@ -608,7 +613,8 @@ impl Assembly<'_> {
             pxe::initrds(&local, self.store, sde, self.tmp)
         } else {
             let h = pxe::overlay(&local, self.store, self.tmp)?;
-            Ok(vec![("pxe/overlay.cpio.gz".to_string(), h)])
+            let name = pxe::named(pxe::OVERLAY, self.opts.compression);
+            Ok(vec![(format!("pxe/{name}"), h)])
         }
     }
 
@@ -692,7 +698,7 @@ impl Assembly<'_> {
         if self.opts.formats.has(Format::Layers) {
             for l in self.layers {
                 self.known
-                    .insert(format!("layers/{}.tar.gz", l.name), l.digest.clone());
+                    .insert(format!("layers/{}", l.tar_name()), l.digest.clone());
             }
             Ok(())
         } else {

@@ -20,7 +20,6 @@ use super::ImageJson;
 use crate::layer::BuiltLayer;
 use crate::plan::LayerKind;
 
-pub const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 
@@ -76,7 +75,7 @@ fn manifest(
         "mediaType": MANIFEST_TYPE,
         "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": config_size},
         "layers": layers.iter().map(|l| json!({
-            "mediaType": LAYER_TYPE,
+            "mediaType": l.compression.oci_layer_type(),
             "digest": format!("sha256:{}", l.digest),
             "size": l.size,
             "annotations": {"io.imgbuild.layer": l.name},
@@ -167,7 +166,7 @@ pub fn link_blobs(out: &Path, layers: &[BuiltLayer], with_secrets: bool) -> io::
     fs::create_dir_all(&blobs)?;
     for l in included(layers, with_secrets) {
         let dest = blobs.join(&l.digest);
-        let src = out.join("layers").join(format!("{}.tar.gz", l.name));
+        let src = out.join("layers").join(l.tar_name());
         let src = if src.is_file() { src } else { l.file.clone() };
         super::link_or_copy(&src, &dest)?;
     }
@@ -184,6 +183,7 @@ mod tests {
             name: name.into(),
             kind,
             key: name.into(),
+            compression: crate::pgzip::Compression::Gzip,
             digest: format!("{:0>64}", name.len()),
             size: 1,
             diff_id: "0".repeat(64),

@@ -23,6 +23,9 @@
 //! In url mode (`--seed-layers url=BASE`) the shared layers' segments are
 //! linked into `pxe/segments/` and boot.ipxe loads them by digest from
 //! BASE; the node's own files hold the rest.
+//!
+//! With `--compression zstd` every file here is zstd (each layer's segment
+//! one frame, as the kernel wants) and named `.cpio.zst` ([`named`]).
 
 pub(crate) mod init;
 mod kernel;
@@ -39,6 +42,7 @@ use crate::fsutil::{self, Sha256Writer};
 use crate::layer::{BuiltLayer, Store};
 use crate::manifest::Arch;
 use crate::newc;
+use crate::pgzip::Compression;
 use crate::plan::{LayerKind, Plan, TargetKind};
 
 /// A whole node's kernel, below `pxe/`.
@@ -49,6 +53,9 @@ pub(crate) const INIT: &str = "init.cpio.gz";
 pub(crate) const INITRD: &str = "initrd.cpio.gz";
 /// A whole node's secrets, below `pxe/`.
 pub(crate) const SECRETS: &str = "secrets.cpio.gz";
+/// The node's layers for a distribution's initrd, below `pxe/`.
+pub(crate) const OVERLAY: &str = "overlay.cpio.gz";
+// (each named for gzip: [`named`] gives the zstd build's name)
 /// The kernel command line of a whole node, below `pxe/`.
 pub(crate) const CMDLINE: &str = "cmdline";
 /// The size of the tmpfs `/init` copies the node into.
@@ -70,6 +77,7 @@ pub(crate) fn is_whole(layers: &[BuiltLayer]) -> bool {
 fn concatenate(
     mut file: File,
     store: &Store,
+    how: Compression,
     head: &[BuiltLayer],
     middle: &[u8],
     tail: &[BuiltLayer],
@@ -96,7 +104,7 @@ fn concatenate(
     for l in tail {
         w.append_file(l.segment()?)?;
     }
-    w.write_all(&init::gzip(&newc::trailer())?)?;
+    w.write_all(&how.whole(&newc::trailer())?)?;
     let (w, digest) = w.finish();
     w.into_inner().map_err(|e| e.into_error())?;
     Ok(digest)
@@ -126,8 +134,9 @@ pub fn overlay(layers: &[BuiltLayer], store: &Store, out: &Path) -> io::Result<S
     fs::create_dir_all(&dir)?;
     let (head, tail) = split_shared(layers);
     // the overlay holds the secrets layer's files: private to its owner
-    let file = fsutil::create_private(&dir.join("overlay.cpio.gz"))?;
-    concatenate(file, store, head, &[], tail)
+    let how = compression_of(layers);
+    let file = fsutil::create_private(&dir.join(named(OVERLAY, how)))?;
+    concatenate(file, store, how, head, &[], tail)
 }
 
 /// Writes a whole node's `pxe/init.cpio.gz`, `pxe/initrd.cpio.gz` (the
@@ -143,23 +152,26 @@ pub(crate) fn initrds(
 ) -> io::Result<Vec<(String, String)>> {
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
-    let init = init::segment(mtime)?;
+    let how = compression_of(local);
+    let (init_name, initrd, secrets_name) =
+        (named(INIT, how), named(INITRD, how), named(SECRETS, how));
+    let init = init::segment(mtime, how)?;
     let mut alone = init.clone();
-    alone.extend(init::gzip(&newc::trailer())?);
-    fsutil::write_atomic(&dir.join(INIT), &alone, 0o644)?;
-    let mut written = vec![(format!("pxe/{INIT}"), sha256(&alone))];
+    alone.extend(how.whole(&newc::trailer())?);
+    fsutil::write_atomic(&dir.join(&init_name), &alone, 0o644)?;
+    let mut written = vec![(format!("pxe/{init_name}"), sha256(&alone))];
     let (secrets, public): (Vec<BuiltLayer>, Vec<BuiltLayer>) = local
         .iter()
         .cloned()
         .partition(|l| l.kind == LayerKind::Secrets);
     let (head, tail) = split_shared(&public);
-    let file = create(&dir.join(INITRD), 0o644)?;
-    let digest = concatenate(file, store, head, &init, tail)?;
-    written.push((format!("pxe/{INITRD}"), digest));
+    let file = create(&dir.join(&initrd), 0o644)?;
+    let digest = concatenate(file, store, how, head, &init, tail)?;
+    written.push((format!("pxe/{initrd}"), digest));
     if !secrets.is_empty() {
-        let file = fsutil::create_private(&dir.join(SECRETS))?;
-        let digest = concatenate(file, store, &[], &[], &secrets)?;
-        written.push((format!("pxe/{SECRETS}"), digest));
+        let file = fsutil::create_private(&dir.join(&secrets_name))?;
+        let digest = concatenate(file, store, how, &[], &[], &secrets)?;
+        written.push((format!("pxe/{secrets_name}"), digest));
     }
     Ok(written)
 }
@@ -185,10 +197,21 @@ pub(crate) fn kernel(layers: &[BuiltLayer], out: &Path) -> Result<Option<String>
 /// A shared layer's PXE segment, loaded from BASE in url mode.
 #[derive(Debug, Clone)]
 pub struct Segment {
-    /// `NN-<name>.cpio.gz`
+    /// `NN-<name>.cpio.gz` (or `.cpio.zst`)
     pub file: String,
     /// sha256 of its bytes: it is served as `BASE/sha256/<digest>.cpio.gz`.
     pub digest: String,
+}
+
+impl Segment {
+    /// The `initrd` line of `boot.ipxe` that loads it from layers-url.
+    fn initrd_line(&self) -> String {
+        let ext = self.file.rsplit('.').next().unwrap_or("gz");
+        format!(
+            "initrd ${{layers-url}}/sha256/{}.cpio.{ext} {}\n",
+            self.digest, self.file
+        )
+    }
 }
 
 /// Links the segments of the `remote` layers into `out/pxe/segments/` (to
@@ -202,7 +225,7 @@ pub fn segments(remote: &[&BuiltLayer], store: &Store, out: &Path) -> io::Result
     let mut list = Vec::new();
     for l in remote {
         let digest = store.segment_digest(l)?;
-        let file = format!("{}.cpio.gz", l.name);
+        let file = l.segment_name();
         super::link_or_copy(l.segment()?, &dir.join(&file))?;
         list.push(Segment { file, digest });
     }
@@ -251,6 +274,7 @@ pub fn boot_script(
     plan: &Plan,
     remote: &[Segment],
     base: Option<&str>,
+    how: Compression,
     out: &Path,
 ) -> io::Result<()> {
     let dir = out.join("pxe");
@@ -260,16 +284,16 @@ pub fn boot_script(
     let mut s = script_head(&plan.target, plan.arch, remote, base, serve);
     let mut names = vec!["initrd.img".to_string()];
     names.extend(remote.iter().map(|r| r.file.clone()));
-    names.push("overlay.cpio.gz".to_string());
+    let overlay = named(OVERLAY, how);
+    names.push(overlay.clone());
     s.push_str(&kernel_line("${base-url}/vmlinuz", &names, ""));
     s.push_str("initrd ${base-url}/initrd.img\n");
     for r in remote {
-        s.push_str(&format!(
-            "initrd ${{layers-url}}/sha256/{}.cpio.gz {}\n",
-            r.digest, r.file
-        ));
+        s.push_str(&r.initrd_line());
     }
-    s.push_str("initrd ${base-url}/pxe/overlay.cpio.gz overlay.cpio.gz\nboot\n");
+    s.push_str(&format!(
+        "initrd ${{base-url}}/pxe/{overlay} {overlay}\nboot\n"
+    ));
     fs::write(dir.join("boot.ipxe"), s)
 }
 
@@ -289,13 +313,13 @@ pub(crate) fn whole_boot_script(
     plan: &Plan,
     remote: &[Segment],
     base: Option<&str>,
-    secrets: bool,
+    (secrets, how): (bool, Compression),
     out: &Path,
 ) -> io::Result<()> {
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
     fs::write(dir.join(CMDLINE), format!("{}\n", cmdline(plan.arch)))?;
-    let mut s = whole_script(&plan.target, plan.arch, remote, base, secrets);
+    let mut s = whole_script(&plan.target, plan.arch, remote, base, (secrets, how));
     if plan.kind == TargetKind::Role {
         s = generic_identity(&s);
     }
@@ -337,15 +361,16 @@ fn whole_script(
     arch: Arch,
     remote: &[Segment],
     base: Option<&str>,
-    secrets: bool,
+    (secrets, how): (bool, Compression),
 ) -> String {
     let serve = "The whole node, run from RAM: serve this directory\n\
 # over HTTP; set base-url to where it is.";
     let mut s = script_head(target, arch, remote, base, serve);
+    let (initrd, secrets_name) = (named(INITRD, how), named(SECRETS, how));
     let mut names: Vec<String> = remote.iter().map(|r| r.file.clone()).collect();
-    names.push(INITRD.to_string());
+    names.push(initrd.clone());
     if secrets {
-        names.push(SECRETS.to_string());
+        names.push(secrets_name.clone());
         s.push_str(
             "# The node's private keys and tokens: whoever can fetch secrets.cpio.gz\n\
 # owns the cluster. Serve it to this node only (TLS with client\n\
@@ -363,14 +388,13 @@ fn whole_script(
         &cmdline(arch),
     ));
     for r in remote {
-        s.push_str(&format!(
-            "initrd ${{layers-url}}/sha256/{}.cpio.gz {}\n",
-            r.digest, r.file
-        ));
+        s.push_str(&r.initrd_line());
     }
-    s.push_str(&format!("initrd ${{base-url}}/pxe/{INITRD} {INITRD}\n"));
+    s.push_str(&format!("initrd ${{base-url}}/pxe/{initrd} {initrd}\n"));
     if secrets {
-        s.push_str(&format!("initrd ${{base-url}}/pxe/{SECRETS} {SECRETS}\n"));
+        s.push_str(&format!(
+            "initrd ${{base-url}}/pxe/{secrets_name} {secrets_name}\n"
+        ));
     }
     s.push_str("boot\n");
     s
@@ -379,8 +403,26 @@ fn whole_script(
 /// Whether the whole node's `boot.ipxe` in the output directory `dir` loads
 /// its secrets (for `verify --rebuild`: it was built with `--pxe-secrets`).
 pub fn loads_secrets(dir: &Path) -> bool {
-    let line = format!("initrd ${{base-url}}/pxe/{SECRETS} {SECRETS}");
-    fs::read_to_string(dir.join("pxe/boot.ipxe")).is_ok_and(|s| s.lines().any(|l| l == line))
+    let lines = [Compression::Gzip, Compression::Zstd].map(|how| {
+        let name = named(SECRETS, how);
+        format!("initrd ${{base-url}}/pxe/{name} {name}")
+    });
+    fs::read_to_string(dir.join("pxe/boot.ipxe"))
+        .is_ok_and(|s| s.lines().any(|l| lines.iter().any(|w| w == l)))
+}
+
+/// The file `gz` (a name ending `.gz`) for `how`: as it is for gzip,
+/// ending `.zst` for zstd.
+pub(crate) fn named(gz: &str, how: Compression) -> String {
+    match gz.strip_suffix(".gz") {
+        Some(stem) => format!("{stem}.{}", how.ext()),
+        None => gz.to_string(),
+    }
+}
+
+/// How `layers` are compressed (all alike, as one build wrote them).
+fn compression_of(layers: &[BuiltLayer]) -> Compression {
+    layers.first().map_or(Compression::Gzip, |l| l.compression)
 }
 
 #[cfg(test)]

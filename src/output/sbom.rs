@@ -309,7 +309,7 @@ fn layer(l: &BuiltLayer, id: &str) -> (Package, Vec<File>, Vec<Relationship>) {
     let mut p = Package {
         spdx_id: id.to_string(),
         name: l.name.clone(),
-        package_file_name: Some(format!("layers/{}.tar.gz", l.name)),
+        package_file_name: Some(format!("layers/{}", l.tar_name())),
         download_location: "NOASSERTION".into(),
         checksums: vec![sha256_sum(&l.digest)],
         primary_package_purpose: Some("ARCHIVE"),

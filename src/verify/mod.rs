@@ -15,15 +15,14 @@ mod tree;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use flate2::read::{GzDecoder, MultiGzDecoder};
-
+use crate::layer::rootfs;
 use crate::manifest::Manifests;
 use crate::manifest::secrets;
-use crate::output::{Format, ImageJson, LayerJson};
+use crate::output::{Format, ImageJson, LayerJson, pxe};
 use crate::plan::LayerKind;
 use crate::sums::{self, Sums};
 use tree::Tree;
@@ -230,10 +229,11 @@ fn check_layer_files(
     digests: &BTreeMap<String, String>,
     p: &mut Problems,
 ) {
+    let ext = image.build.compression.ext();
     for l in &image.layers {
-        if l.file != format!("layers/{}.tar.gz", l.name) || !is_inside(&l.file) {
+        if l.file != format!("layers/{}.tar.{ext}", l.name) || !is_inside(&l.file) {
             p.push(format!(
-                "image.json names layer file {:?}, which is not layers/<name>.tar.gz",
+                "image.json names layer file {:?}, which is not layers/<name>.tar.{ext}",
                 l.file
             ));
             continue;
@@ -327,7 +327,7 @@ fn check_secrets(dir: &Path, image: &ImageJson, l: &LayerJson, look: &Look, p: &
         ));
     }
     let result = File::open(&path).and_then(|f| {
-        let mut a = tar::Archive::new(GzDecoder::new(BufReader::new(f)));
+        let mut a = tar::Archive::new(rootfs::decompress(f)?);
         for e in a.entries()? {
             let mut e = e?;
             let name = e.path()?.to_string_lossy().into_owned();
@@ -406,21 +406,18 @@ fn check_published(
             Vec::new()
         }
     };
+    let how = image.build.compression;
+    let (initrd, init) = (pxe::named(pxe::INITRD, how), pxe::named(pxe::INIT, how));
     let segments = tree.files.iter().filter(|f| {
-        f.starts_with("pxe/segments/") || *f == "pxe/initrd.cpio.gz" || *f == "pxe/init.cpio.gz"
+        f.starts_with("pxe/segments/")
+            || f.strip_prefix("pxe/")
+                .is_some_and(|n| n == initrd || n == init)
     });
     for f in segments.chain(public_blobs.iter()) {
         let found = File::open(dir.join(f)).and_then(|file| {
-            let mut head = [0u8; 2];
-            let mut r = BufReader::new(file);
-            let n = r.read(&mut head)?;
-            let chained = io::Cursor::new(head[..n].to_vec()).chain(r);
+            // gzip members or zstd frames as their magic says; else as it is
             let scope = published_scope(image, f);
-            if head[..n] == [0x1f, 0x8b] {
-                scan::scan_for(MultiGzDecoder::new(chained), scope, needles)
-            } else {
-                scan::scan_for(chained, scope, needles)
-            }
+            scan::scan_for(rootfs::decompress(file)?, scope, needles)
         });
         match found {
             Ok(Some(what)) => p.push(format!(
@@ -438,11 +435,13 @@ fn check_published(
 fn published_scope(image: &ImageJson, file: &str) -> scan::Scope {
     let os = |l: &&LayerJson| scope_of(l.kind()) == scan::Scope::Os;
     let whole = image.layers.iter().any(|l| os(&l));
+    let ext = image.build.compression.ext();
     let os_layer = image.layers.iter().filter(os).any(|l| {
-        file == format!("pxe/segments/{}.cpio.gz", l.name)
+        file == format!("pxe/segments/{}.cpio.{ext}", l.name)
             || file == format!("oci/blobs/{}", l.digest.replacen(':', "/", 1))
     });
-    if os_layer || (whole && file == "pxe/initrd.cpio.gz") {
+    let initrd = format!("pxe/{}", pxe::named(pxe::INITRD, image.build.compression));
+    if os_layer || (whole && file == initrd) {
         scan::Scope::Os
     } else {
         scan::Scope::All
@@ -495,6 +494,8 @@ fn check_private_modes(dir: &Path, tree: &Tree, image: Option<&ImageJson>, p: &m
         "cloud-init/seed.iso",
         "pxe/overlay.cpio.gz",
         "pxe/secrets.cpio.gz",
+        "pxe/overlay.cpio.zst",
+        "pxe/secrets.cpio.zst",
     ];
     let node = image.is_some_and(|i| i.kind == crate::plan::TargetKind::Node);
     let secrets = image.is_some_and(|i| i.layers.iter().any(|l| l.kind() == LayerKind::Secrets));

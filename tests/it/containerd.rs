@@ -12,7 +12,7 @@ use crate::lab::Lab;
 
 /// containerd on a socket of its own, with its own root and state; the CRI
 /// plugin off (the test speaks ctr).
-struct Containerd {
+pub(crate) struct Containerd {
     child: Child,
     sock: PathBuf,
     _dir: tempfile::TempDir,
@@ -26,7 +26,7 @@ impl Drop for Containerd {
 }
 
 impl Containerd {
-    fn start() -> Containerd {
+    pub(crate) fn start() -> Containerd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let sock = d.join("containerd.sock");
@@ -56,7 +56,7 @@ impl Containerd {
         }
     }
 
-    fn ctr(&self) -> crate::judge::Judge {
+    pub(crate) fn ctr(&self) -> crate::judge::Judge {
         judge("ctr")
             .arg("--address")
             .arg(&self.sock)

@@ -358,7 +358,7 @@ fn diff_refuses_a_linked_image_json_a_truncated_layer_and_a_foreign_one_with_exi
     std::fs::write(&layer, &good[..good.len() / 2]).unwrap();
     refused(
         "truncated",
-        "new/node01/layers/01-worker.tar.gz: not a gzip'd tar",
+        "new/node01/layers/01-worker.tar.gz: not a gzip'd or zstd'd tar",
     );
     // another build's layer, whole, under the name image.json gives
     std::fs::remove_file(&layer).unwrap();

@@ -33,3 +33,4 @@ mod stores_and_state;
 mod units;
 mod validate;
 mod verify;
+mod zstd;

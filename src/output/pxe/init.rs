@@ -4,14 +4,14 @@
 //! `/dev` and `/proc` to mount on, the empty `/newroot` where it mounts
 //! the tmpfs it copies the node into before it switch_roots to systemd,
 //! and the repart.d(5) definition of a disk's state partition.
-//! Owners are root, every mtime is SOURCE_DATE_EPOCH and the gzip is the
-//! layers' (level 6, header mtime 0, no name), so the bytes are reproducible.
+//! Owners are root, every mtime is SOURCE_DATE_EPOCH and the compression is
+//! the layers' (gzip level 6, header mtime 0, no name; or one zstd frame),
+//! so the bytes are reproducible.
 
-use std::io::{self, Write};
-
-use flate2::GzBuilder;
+use std::io;
 
 use crate::newc;
+use crate::pgzip::Compression;
 
 /// The `/init` script (a POSIX shell script for the node's own `/bin/sh`).
 pub(crate) const SCRIPT: &str = include_str!("init.sh");
@@ -32,14 +32,12 @@ SizeMinBytes=256M\n";
 
 /// `data` as one gzip member, as the layers compress.
 pub(crate) fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
-    let level = flate2::Compression::new(crate::layer::GZIP_LEVEL);
-    let mut gz = GzBuilder::new().mtime(0).write(Vec::new(), level);
-    gz.write_all(data)?;
-    gz.finish()
+    Compression::Gzip.whole(data)
 }
 
-/// The gzip'd newc segment of `/init`, with `mtime` on every entry.
-pub(crate) fn segment(mtime: i64) -> io::Result<Vec<u8>> {
+/// The newc segment of `/init`, compressed as `how` says, with `mtime` on
+/// every entry.
+pub(crate) fn segment(mtime: i64, how: Compression) -> io::Result<Vec<u8>> {
     let mtime = u32::try_from(mtime).unwrap_or(0);
     let script = SCRIPT.as_bytes();
     let entries: [(&str, u32, &[u8]); 6] = [
@@ -68,7 +66,7 @@ pub(crate) fn segment(mtime: i64) -> io::Result<Vec<u8>> {
         cpio.extend_from_slice(body);
         cpio.resize(cpio.len() + newc::padding(body.len() as u64), 0);
     }
-    gzip(&cpio)
+    how.whole(&cpio)
 }
 
 #[cfg(test)]
@@ -96,7 +94,7 @@ mod tests {
 
     #[test]
     fn the_segment_holds_init_and_its_mount_points() {
-        let seg = segment(1_700_000_000).unwrap();
+        let seg = segment(1_700_000_000, Compression::Gzip).unwrap();
         let mut cpio = Vec::new();
         flate2::read::GzDecoder::new(seg.as_slice())
             .read_to_end(&mut cpio)
@@ -120,8 +118,8 @@ mod tests {
         assert!(got[2].3.contains("Label=imgbuild-state\nFormat=ext4\n"));
         // the layers' gzip: header mtime 0, no name, OS unknown
         assert_eq!(&seg[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
-        assert_eq!(seg, segment(1_700_000_000).unwrap());
-        assert_ne!(seg, segment(1_700_000_001).unwrap());
+        assert_eq!(seg, segment(1_700_000_000, Compression::Gzip).unwrap());
+        assert_ne!(seg, segment(1_700_000_001, Compression::Gzip).unwrap());
     }
 
     #[test]

@@ -8,10 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
-
-use flate2::read::GzDecoder;
 
 use crate::fsutil;
 use crate::layer::BuiltLayer;
@@ -100,7 +98,7 @@ fn link_target(link: &str, target: &Path, hard: bool) -> Option<String> {
     normal(&dir.join(target))
 }
 
-/// One pass over the gzip'd tar `r`, the layer `layer` at `path`.
+/// One pass over the gzip'd or zstd'd tar `r`, the layer `layer` at `path`.
 fn scan(layer: &str, path: &Path, r: impl Read) -> Result<Found, KernelError> {
     let read_err = |source| KernelError::Read {
         layer: layer.to_string(),
@@ -119,9 +117,9 @@ fn scan(layer: &str, path: &Path, r: impl Read) -> Result<Found, KernelError> {
     Ok(found)
 }
 
-/// Every entry of the gzip'd tar `r` that [`Found`] keeps.
+/// Every entry of the gzip'd or zstd'd tar `r` that [`Found`] keeps.
 fn entries(found: &mut Found, r: impl Read) -> io::Result<()> {
-    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::new(r)));
+    let mut archive = tar::Archive::new(crate::layer::rootfs::layer_reader(r)?);
     for e in archive.entries()? {
         let mut e = e?;
         let Some(path) = normal(&e.path()?) else {

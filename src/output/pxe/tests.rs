@@ -51,6 +51,7 @@ fn layer(dir: &Path, name: &str, kind: LayerKind, files: &[File3]) -> BuiltLayer
         name: name.to_string(),
         kind,
         key: sha256(name.as_bytes()),
+        compression: Compression::Gzip,
         digest: sha256(&gz),
         size: gz.len() as u64,
         diff_id: String::new(),
@@ -261,7 +262,7 @@ fn the_kernel_is_copied_from_the_os_layer() {
 
 #[test]
 fn boot_ipxe_loads_the_kernel_the_initrd_and_the_secrets_only_when_asked() {
-    let s = whole_script("node01", Arch::Amd64, &[], None, false);
+    let s = whole_script("node01", Arch::Amd64, &[], None, (false, Compression::Gzip));
     let args = "console=tty0 console=ttyS0,115200 imgbuild.rootsize=75%";
     assert!(
         s.contains(&format!(
@@ -272,7 +273,7 @@ initrd ${{base-url}}/pxe/initrd.cpio.gz initrd.cpio.gz\nboot\n"
     );
     assert!(s.starts_with("#!ipxe\n# imgbuild: node01 (amd64). "), "{s}");
     assert!(!s.contains("initrd ${base-url}/pxe/secrets.cpio.gz"), "{s}");
-    let with = whole_script("node01", Arch::Amd64, &[], None, true);
+    let with = whole_script("node01", Arch::Amd64, &[], None, (true, Compression::Gzip));
     assert!(
         with.contains(&format!(
             "kernel ${{base-url}}/pxe/vmlinuz initrd=initrd.cpio.gz initrd=secrets.cpio.gz {args}\n\
@@ -297,7 +298,13 @@ fn in_url_mode_boot_ipxe_loads_the_shared_segments_by_digest_first() {
             digest: "bb".into(),
         },
     ];
-    let s = whole_script("w", Arch::Amd64, &remote, Some("http://10.0.0.5/l"), false);
+    let s = whole_script(
+        "w",
+        Arch::Amd64,
+        &remote,
+        Some("http://10.0.0.5/l"),
+        (false, Compression::Gzip),
+    );
     assert!(
         s.contains("isset ${layers-url} || set layers-url http://10.0.0.5/l\n"),
         "{s}"
@@ -322,7 +329,7 @@ fn verify_reads_the_secrets_choice_back_from_boot_ipxe() {
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir_all(dir.path().join("pxe")).unwrap();
     for secrets in [false, true] {
-        let s = whole_script("n", Arch::Amd64, &[], None, secrets);
+        let s = whole_script("n", Arch::Amd64, &[], None, (secrets, Compression::Gzip));
         fs::write(dir.path().join("pxe/boot.ipxe"), s).unwrap();
         assert_eq!(loads_secrets(dir.path()), secrets);
     }
