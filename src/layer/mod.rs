@@ -202,6 +202,14 @@ fn resolve_all<'p>(
     let how = inputs.compression;
     let level = how.level();
     key.update(format!("{FORMAT}\nmtime {}\n{} {level}\n", inputs.mtime, how.name()).as_bytes());
+    // [os] exclude changes the OS layers only, and their keys only when set
+    if matches!(layer.kind, LayerKind::Os | LayerKind::OsPackages)
+        && let Some(os) = &inputs.m.pins.os
+    {
+        for p in &os.exclude {
+            key.update(format!("exclude {p}\n").as_bytes());
+        }
+    }
     for e in &layer.entries {
         let (content, id) = inputs.resolve(layer, e)?;
         key.update(format!("{} {:o} {} {} {id}\n", e.path, e.mode, e.uid, e.gid).as_bytes());

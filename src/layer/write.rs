@@ -176,6 +176,9 @@ pub(super) struct Emit<'s> {
     /// Where the members written by [`Emit::member`] come from (the base
     /// archive, a `.deb`), as its caller says.
     pub(super) origin: Option<Origin>,
+    /// `[os] exclude`, for the OS layers: the members [`Emit::member`]
+    /// leaves out (never a directory).
+    exclude: Option<globset::GlobSet>,
 }
 
 impl Emit<'_> {
@@ -276,6 +279,12 @@ impl Emit<'_> {
     /// and mtime (none later than the layer's). A hard link or device is
     /// the caller's to materialise or skip.
     pub(super) fn member(&mut self, path: &str, m: &Member, data: &mut dyn Read) -> io::Result<()> {
+        if let Some(ex) = &self.exclude
+            && !matches!(m.kind, Kind::Dir)
+            && ex.is_match(format!("/{path}"))
+        {
+            return Ok(());
+        }
         let mtime = m.mtime.min(self.mtime);
         let owner = (m.uid, m.gid);
         let mut h = tar::Header::new_gnu();
@@ -401,6 +410,7 @@ fn write_entries(
     layer: &LayerPlan,
     resolved: Vec<Resolved<'_>>,
 ) -> Result<Listing, LayerError> {
+    let os_layer = matches!(layer.kind, LayerKind::Os | LayerKind::OsPackages);
     let mut w = Emit {
         s,
         headers: tar::Builder::new(Vec::new()),
@@ -408,8 +418,11 @@ fn write_entries(
         mtime: inputs.mtime,
         listing: Listing::default(),
         origin: None,
+        exclude: os_layer
+            .then(|| inputs.m.pins.os.as_ref().and_then(|os| os.excluded()))
+            .flatten(),
     };
-    if matches!(layer.kind, LayerKind::Os | LayerKind::OsPackages) {
+    if os_layer {
         os::write(&mut w, resolved).map_err(|source| LayerError::Os {
             layer: layer.name.clone(),
             source: Box::new(source),

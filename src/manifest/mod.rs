@@ -353,6 +353,27 @@ pub(crate) struct OsBase {
     pub(crate) base: String,
     /// `[os] packages`: every node's, beside its roles' `os_packages`.
     pub(crate) packages: Vec<String>,
+    /// `[os] exclude`: what the `os` and `os-packages` layers leave out
+    /// (files, links; never a directory), as dpkg's `path-exclude`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) exclude: Vec<String>,
+}
+
+impl OsBase {
+    /// The `exclude` patterns as one matcher (validated when read; a pattern
+    /// that does not compile, which validation refuses, matches nothing).
+    pub(crate) fn excluded(&self) -> Option<globset::GlobSet> {
+        if self.exclude.is_empty() {
+            return None;
+        }
+        let mut b = globset::GlobSetBuilder::new();
+        for p in &self.exclude {
+            if let Ok(g) = globset::Glob::new(p) {
+                b.add(g);
+            }
+        }
+        b.build().ok()
+    }
 }
 
 /// A pinned Debian package (`[[deb]]`): one `.deb` file.

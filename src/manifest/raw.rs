@@ -306,6 +306,10 @@ pub(crate) struct RawOs {
     /// a base without systemd or a kernel needs.
     #[serde(default)]
     pub(crate) packages: Vec<toml::Spanned<String>>,
+    /// Paths the node OS leaves out, as dpkg's `path-exclude` does: glob
+    /// patterns of absolute paths (`*` matches `/` too).
+    #[serde(default)]
+    pub(crate) exclude: Vec<toml::Spanned<String>>,
 }
 
 /// `[[deb]]`: one `.deb` file, pinned by its checksum.

@@ -943,3 +943,73 @@ fn the_stand_in_debs_are_what_dpkg_deb_reads() {
         "{contents}"
     );
 }
+
+/// The lab's pins.toml with `lines` added to its `[os]` table.
+fn with_os_lines(lab: &Lab, lines: &str) {
+    let pins = lab.path("manifests/pins.toml");
+    let text = std::fs::read_to_string(&pins).unwrap();
+    std::fs::write(&pins, text.replace("[os]\n", &format!("[os]\n{lines}\n"))).unwrap();
+}
+
+#[test]
+fn os_exclude_leaves_matching_files_out_of_the_os_layer_and_the_initrd() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(true));
+    build_node(&lab, &server, "all", &[]);
+    with_os_lines(
+        &lab,
+        "exclude = [\"/boot/config-*\", \"/usr/lib/x86_64-linux-gnu/*\"]",
+    );
+    build_node(&lab, &server, "trim", &[]);
+    let names = |out: &str| cpio_names(&[lab.path(&format!("{out}/node01/pxe/initrd.cpio.gz"))]);
+    let (all, trim) = (names("all"), names("trim"));
+    for gone in [
+        "boot/config-6.1.0-test",
+        "usr/lib/x86_64-linux-gnu/libgnutls.so.30",
+    ] {
+        assert!(all.iter().any(|n| n == gone), "{all:?}");
+        assert!(
+            !trim.iter().any(|n| n == gone),
+            "{gone} is still in {trim:?}"
+        );
+    }
+    // the directories stay, as with dpkg's path-exclude; the rest is there
+    for kept in [
+        "usr/lib/x86_64-linux-gnu",
+        "boot/vmlinuz-6.1.0-test",
+        "etc/os-release",
+    ] {
+        assert!(
+            trim.iter().any(|n| n == kept),
+            "{kept} is missing: {trim:?}"
+        );
+    }
+    let os = std::fs::read_dir(lab.path("trim/node01/layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-os.tar.gz"))
+        .unwrap();
+    let listed = judge("tar").arg("-tzf").arg(&os).ok();
+    assert!(
+        !listed.contains("config-6.1.0-test") && listed.contains("vmlinuz-6.1.0-test"),
+        "{listed}"
+    );
+    lab.imgbuild(&["verify", "trim/node01"]).assert_ok();
+}
+
+#[test]
+fn a_bad_os_exclude_pattern_is_an_error_at_its_place_in_pins_toml() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(true));
+    with_os_lines(
+        &lab,
+        "exclude = [\"usr/share/doc/*\", \"/usr/../etc/*\", \"/usr/[x\", \"/a/*\", \"/a/*\"]",
+    );
+    lab.imgbuild(&["plan", "--role", "node01"])
+        .assert_failed()
+        .assert_stderr_has("pins.toml:")
+        .assert_stderr_has("[os] exclude: `usr/share/doc/*` is not an absolute path pattern")
+        .assert_stderr_has("[os] exclude: `/usr/../etc/*` has a `..` component")
+        .assert_stderr_has("[os] exclude: `/usr/[x` is not a glob pattern")
+        .assert_stderr_has("[os] exclude lists `/a/*` twice");
+}

@@ -63,6 +63,7 @@ pub(super) fn validate_os(
     let os = OsBase {
         base,
         packages: packages.iter().map(|(n, _)| n.clone()).collect(),
+        exclude: validate_exclude(f, &raw.exclude, d),
     };
     (
         Some(os),
@@ -71,6 +72,36 @@ pub(super) fn validate_os(
             packages,
         }),
     )
+}
+
+/// `[os] exclude`: each an absolute glob pattern (dpkg's `path-exclude`)
+/// that compiles, without `..` and not a directory's own path (`/x/`).
+fn validate_exclude(
+    f: &PinsFile,
+    raw: &[toml::Spanned<String>],
+    d: &mut Diagnostics,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in raw {
+        let pattern = p.get_ref();
+        let problem = if !pattern.starts_with('/') || pattern.len() < 2 {
+            Some("is not an absolute path pattern (`/usr/share/doc/*`)".to_string())
+        } else if pattern.split('/').any(|c| c == "..") || pattern.ends_with('/') {
+            Some("has a `..` component or ends with `/`".to_string())
+        } else {
+            globset::Glob::new(pattern)
+                .err()
+                .map(|e| format!("is not a glob pattern: {}", e.kind()))
+        };
+        match problem {
+            Some(why) => d.error(f.at(p), format!("[os] exclude: `{pattern}` {why}")),
+            None if out.contains(pattern) => {
+                d.error(f.at(p), format!("[os] exclude lists `{pattern}` twice"));
+            }
+            None => out.push(pattern.clone()),
+        }
+    }
+    out
 }
 
 /// Where `[os]`'s base and each of its packages stand in pins.toml.
