@@ -302,6 +302,31 @@ def whole_node(d):
     return res
 
 
+def trim_effect(d):
+    """(h): master02's whole-node initrd from the VM lab with its `[os]
+    exclude` and without it (the line taken out of a copy of the manifests):
+    {name: (MB as loaded, MB unpacked)}."""
+    plain = os.path.join(d, "manifests-untrimmed")
+    shutil.rmtree(plain, ignore_errors=True)
+    shutil.copytree(os.path.join(d, "manifests"), plain)
+    pins = os.path.join(plain, "pins.toml")
+    text = open(pins).read()
+    open(pins, "w").write("\n".join(l for l in text.split("\n") if not l.startswith("exclude = [")))
+    res = {}
+    for name, manifests in [("with `[os] exclude`", "manifests"), ("without", "manifests-untrimmed")]:
+        out = os.path.join(d, "out-trim")
+        shutil.rmtree(out, ignore_errors=True)
+        run([exe, "-q", "--manifests", manifests, "--cache", "cache", "--offline", "node", "--role", "master02",
+             "--out", "out-trim", "--format", "pxe"], d)
+        initrd = os.path.join(out, "master02/pxe/initrd.cpio.gz")
+        with gzip.open(initrd) as f:
+            unpacked = sum(len(b) for b in iter(lambda: f.read(1 << 20), b""))
+        res[name] = (os.path.getsize(initrd) / MB, unpacked / MB)
+    shutil.rmtree(os.path.join(d, "out-trim"), ignore_errors=True)
+    shutil.rmtree(plain, ignore_errors=True)
+    return res
+
+
 def boot_times():
     """The last `just vm-test`'s boot figures (target/vm-test/boot.tsv:
     node, how it booted, initramfs MB, unit, seconds), or None."""
@@ -402,7 +427,10 @@ def main():
     f_sums = med([timed(["sha256sum", "-c", "--quiet", "SHA256SUMS"], node_dir)[0] for _ in range(runs)])
     f_verify = med([timed([exe, "-q", "verify", node_dir], six)[0] for _ in range(runs)])
     log("(g) whole-node images on the VM lab (its base made by mmdebstrap the first time)")
-    g_whole = whole_node(vm_lab())
+    lab = vm_lab()
+    g_whole = whole_node(lab)
+    trim = trim_effect(lab)
+    trim_rows = "\n".join(f"| {k} | {v[0]:.1f} MB | {v[1]:.1f} MB |" for k, v in trim.items())
     boot = boot_times()
     fleet = {}
     for n in [int(x) for x in os.environ.get("BENCH_FLEET", "1000,2000,5000,10000").split(",")]:
@@ -507,6 +535,16 @@ shared layers, two here).
 | layers, pxe, disk, the disks' roots made again | {g_whole['roots']:.1f} | {g_whole['roots'] / g_whole['layers']:.2f}× |
 
 {boot_section(boot)}
+
+Trimming the base: the VM lab's `[os] exclude` (scripts/lab_mirror.py:
+the packages' documentation, perl's C headers and East Asian encodings,
+kernel modules of NFS, SCTP, TIPC, SMC, DRBD, bcache, an NVMe target,
+Surface laptops and nested KVM; docs/base-os.md) against the same lab
+without it, master02's whole-node initrd:
+
+| base | initrd as loaded | unpacked (the node's root in RAM) |
+| --- | ---: | ---: |
+{trim_rows}
 
 ## Why
 

@@ -326,6 +326,27 @@ def base_archive(base_tar):
     return targz_path, version
 
 
+# What the VM lab's nodes leave out of the base and the .debs (`[os] exclude`,
+# docs/base-os.md): the packages' documentation, perl's C headers and its
+# East Asian encodings, and kernel modules of what a node never mounts, serves
+# or runs (NFS and its RPC, SCTP, TIPC, SMC, DRBD, bcache, an NVMe target,
+# Surface laptops, nested KVM). base-root's mmdebstrap already leaves out the
+# base's own documentation, locales, firmware and more modules.
+OS_EXCLUDE = [
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/lib/x86_64-linux-gnu/perl/*/CORE/*",
+    "/usr/lib/x86_64-linux-gnu/perl/*/auto/Encode/JP/*",
+    "/usr/lib/x86_64-linux-gnu/perl/*/auto/Encode/KR/*",
+    "/usr/lib/x86_64-linux-gnu/perl/*/auto/Encode/CN/*",
+    "/usr/lib/x86_64-linux-gnu/perl/*/auto/Encode/TW/*",
+] + [f"/usr/lib/modules/*/kernel/{m}/*" for m in [
+    "fs/nfs", "fs/nfs_common", "fs/nfsd", "fs/lockd", "net/sunrpc", "net/sctp", "net/tipc",
+    "net/smc", "drivers/block/drbd", "drivers/md/bcache", "drivers/nvme/target",
+    "drivers/platform/surface", "arch/x86/kvm",
+]]
+
+
 def os_lines(base_tar, debs_dir):
     path, version = base_archive(base_tar)
     publish(BASE_URL, src=path)
@@ -334,6 +355,7 @@ def os_lines(base_tar, debs_dir):
         "# machine's apt sources) without the roles' packages, which come as .debs.",
         "[os]",
         'base = "debian-rootfs"',
+        "exclude = [" + ", ".join(q(p) for p in OS_EXCLUDE) + "]",
         "",
         "[[artifact]]",
         'name = "debian-rootfs"',
