@@ -157,7 +157,7 @@ pub struct BuildArgs {
     /// secrets layer (never written otherwise; `push --include-secrets` needs it).
     #[arg(long)]
     pub oci_with_secrets: bool,
-    /// With a base OS: boot.ipxe also loads pxe/secrets.cpio.gz, the node's private
+    /// With a base OS: boot.ipxe also loads pxe/secrets.cpio.gz (.zst), the node's private
     /// keys and tokens (whoever can fetch it owns the cluster; see docs/build.md).
     #[arg(long)]
     pub pxe_secrets: bool,
