@@ -215,10 +215,32 @@ fn a_zstd_seed_extracts_with_tar_zstd_and_stops_without_zstd() {
                 .all(|l| l.contains("tar --zstd -xpf ") && l.contains(".tar.zst -C / ")),
         "{user_data}"
     );
+    // the guard, run by dash: on a machine without zstd it stops and says
+    // why; with zstd it lets the script go on
+    let guard = user_data
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("command -v zstd >/dev/null || {")
+        })
+        .unwrap_or_else(|| panic!("no zstd guard in\n{user_data}"))
+        .trim();
+    let without = judge("env")
+        .args(["PATH=/nonexistent", "/usr/bin/dash", "-c"])
+        .arg(format!("{guard}\necho went on"))
+        .output();
+    let err = String::from_utf8_lossy(&without.stderr);
     assert!(
-        user_data.contains("command -v zstd >/dev/null || {"),
-        "{user_data}"
+        !without.status.success()
+            && err.contains("this seed's layers are zstd")
+            && !String::from_utf8_lossy(&without.stdout).contains("went on"),
+        "{err}"
     );
+    let with = judge("dash")
+        .arg("-c")
+        .arg(format!("{guard}\necho went on"))
+        .ok();
+    assert!(with.contains("went on"), "{with}");
     assert!(!user_data.contains(".tar.gz"), "{user_data}");
     lab.imgbuild(&["verify", "z/node01"]).assert_ok();
 }
