@@ -95,13 +95,18 @@ impl<W: Write> Write for Sha256Writer<W> {
 
 /// Creates (truncates) `path` with mode 0600, whatever the umask.
 pub fn create_private(path: &Path) -> io::Result<File> {
+    create_mode(path, 0o600)
+}
+
+/// Creates (truncates) `path` with exactly `mode`, whatever the umask.
+pub fn create_mode(path: &Path, mode: u32) -> io::Result<File> {
     let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)?;
-    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
     Ok(f)
 }
 
@@ -160,14 +165,7 @@ pub fn stage_with(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Resul
 /// file of a scratch directory that is made durable whole ([`sync_fs`])
 /// and renamed into place as one.
 pub fn write_unsynced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))?;
-    f.write_all(bytes)
+    create_mode(path, mode)?.write_all(bytes)
 }
 
 /// Writes back every dirty page of the filesystem that holds `dir`

@@ -63,31 +63,32 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// say, or `r` itself.
 pub(crate) fn decompress(r: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Send>> {
     let mut r = BufReader::with_capacity(1 << 20, r);
-    let head = r.fill_buf()?;
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(r))
-    } else if head.starts_with(&XZ_MAGIC) {
-        Box::new(Unxz::start(r)?)
-    } else if head.starts_with(&ZSTD_MAGIC) || is_skippable_frame(head) {
-        Box::new(Unzstd::new(r))
-    } else {
-        Box::new(r)
-    })
+    if r.fill_buf()?.starts_with(&XZ_MAGIC) {
+        return Ok(Box::new(Unxz::start(r)?));
+    }
+    Ok(gzip_or_zstd(r))
 }
 
 /// A layer imgbuild wrote, or any gzip'd or zstd'd stream: decoded as its
 /// first bytes say (gzip members or zstd frames, to the end), else read as
-/// it is. Unlike [`decompress`], `r` may borrow.
-pub(crate) fn layer_reader<'a>(r: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+/// it is. Unlike [`decompress`], `r` may borrow (and xz is not read).
+pub(crate) fn layer_reader<'a>(r: impl Read + Send + 'a) -> io::Result<Box<dyn Read + Send + 'a>> {
     let mut r = BufReader::with_capacity(1 << 20, r);
-    let head = r.fill_buf()?;
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+    r.fill_buf()?;
+    Ok(gzip_or_zstd(r))
+}
+
+/// `r` (its buffer filled) gunzipped or unzstd'd as its first bytes say,
+/// or as it is.
+fn gzip_or_zstd<'a, R: Read + Send + 'a>(r: BufReader<R>) -> Box<dyn Read + Send + 'a> {
+    let head = r.buffer();
+    if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(r))
-    } else if head.starts_with(&ZSTD_MAGIC) {
+    } else if head.starts_with(&ZSTD_MAGIC) || is_skippable_frame(head) {
         Box::new(Unzstd::new(r))
     } else {
         Box::new(r)
-    })
+    }
 }
 
 /// Whether `head` starts a zstd skippable frame (magic 0x184D2A50 to

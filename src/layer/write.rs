@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -151,14 +150,10 @@ fn compress(
 fn create(path: &Path, mode: u32) -> io::Result<BufWriter<File>> {
     // a read-only leftover of the same name cannot be opened for writing
     let _ = fs::remove_file(path);
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))?;
-    Ok(BufWriter::with_capacity(1 << 20, f))
+    Ok(BufWriter::with_capacity(
+        1 << 20,
+        fsutil::create_mode(path, mode)?,
+    ))
 }
 
 /// Writes each entry of a layer to the tar stream and to the cpio stream

@@ -34,8 +34,6 @@ pub use kernel::KernelError;
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::fsutil::{self, Sha256Writer};
@@ -115,18 +113,6 @@ fn split_shared(layers: &[BuiltLayer]) -> (&[BuiltLayer], &[BuiltLayer]) {
     layers.split_at(layers.iter().take_while(|l| l.kind.is_shared()).count())
 }
 
-/// Creates (truncates) `path` with exactly `mode`, whatever the umask.
-fn create(path: &Path, mode: u32) -> io::Result<File> {
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))?;
-    Ok(f)
-}
-
 /// Writes `pxe/overlay.cpio.gz` below `out`, the `layers` with their
 /// secrets (so 0600); returns its sha256.
 pub fn overlay(layers: &[BuiltLayer], store: &Store, out: &Path) -> io::Result<String> {
@@ -165,7 +151,7 @@ pub(crate) fn initrds(
         .cloned()
         .partition(|l| l.kind == LayerKind::Secrets);
     let (head, tail) = split_shared(&public);
-    let file = create(&dir.join(&initrd), 0o644)?;
+    let file = fsutil::create_mode(&dir.join(&initrd), 0o644)?;
     let digest = concatenate(file, store, how, head, &init, tail)?;
     written.push((format!("pxe/{initrd}"), digest));
     if !secrets.is_empty() {

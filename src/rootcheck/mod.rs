@@ -81,14 +81,8 @@ impl RootCheck {
         if !layers.iter().any(|l| l.kind == LayerKind::Os) {
             return Ok(Vec::new());
         }
-        let mut indexes = Vec::new();
-        for l in layers.iter().filter(|l| l.kind != LayerKind::Secrets) {
-            indexes.push((l.name.as_str(), self.index(l, plan.arch)?));
-        }
-        let mut root = Root::default();
-        for (name, index) in &indexes {
-            root.add(name, index);
-        }
+        let indexes = self.indexes(plan, layers)?;
+        let mut root = Root::of(&indexes);
         let findings = libs::Loader::new(&root, plan.arch).check();
         let mut problems = std::mem::take(&mut root.problems);
         problems.extend(findings.errors);
@@ -112,14 +106,8 @@ impl RootCheck {
         layers: &[BuiltLayer],
         programs: &[&str],
     ) -> Result<BTreeSet<String>, RootCheckError> {
-        let mut indexes = Vec::new();
-        for l in layers.iter().filter(|l| l.kind != LayerKind::Secrets) {
-            indexes.push((l.name.as_str(), self.index(l, plan.arch)?));
-        }
-        let mut root = Root::default();
-        for (name, index) in &indexes {
-            root.add(name, index);
-        }
+        let indexes = self.indexes(plan, layers)?;
+        let root = Root::of(&indexes);
         let (mut files, missing) = libs::Loader::new(&root, plan.arch).closure(programs);
         if !missing.is_empty() {
             return Err(RootCheckError::Lacks {
@@ -145,6 +133,19 @@ impl RootCheck {
         warnings
             .into_iter()
             .filter(|w| warned.insert(w.clone()))
+            .collect()
+    }
+
+    /// The index of each of `layers` but the secrets, with the layer's name.
+    fn indexes<'l>(
+        &self,
+        plan: &Plan,
+        layers: &'l [BuiltLayer],
+    ) -> Result<Vec<(&'l str, Arc<LayerIndex>)>, RootCheckError> {
+        layers
+            .iter()
+            .filter(|l| l.kind != LayerKind::Secrets)
+            .map(|l| Ok((l.name.as_str(), self.index(l, plan.arch)?)))
             .collect()
     }
 
@@ -191,10 +192,7 @@ mod tests {
     }
 
     fn check(layers: &[(&str, LayerIndex)]) -> (Vec<String>, Vec<String>) {
-        let mut root = Root::default();
-        for (name, index) in layers {
-            root.add(name, index);
-        }
+        let mut root = Root::of(layers);
         let f = libs::Loader::new(&root, Arch::Amd64).check();
         let mut problems = std::mem::take(&mut root.problems);
         problems.extend(f.errors);

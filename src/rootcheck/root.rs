@@ -28,6 +28,16 @@ pub(super) fn multiarch(arch: Arch) -> &'static str {
 }
 
 impl<'a> Root<'a> {
+    /// The root of `layers` (each layer's name and index) laid over each
+    /// other in order.
+    pub(super) fn of<I: std::borrow::Borrow<LayerIndex>>(layers: &'a [(&'a str, I)]) -> Root<'a> {
+        let mut root = Root::default();
+        for (name, index) in layers {
+            root.add(name, index.borrow());
+        }
+        root
+    }
+
     /// Lays `index` (of the layer `name`) over what is there: a directory
     /// over a symbolic link keeps the link (as the kernel unpacks a cpio,
     /// and dpkg unpacks) and is a problem (tar would replace it).

@@ -99,7 +99,7 @@ fn link_target(link: &str, target: &Path, hard: bool) -> Option<String> {
 }
 
 /// One pass over the gzip'd or zstd'd tar `r`, the layer `layer` at `path`.
-fn scan(layer: &str, path: &Path, r: impl Read) -> Result<Found, KernelError> {
+fn scan(layer: &str, path: &Path, r: impl Read + Send) -> Result<Found, KernelError> {
     let read_err = |source| KernelError::Read {
         layer: layer.to_string(),
         path: path.to_path_buf(),
@@ -118,7 +118,7 @@ fn scan(layer: &str, path: &Path, r: impl Read) -> Result<Found, KernelError> {
 }
 
 /// Every entry of the gzip'd or zstd'd tar `r` that [`Found`] keeps.
-fn entries(found: &mut Found, r: impl Read) -> io::Result<()> {
+fn entries(found: &mut Found, r: impl Read + Send) -> io::Result<()> {
     let mut archive = tar::Archive::new(crate::layer::rootfs::layer_reader(r)?);
     for e in archive.entries()? {
         let mut e = e?;

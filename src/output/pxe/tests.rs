@@ -3,6 +3,7 @@
 
 use super::*;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use crate::fetch::Cache;
