@@ -137,15 +137,29 @@ def inventory(d, nodes):
     open(path, "w").write(head + "\n" + "\n".join(inv) + "\n")
 
 
+TRASH = os.path.join(work, "trash")
+
+
+def aside(d, subs):
+    """Moves the `subs` of d into TRASH (removed when the bench ends)
+    instead of removing them: ext4 without a journal (this machine's) does
+    not reuse an inode freed in the last minute, five when its inode table
+    block is dirty (fs/ext4/ialloc.c, recently_deleted: RECENTCY_MIN,
+    RECENTCY_DIRTY), and every such free inode it passes over costs each
+    new file a lookup; the 10,000-node fleet frees 300,000, which made the
+    next fleet's build a third slower. Renaming frees none."""
+    os.makedirs(TRASH, exist_ok=True)
+    for sub in subs:
+        p = os.path.join(d, sub)
+        if os.path.exists(p):
+            os.rename(p, os.path.join(TRASH, f"{len(os.listdir(TRASH))}-{sub.replace('/', '_')}"))
+
+
 def fleet_build(d):
-    """(seconds, peak RSS in MiB) of a cold fleet build in d, PKI included.
-    ext4 without a journal passes over the inodes freed in the last
-    dirty_expire seconds when it allocates one, so the previous run's files
-    are removed that long before the timed run starts."""
-    for sub in ["state", "cache/layers", "out"]:
-        shutil.rmtree(os.path.join(d, sub), ignore_errors=True)
+    """(seconds, peak RSS in MiB) of a cold fleet build in d, PKI included:
+    the previous run's files set aside ([aside])."""
+    aside(d, ["state", "cache/layers", "out"])
     os.sync()
-    time.sleep(int(open("/proc/sys/vm/dirty_expire_centisecs").read()) / 100 + 5)
     return timed([exe, "-q", "--cache", "cache", "--offline", "cluster", "--out", "out",
                   "--seed-layers", "url=http://boot.example/layers"], d)
 
@@ -302,6 +316,17 @@ def whole_node(d):
     return res
 
 
+def ipxe_initrds(node):
+    """The files of the node directory `node` its pxe/boot.ipxe loads as
+    initrds (`${base-url}/X` is node/X): the whole node's initramfs."""
+    out = []
+    for line in open(os.path.join(node, "pxe/boot.ipxe")):
+        words = line.split()
+        if words[:1] == ["initrd"] and words[1].startswith("${base-url}/"):
+            out.append(os.path.join(node, words[1][len("${base-url}/"):]))
+    return out
+
+
 def trim_effect(d):
     """(h): master02's whole-node initrd from the VM lab with its `[os]
     exclude` and without it (the line taken out of a copy of the manifests):
@@ -318,10 +343,12 @@ def trim_effect(d):
         shutil.rmtree(out, ignore_errors=True)
         run([exe, "-q", "--manifests", manifests, "--cache", "cache", "--offline", "node", "--role", "master02",
              "--out", "out-trim", "--format", "pxe"], d)
-        initrd = os.path.join(out, "master02/pxe/initrd.cpio.gz")
-        with gzip.open(initrd) as f:
-            unpacked = sum(len(b) for b in iter(lambda: f.read(1 << 20), b""))
-        res[name] = (os.path.getsize(initrd) / MB, unpacked / MB)
+        loaded, unpacked = 0, 0
+        for initrd in ipxe_initrds(os.path.join(out, "master02")):
+            loaded += os.path.getsize(initrd)
+            with gzip.open(initrd) as f:
+                unpacked += sum(len(b) for b in iter(lambda: f.read(1 << 20), b""))
+        res[name] = (loaded / MB, unpacked / MB)
     shutil.rmtree(os.path.join(d, "out-trim"), ignore_errors=True)
     shutil.rmtree(plain, ignore_errors=True)
     return res
@@ -416,11 +443,7 @@ def main():
     big = workload(os.path.join(work, "thousand"), 1.0, nodes=1000)
     c = []
     for _ in range(runs):
-        shutil.rmtree(os.path.join(big, "state"), ignore_errors=True)
-        shutil.rmtree(os.path.join(big, "cache/layers"), ignore_errors=True)
-        shutil.rmtree(os.path.join(big, "out"), ignore_errors=True)
-        c.append(timed([exe, "-q", "--cache", "cache", "--offline", "cluster", "--out", "out",
-                        "--seed-layers", "url=http://boot.example/layers"], big)[0])
+        c.append(fleet_build(big)[0])
     c_secs = med(c)
     log("(f) verify against sha256sum -c")
     node_dir = os.path.join(six, "out", "master01")
@@ -438,6 +461,7 @@ def main():
         inventory(big, n)
         fleet[n] = fleet_build(big)
     shutil.rmtree(os.path.join(big, "out"), ignore_errors=True)
+    shutil.rmtree(TRASH, ignore_errors=True)
     sizes_f = sorted(fleet)
     big_n, small_n = sizes_f[-1], sizes_f[0]
     rss_f = [fleet[n][1] for n in sizes_f]
@@ -448,7 +472,8 @@ def main():
         return os.path.getsize(p) if os.path.exists(p) else 0
 
     nodes = sorted(n for n in os.listdir(os.path.join(six, "out")) if not n.startswith("."))
-    per_node = sum(size(n, "cloud-init/seed.iso") + size(n, "pxe/overlay.cpio.gz") for n in nodes)
+    per_node = sum(size(n, "cloud-init/seed.iso") for n in nodes)
+    overlays = sum(size(n, "pxe/overlay.cpio.gz") for n in nodes)
     worker = size("node03", "cloud-init/seed.iso") + size("node03", "pxe/overlay.cpio.gz")
     sizes = {f: os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(os.path.join(six, "mirror")) for f in fs}
     server = next(v for k, v in sizes.items() if "kubernetes-server" in k)
@@ -540,7 +565,7 @@ Trimming the base: the VM lab's `[os] exclude` (scripts/lab_mirror.py:
 the packages' documentation, perl's C headers and East Asian encodings,
 kernel modules of NFS, SCTP, TIPC, SMC, DRBD, bcache, an NVMe target,
 Surface laptops and nested KVM; docs/base-os.md) against the same lab
-without it, master02's whole-node initrd:
+without it, master02's whole-node initramfs (every file its boot.ipxe loads):
 
 | base | initrd as loaded | unpacked (the node's root in RAM) |
 | --- | ---: | ---: |
@@ -557,15 +582,15 @@ without it, master02's whole-node initrd:
   its own deflate, the layers row is the overhead of reading the upstream
   archives, framing tar and cpio, and hashing.
 - The gap between the layers row and (a) is the per-node, self-contained
-  formats: every node's seed.iso and overlay.cpio.gz carry copies of all its
-  layers ({per_node / 1e9:.1f} GB for the six nodes). A node's seed and
-  overlay are written side by side; the seed is hashed for SHA256SUMS while
-  it is written; the overlay's shared segments are copied by the kernel
-  (`copy_file_range`) and its hash resumed from the sha256 state the layer
-  store keeps after them, so only the node's own segments are read. No
-  compression is in these copies, so neither limit counts them: held against
-  the own-deflate limit, what (a) adds is those page-cache writes, one sha256
-  pass over each seed, and the sha256 of every layer and its diff_id.
+  seed: every node's seed.iso carries copies of all its layers
+  ({per_node / 1e9:.1f} GB for the six nodes), hashed for SHA256SUMS while
+  it is written. The PXE files are not copies: the shared layers' segments
+  are hard links into the layer store (`pxe/segments/`, loaded one by one
+  by boot.ipxe) and a node's overlay holds only its own layers
+  ({overlays / 1e3:.0f} KB for the six nodes). No compression is in the
+  seeds, so neither limit counts them: held against the own-deflate limit,
+  what (a) adds is those page-cache writes, one sha256 pass over each seed,
+  the SBOM and the provenance.
 - (b): workers are not in `/etc/hosts` (docs/decisions.md), so a worker's new
   address changes only its node layer, seed and overlay; the five other node
   directories are up to date and left as they are. What (b) does is that
@@ -581,45 +606,63 @@ without it, master02's whole-node initrd:
   libzstd at level 3 on its own and the pieces joined into one zstd frame
   (`src/zstdblocks.rs`), shared between the tar and the cpio as with gzip;
   imgbuild's own zstd is as fast as `zstd -3 -T2` on the same layers. The
-  target is missed by far, and not by the compression: the zstd limit is
-  about a second here, eight times less than pigz, so the work that is not
-  compression is most of the build. That work is the same with gzip: the
-  layers row's overhead over its limit (reading the upstream archives,
-  which are gzip'd tarballs inflated on the way; framing tar and cpio; the
-  sha256 of every layer, its segment and its diff_id) and, for every format,
-  the per-node self-contained files described above (each node's seed.iso
-  and PXE overlay carry copies of all its layers: 3.7 GB written and
-  hashed for the six nodes), then the SBOM (every file of every layer) and
-  the provenance. zstd makes the layers 2.7 times faster than gzip and a
-  whole cold build 1.8 times faster; getting within 1.2× of the zstd limit
-  would take not writing those copies (url mode, or PXE loading the shared
-  segments as separate initrds) and keeping upstream archives inflated in
-  the cache.
+  target is missed, and not by the compression: the zstd limit is
+  {zlim:.1f} s here, {lim / zlim:.0f} times less than pigz, so the work that
+  is not compression is most of the build. That work is the same with
+  gzip: the layers row's overhead over its limit (reading the upstream
+  archives, which are gzip'd tarballs inflated on the way; framing tar and
+  cpio; the sha256 of every layer, its segment and its diff_id) and the
+  per-node seeds described above (each node's seed.iso carries copies of
+  all its layers: {per_node / 1e9:.1f} GB written and hashed for the six
+  nodes), then the SBOM (every file of every layer) and the provenance.
+  The PXE files cost {zst['layers,pxe'] - zst['layers']:.1f} s over the
+  layers (the shared segments are links). zstd makes the layers
+  {prof['layers'] / zst['layers']:.1f} times faster than gzip; getting
+  within 1.2× of the zstd limit would take a seed that does not copy the
+  shared layers (url mode does that) and keeping upstream archives
+  inflated in the cache.
 - (a) was 10.2 s (1.24× the pigz limit) when it was last measured, on
   2026-11-23 on another machine; since then every node also gets its SPDX
   SBOM (every file of every layer, hashed) and its provenance statement,
-  and this machine's disk is slower (the guides' way, mostly I/O, 110 s
-  against 86.7 s then). Of (a)'s 15 s here, the syncs are under 2 s of
-  thread time (strace: 6 syncfs, 47 fsync).
-- (e) here: 64 s for 10,000 nodes and 47 to 68 MiB, against 42-48 s and
-  52-60 MiB on the machine of the previous measurement (the same code but
-  zstd); the cost per node falls as the fleet grows (15 ms a node at 1,000,
-  6.4 ms at 10,000), so the build is linear, and memory stays well under
-  the 100 MiB target though not within 1.2× from 1,000 to 10,000.
+  and this machine's disk is slower (the guides' way, mostly I/O,
+  {g:.0f} s against 86.7 s then). The syncs are under 2 s of (a)'s thread
+  time (strace on 2026-12-01: 6 syncfs, 47 fsync).
+- (e): each fleet is built with the previous run's files set aside, not
+  removed: this machine's ext4 has no journal, and such an ext4 passes
+  over every inode freed in the last one to five minutes when it makes a
+  file (fs/ext4/ialloc.c, `recently_deleted`), so removing the last
+  10,000-node fleet (300,000 files) before the next made it a third
+  slower (2,000 nodes: 16 s set aside, 21-24 s removed). A build frees no
+  inode of its own in a new output directory (the secrets layer's PXE segment is held in memory).
+- (e) here: {fleet[big_n][0]:.0f} s for {big_n:,} nodes and {min(rss_f):.0f}
+  to {max(rss_f):.0f} MiB, against 42-48 s and 52-60 MiB on the machine of
+  an earlier measurement (2026-11-30); the cost per node falls as the fleet
+  grows ({fleet[small_n][0] / small_n * 1000:.1f} ms a node at
+  {small_n:,}, {fleet[big_n][0] / big_n * 1000:.1f} ms at {big_n:,}), so
+  the build is linear, and memory stays under the 100 MiB target though
+  not within 1.2× from {small_n:,} to {big_n:,}.
 - (f): verify hashes every file (sha256 with the CPU's SHA extensions,
   where coreutils' sha256sum has none) on one thread while the other
   decompresses the layers and looks for secrets; on two cores the two
   finish about together.
-- (g): a whole node's PXE initrd is the layers' own PXE segments, written
-  with the layers and shared between their tar and cpio, concatenated per
-  node: what it adds to layers alone is copying (`copy_file_range`) and
-  hashing about 120 MB per node. A disk adds a copy of its role's root and
-  hash partition (made once per set of shared layers and kept in the layer
-  store), the ESP (the kernel, the boot initramfs, the node's own layers)
-  and the qcow2. Neither is within 1.1× of the layers here: the layers of a
-  warm build are hard links and a few small files, while every node's
-  initrd and disk are files of their own, hundreds of MB; the ratio falls
-  as the layers' own work grows (a cold build, a new role).
+- (g): a whole node's PXE initramfs is the layers' own PXE segments,
+  written with the layers and shared between their tar and cpio: the
+  shared layers' segments are hard links into the layer store, loaded one
+  after the other by boot.ipxe, and the node's own `initrd.cpio.gz` holds
+  `/init` and its node layer (a few KB). Its kernel is taken out of the
+  os layer once and kept in the store (`<cache>/layers/kernel/`), then
+  linked into every node. So PXE adds links and small files to the
+  layers. The layers row itself is small: a warm build of the lab is hard
+  links, the small node and secrets layers, and the root check, whose
+  index of each shared layer is kept in the store too (it read the os
+  layer, hundreds of MB, at every build: {g_whole['layers']:.1f} s here
+  against 1.4-1.5 s before). A disk cannot be links: every node's
+  `disk.raw` and `disk.qcow2` are files of their own, a copy of its role's
+  root and hash partition (made once per set of shared layers and kept in
+  the layer store), the ESP (the kernel, the boot initramfs, the node's
+  own layers) and the qcow2 `qemu-img` converts from the raw disk,
+  hundreds of MB each, written and hashed; on a filesystem without
+  reflinks that is what the disk row adds.
 - (e): nothing a node costs grows with the inventory. The cluster's values
   (the whole inventory among them) are one template context for the build
   and each template is parsed once (they were serialized for every layer of

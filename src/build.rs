@@ -204,11 +204,11 @@ impl<'a> Build<'a> {
             settings,
             m,
             cache,
+            rootcheck: RootCheck::kept_in(&store.dir),
             store,
             state,
             images,
             opts,
-            rootcheck: RootCheck::default(),
             renderer: render::Renderer::new(m)?,
         })
     }

@@ -149,8 +149,9 @@ pub struct BuildArgs {
     /// (`.tar.zst`, `.cpio.zst`; OCI `tar+zstd`; a stock image needs zstd for the seed).
     #[arg(long, value_enum, default_value = "gzip")]
     pub compression: Compression,
-    /// `embed` puts every layer in seed.iso and the PXE initrd; `url=BASE` leaves the
-    /// shared ones out: cloud-init fetches them and boot.ipxe loads their segments from BASE.
+    /// `embed` puts every layer in seed.iso, and boot.ipxe loads the shared layers' segments
+    /// from the node's pxe/segments/; `url=BASE` leaves the shared ones out: cloud-init
+    /// fetches them and boot.ipxe loads their segments from BASE.
     #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
     pub seed_layers: SeedLayers,
     /// With --format oci: also write `<node>-with-secrets`, the image with the

@@ -46,17 +46,10 @@ pub struct Sha256Writer<W> {
 
 impl<W: Write> Sha256Writer<W> {
     pub fn new(inner: W) -> Sha256Writer<W> {
-        Sha256Writer::resume(sha2::Digest::new(), inner)
-    }
-
-    /// Goes on from `sha`, the state after bytes already in `inner`.
-    pub fn resume(sha: sha2::Sha256, inner: W) -> Sha256Writer<W> {
-        Sha256Writer { inner, sha }
-    }
-
-    /// The state so far.
-    pub fn state(&self) -> &sha2::Sha256 {
-        &self.sha
+        Sha256Writer {
+            inner,
+            sha: sha2::Digest::new(),
+        }
     }
 
     /// Appends the file at `path`, read in blocks of [`BLOCK`] (as large as

@@ -125,6 +125,9 @@ pub struct BuiltLayer {
     /// The PXE segment (gzip'd newc cpio), when it was asked for.
     #[serde(skip)]
     pub(crate) segment: Option<PathBuf>,
+    /// The secrets layer's PXE segment, held in memory instead.
+    #[serde(skip)]
+    pub(crate) segment_bytes: Option<Arc<[u8]>>,
     /// sha256 of the PXE segment, hashed while it was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) segment_digest: Option<String>,
@@ -148,6 +151,17 @@ impl BuiltLayer {
     /// Its PXE segment's file name: `NN-<name>.cpio.gz` or `.cpio.zst`.
     pub(crate) fn segment_name(&self) -> String {
         format!("{}.cpio.{}", self.name, self.compression.ext())
+    }
+
+    /// Appends its PXE segment to `w`, from memory or its file.
+    pub(crate) fn append_segment<W: io::Write>(
+        &self,
+        w: &mut crate::fsutil::Sha256Writer<W>,
+    ) -> io::Result<()> {
+        match &self.segment_bytes {
+            Some(bytes) => io::Write::write_all(w, bytes),
+            None => w.append_file(self.segment()?).map(drop),
+        }
     }
 
     /// The layer's PXE segment, or an error naming the layer when it was

@@ -449,42 +449,6 @@ impl Store {
         }
     }
 
-    /// Where the sha256 state after a run of stored layers' PXE segments is
-    /// kept: by the layers' keys, in order.
-    fn segments_state_path(&self, layers: &[BuiltLayer]) -> PathBuf {
-        let mut key = Sha256::new();
-        key.update(b"imgbuild-segments-sha256-v1\n");
-        for l in layers {
-            key.update(format!("{}\n", l.key).as_bytes());
-        }
-        self.dir
-            .join(format!("{}.segments-sha256", hex::encode(key.finalize())))
-    }
-
-    /// The sha256 state after the PXE segments of `layers`, one after the
-    /// other, when a build kept it ([`Store::keep_segments_state`]). A
-    /// layer's bytes are a function of its key, so the state stays true.
-    pub(crate) fn segments_state(&self, layers: &[BuiltLayer]) -> Option<Sha256> {
-        use sha2::digest::common::hazmat::{SerializableState, SerializedState};
-        let bytes = fs::read(self.segments_state_path(layers)).ok()?;
-        let state = SerializedState::<Sha256>::try_from(bytes.as_slice()).ok()?;
-        Sha256::deserialize(&state).ok()
-    }
-
-    /// Keeps `state`, the sha256 state after the PXE segments of `layers`.
-    pub(crate) fn keep_segments_state(
-        &self,
-        layers: &[BuiltLayer],
-        state: &Sha256,
-    ) -> io::Result<()> {
-        use sha2::digest::common::hazmat::SerializableState;
-        fsutil::write_atomic(
-            &self.segments_state_path(layers),
-            state.serialize().as_slice(),
-            STORED_MODE,
-        )
-    }
-
     /// The sha256 of a stored layer's PXE segment: hashed while it was
     /// written (and checked against its record before it is reused).
     pub(crate) fn segment_digest(&self, l: &BuiltLayer) -> io::Result<String> {

@@ -68,10 +68,11 @@ pub(super) fn write_layer(
         fsutil::write_atomic(&files.listing, listing.as_bytes(), STORED_MODE)
             .map_err(io("write", &files.listing))?;
     }
-    if w.segment.is_some() {
+    if w.segment.is_some() && w.segment_bytes.is_none() {
         fs::rename(&tmp.segment, &files.segment).map_err(io("write", &files.segment))?;
     }
     fs::rename(&tmp.tar, &files.tar).map_err(io("write", &files.tar))?;
+    let on_disk = w.segment.is_some() && w.segment_bytes.is_none();
     Ok(BuiltLayer {
         name: layer.name.clone(),
         kind: layer.kind,
@@ -81,7 +82,8 @@ pub(super) fn write_layer(
         size: w.tar.size,
         diff_id: w.diff_id,
         file: files.tar.clone(),
-        segment: w.segment.is_some().then(|| files.segment.clone()),
+        segment: on_disk.then(|| files.segment.clone()),
+        segment_bytes: w.segment_bytes.map(Arc::from),
         segment_size: w.segment.as_ref().map(|s| s.size),
         segment_digest: w.segment.map(|s| s.digest),
         files_digest: Some(files_digest),
@@ -95,12 +97,40 @@ struct Compressed {
     diff_id: String,
     /// The PXE segment's digest and size, when there is one.
     segment: Option<pgzip::Written>,
+    /// The secrets layer's segment, kept in memory.
+    segment_bytes: Option<Vec<u8>>,
     /// Every regular file of the layer, hashed.
     listing: Listing,
 }
 
-/// The gzip'd tar written to `tmp.tar` (and the segment to `tmp.segment`
-/// when `inputs.cpio`, hashed while it is written).
+/// Where a layer's PXE segment is written: a file, or memory for the
+/// secrets layer's (a few KB that only the files carrying the secrets
+/// hold; a file of its own would be made and deleted for every node, and
+/// on ext4 without a journal every inode freed slows the next ones made).
+enum Sink {
+    File(BufWriter<File>),
+    Memory(Vec<u8>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::File(f) => f.write(buf),
+            Sink::Memory(v) => v.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::File(f) => f.flush(),
+            Sink::Memory(_) => Ok(()),
+        }
+    }
+}
+
+/// The gzip'd tar written to `tmp.tar` (and the segment to `tmp.segment`,
+/// or to memory when the layer is private, when `inputs.cpio`; hashed
+/// while it is written).
 fn compress(
     inputs: &Inputs<'_>,
     layer: &LayerPlan,
@@ -109,9 +139,16 @@ fn compress(
     mode: u32,
 ) -> Result<Compressed, LayerError> {
     let tar = create(&tmp.tar, mode).map_err(io_err(&layer.name, "create", &tmp.tar))?;
+    let sink = || -> io::Result<Sink> {
+        if mode == PRIVATE_MODE {
+            Ok(Sink::Memory(Vec::new()))
+        } else {
+            create(&tmp.segment, mode).map(Sink::File)
+        }
+    };
     let cpio = inputs
         .cpio
-        .then(|| create(&tmp.segment, mode).map(Sha256Writer::new))
+        .then(|| sink().map(Sha256Writer::new))
         .transpose()
         .map_err(io_err(&layer.name, "create", &tmp.segment))?;
     let mut listing = Listing::default();
@@ -126,14 +163,19 @@ fn compress(
         },
         |e| io_err(&layer.name, "write", &tmp.tar)(e),
     )?;
-    let segment = match (out.cpio, out.cpio_writer) {
+    let (segment, segment_bytes) = match (out.cpio, out.cpio_writer) {
         (Some(size), Some(w)) => {
             let (w, digest) = w.finish();
-            w.into_inner()
-                .map_err(|e| io_err(&layer.name, "write", &tmp.segment)(e.into_error()))?;
-            Some(pgzip::Written { digest, size })
+            let bytes = match w {
+                Sink::File(f) => f
+                    .into_inner()
+                    .map(|_| None)
+                    .map_err(|e| io_err(&layer.name, "write", &tmp.segment)(e.into_error()))?,
+                Sink::Memory(v) => Some(v),
+            };
+            (Some(pgzip::Written { digest, size }), bytes)
         }
-        _ => None,
+        _ => (None, None),
     };
     out.tar_writer
         .into_inner()
@@ -142,6 +184,7 @@ fn compress(
         tar: out.tar,
         diff_id: out.diff_id,
         segment,
+        segment_bytes,
         listing,
     })
 }

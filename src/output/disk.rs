@@ -380,18 +380,28 @@ pub(crate) fn write(input: &Input, out: &Path) -> Result<Vec<(String, String)>, 
     let raw = out.join(RAW);
     write_raw(input, &raw, &root, node)?;
     let qcow2 = out.join(QCOW2);
-    write_qcow2(input, &raw, &qcow2)?;
-    let mut written = Vec::new();
-    for (rel, path) in [(RAW, &raw), (QCOW2, &qcow2)] {
-        let mode = if input.private { 0o600 } else { 0o644 };
+    // the raw disk hashed while qemu-img converts it (both from the page
+    // cache, on the two cores)
+    let (raw_digest, converted) = std::thread::scope(|s| {
+        let digest = s.spawn(|| fsutil::sha256_file(&raw));
+        let converted = write_qcow2(input, &raw, &qcow2);
+        let digest = digest
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("hashing the disk panicked")));
+        (digest, converted)
+    });
+    converted?;
+    let raw_digest = raw_digest.map_err(io_err(target, &raw))?;
+    let qcow2_digest = fsutil::sha256_file(&qcow2).map_err(io_err(target, &qcow2))?;
+    let mode = if input.private { 0o600 } else { 0o644 };
+    for path in [&raw, &qcow2] {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
             .map_err(io_err(target, path))?;
-        written.push((
-            rel.to_string(),
-            fsutil::sha256_file(path).map_err(io_err(target, path))?,
-        ));
     }
-    Ok(written)
+    Ok(vec![
+        (RAW.to_string(), raw_digest),
+        (QCOW2.to_string(), qcow2_digest),
+    ])
 }
 
 /// The node's own layers (its node layer, its secrets on a node's disk) as
@@ -531,8 +541,8 @@ fn write_gpt(
     let partitions = partitions(input.plan.arch, layout, hash_len, ids);
     disk.update_partitions(partitions)
         .map_err(|e| gpt_err(&e))?;
-    let file = disk.write().map_err(|e| gpt_err(&e))?;
-    file.sync_all().map_err(io_err(target, raw))
+    // on disk with the rest of the node's directory (one syncfs)
+    disk.write().map(drop).map_err(|e| gpt_err(&e))
 }
 
 /// The ESP, the root and its hash partition, each from a MiB boundary and

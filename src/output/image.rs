@@ -35,8 +35,9 @@ pub enum Format {
     Layers,
     /// cloud-init/{user-data,meta-data,network-config,seed.iso}
     CloudInit,
-    /// pxe/: boot.ipxe, and vmlinuz, initrd.cpio.gz and secrets.cpio.gz (with a
-    /// base OS) or overlay.cpio.gz (for a distribution's initrd)
+    /// pxe/: boot.ipxe, segments/, and vmlinuz, initrd.cpio.gz and
+    /// secrets.cpio.gz (with a base OS) or overlay.cpio.gz (for a
+    /// distribution's initrd)
     Pxe,
     /// oci/: the node image as an OCI image layout
     Oci,

@@ -2,7 +2,8 @@
 //! `out/<target>/` in the formats asked for: `layers/NN-<name>.tar.gz` (hard
 //! links into the layer store where the filesystem allows), `image.json`,
 //! `cloud-init/` (user-data, meta-data, network-config, seed.iso labelled
-//! `cidata`), `pxe/` (for a whole node, one with a base OS: vmlinuz,
+//! `cidata`), `pxe/` (the shared layers' segments linked into
+//! `pxe/segments/`; for a whole node, one with a base OS: vmlinuz,
 //! init.cpio.gz, initrd.cpio.gz, secrets.cpio.gz, cmdline and boot.ipxe;
 //! else overlay.cpio.gz and boot.ipxe) and `SHA256SUMS` over every other
 //! file. Everything is written into a temporary directory beside the
@@ -164,7 +165,7 @@ fn layer_json(l: &BuiltLayer) -> LayerJson {
 }
 
 /// Hard-links `from` to `to`, or copies it where links are not possible.
-fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
     match fs::hard_link(from, to) {
         Ok(()) => Ok(()),
         Err(_) => fs::copy(from, to).map(|_| ()),
@@ -397,7 +398,6 @@ pub fn assemble(
     // the small files first: they decide whether anything changed
     let seed_files = a.small_files().map_err(io_err(target, tmp))?;
     if same_small_files(tmp, &dest).map_err(io_err(target, tmp))? && a.same_layers(&dest) {
-        a.drop_private_segments();
         fs::remove_dir_all(tmp).map_err(io_err(target, tmp))?;
         return Ok((dest, Outcome::UpToDate));
     }
@@ -490,25 +490,21 @@ impl Assembly<'_> {
         )
     }
 
-    /// boot.ipxe (and a whole node's cmdline), and in url mode the shared
-    /// layers' segments it loads from BASE.
+    /// boot.ipxe (and a whole node's cmdline), and the shared layers'
+    /// segments it loads (from BASE in url mode).
     fn boot_script(&mut self) -> io::Result<()> {
-        let remote: Vec<&BuiltLayer> = self
-            .layers
-            .iter()
-            .filter(|l| self.opts.seed.remote(l))
-            .collect();
-        let remote = pxe::segments(&remote, self.store, self.tmp)?;
+        let shared: Vec<&BuiltLayer> = self.layers.iter().filter(|l| l.kind.is_shared()).collect();
+        let shared = pxe::segments(&shared, self.store, self.tmp)?;
         let (plan, base, tmp) = (self.plan, self.opts.seed.base(), self.tmp);
         if pxe::is_whole(self.layers) {
             let has_secrets = self.layers.iter().any(|l| l.kind == LayerKind::Secrets);
             let secrets = self.opts.pxe_secrets && has_secrets;
             let how = self.opts.compression;
-            pxe::whole_boot_script(plan, &remote, base, (secrets, how), tmp)?;
+            pxe::whole_boot_script(plan, &shared, base, (secrets, how), tmp)?;
         } else {
-            pxe::boot_script(plan, &remote, base, self.opts.compression, tmp)?;
+            pxe::boot_script(plan, &shared, base, self.opts.compression, tmp)?;
         }
-        for s in &remote {
+        for s in &shared {
             self.known
                 .insert(format!("pxe/segments/{}", s.file), s.digest.clone());
         }
@@ -530,9 +526,9 @@ impl Assembly<'_> {
                     &l.digest,
                 ));
             }
-            let remote = formats.has(Format::Pxe) && self.opts.seed.remote(l);
+            let linked = formats.has(Format::Pxe) && l.kind.is_shared();
             if let (true, Some(seg), Some(size), Some(d)) =
-                (remote, &l.segment, l.segment_size, &l.segment_digest)
+                (linked, &l.segment, l.segment_size, &l.segment_digest)
             {
                 want.push((format!("pxe/segments/{}", l.segment_name()), seg, size, d));
             }
@@ -562,7 +558,7 @@ impl Assembly<'_> {
             });
             let kernel = s.spawn(|| {
                 if pxe {
-                    pxe::kernel(layers, tmp)
+                    pxe::kernel(layers, this.store, tmp)
                 } else {
                     Ok(None)
                 }
@@ -579,7 +575,6 @@ impl Assembly<'_> {
         } else {
             Vec::new()
         };
-        self.drop_private_segments();
         for (file, h) in disk {
             self.known.insert(file, h);
         }
@@ -599,20 +594,20 @@ impl Assembly<'_> {
         self.layers_kept().map_err(io_err(target, tmp))
     }
 
-    /// The PXE initrds: a whole node's, or the overlay for a distribution's
-    /// initrd; in url mode without the shared layers. Each with its sha256.
+    /// The PXE initrds of the node's own layers (the shared layers' are
+    /// linked into `pxe/segments/`): a whole node's, or the overlay for a
+    /// distribution's initrd. Each with its sha256.
     fn initrds(&self) -> io::Result<Vec<(String, String)>> {
-        let local: Vec<BuiltLayer> = self
+        let own: Vec<BuiltLayer> = self
             .layers
             .iter()
-            .filter(|l| !self.opts.seed.remote(l))
+            .filter(|l| !l.kind.is_shared())
             .cloned()
             .collect();
         if pxe::is_whole(self.layers) {
-            let sde = self.opts.source_date_epoch;
-            pxe::initrds(&local, self.store, sde, self.tmp)
+            pxe::initrds(&own, self.opts.source_date_epoch, self.tmp)
         } else {
-            let h = pxe::overlay(&local, self.store, self.tmp)?;
+            let h = pxe::overlay(&own, self.tmp)?;
             let name = pxe::named(pxe::OVERLAY, self.opts.compression);
             Ok(vec![(format!("pxe/{name}"), h)])
         }
@@ -677,7 +672,7 @@ impl Assembly<'_> {
             return Ok(own);
         }
         let work = self.tmp.join(".disk-work");
-        pxe::kernel(self.layers, &work).map_err(|source| OutputError::Kernel {
+        pxe::kernel(self.layers, self.store, &work).map_err(|source| OutputError::Kernel {
             target: target.to_string(),
             source,
         })?;
@@ -704,16 +699,6 @@ impl Assembly<'_> {
         } else {
             // layers were only the means to the other formats
             fs::remove_dir_all(self.tmp.join("layers"))
-        }
-    }
-
-    /// The secrets layer's PXE segment is never kept once the overlay (or a
-    /// whole node's secrets.cpio.gz) holds it.
-    fn drop_private_segments(&self) {
-        for l in self.layers.iter().filter(|l| l.kind == LayerKind::Secrets) {
-            if let Some(seg) = &l.segment {
-                let _ = fs::remove_file(seg);
-            }
         }
     }
 }

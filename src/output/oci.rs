@@ -189,6 +189,7 @@ mod tests {
             diff_id: "0".repeat(64),
             file: PathBuf::new(),
             segment: None,
+            segment_bytes: None,
             segment_digest: None,
             segment_size: None,
             files_digest: None,

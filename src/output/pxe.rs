@@ -4,25 +4,28 @@
 //! The kernel's initramfs format is a sequence of (compressed) cpio archives
 //! whose trailers are optional, so segments concatenate, and
 //! `zcat | cpio -t` reads them as one archive; the kernel unpacks them in
-//! order. Two layers of a node never hold the same file (the plan refuses
-//! it), so the result is the flattened node.
+//! order, and iPXE lays several initrds one after the other. Two layers of a
+//! node never hold the same file (the plan refuses it), so the result is
+//! the flattened node.
+//!
+//! The shared layers' segments are hard links into the store in
+//! `pxe/segments/` ([`segments`]), which boot.ipxe loads first, one initrd
+//! each: from the node's directory, or by digest from BASE in url mode
+//! (`--seed-layers url=BASE`). The node's own files hold the rest.
 //!
 //! A node whose first layer is a pinned base OS ([`LayerKind::Os`]) is
-//! whole: `pxe/vmlinuz` (the base's kernel, [`kernel`]), `pxe/init.cpio.gz`
-//! (the `/init` that copies the node into a tmpfs and switch_roots to
-//! systemd, [`init`]), `pxe/initrd.cpio.gz` (the segments of every layer but
-//! the secrets, `/init`'s after the shared ones: the node, served to it and
-//! holding no private material), `pxe/secrets.cpio.gz` (0600: the secrets
-//! layer's segment alone), `pxe/cmdline` and `pxe/boot.ipxe`, which loads the
-//! secrets only when the build was asked to (`--pxe-secrets`).
+//! whole: `pxe/vmlinuz` (the base's kernel, [`kernel`], kept in the store
+//! after the first node and linked from there), `pxe/init.cpio.gz` (the `/init` that copies the
+//! node into a tmpfs and switch_roots to systemd, [`init`]),
+//! `pxe/initrd.cpio.gz` (`/init`'s segment and the node layer's, after the
+//! shared ones: served to the node and holding no private material),
+//! `pxe/secrets.cpio.gz` (0600: the secrets layer's segment alone),
+//! `pxe/cmdline` and `pxe/boot.ipxe`, which loads the secrets only when the
+//! build was asked to (`--pxe-secrets`).
 //!
-//! Without a base OS, `pxe/overlay.cpio.gz` is the node's layers (secrets
-//! included, so 0600), appendable to a distribution's initrd, and
-//! `pxe/boot.ipxe` loads the distribution's kernel and initrd, then it.
-//!
-//! In url mode (`--seed-layers url=BASE`) the shared layers' segments are
-//! linked into `pxe/segments/` and boot.ipxe loads them by digest from
-//! BASE; the node's own files hold the rest.
+//! Without a base OS, `pxe/overlay.cpio.gz` is the node's own layers
+//! (secrets included, so 0600), and `pxe/boot.ipxe` loads the
+//! distribution's kernel and initrd, then the segments, then it.
 //!
 //! With `--compression zstd` every file here is zstd (each layer's segment
 //! one frame, as the kernel wants) and named `.cpio.zst` ([`named`]).
@@ -64,43 +67,18 @@ pub(crate) fn is_whole(layers: &[BuiltLayer]) -> bool {
     layers.first().is_some_and(|l| l.kind == LayerKind::Os)
 }
 
-/// Writes `file`: the segments of `head` (the leading shared layers), then
-/// `middle`, then the segments of `tail`, then a trailer; returns its
-/// sha256.
-///
-/// The shared layers at the head are the same for every node of the same
-/// roles: the store keeps the sha256 state after their segments, so that
-/// later nodes copy those bytes in the kernel (`copy_file_range`) instead of
-/// reading and hashing them again.
+/// Writes `file`: `middle`, then the segments of `layers`, then a
+/// trailer; returns its sha256.
 fn concatenate(
-    mut file: File,
-    store: &Store,
+    file: File,
     how: Compression,
-    head: &[BuiltLayer],
     middle: &[u8],
-    tail: &[BuiltLayer],
+    layers: &[BuiltLayer],
 ) -> io::Result<String> {
-    let mut w = match store.segments_state(head) {
-        Some(state) => {
-            for l in head {
-                io::copy(&mut File::open(l.segment()?)?, &mut file)?;
-            }
-            Sha256Writer::resume(state, BufWriter::with_capacity(fsutil::BLOCK, file))
-        }
-        None => {
-            let mut w = Sha256Writer::new(BufWriter::with_capacity(fsutil::BLOCK, file));
-            for l in head {
-                w.append_file(l.segment()?)?;
-            }
-            if !head.is_empty() {
-                store.keep_segments_state(head, w.state())?;
-            }
-            w
-        }
-    };
+    let mut w = Sha256Writer::new(BufWriter::with_capacity(fsutil::BLOCK, file));
     w.write_all(middle)?;
-    for l in tail {
-        w.append_file(l.segment()?)?;
+    for l in layers {
+        l.append_segment(&mut w)?;
     }
     w.write_all(&how.whole(&newc::trailer())?)?;
     let (w, digest) = w.finish();
@@ -108,37 +86,32 @@ fn concatenate(
     Ok(digest)
 }
 
-/// `layers` split after the leading shared ones.
-fn split_shared(layers: &[BuiltLayer]) -> (&[BuiltLayer], &[BuiltLayer]) {
-    layers.split_at(layers.iter().take_while(|l| l.kind.is_shared()).count())
-}
-
-/// Writes `pxe/overlay.cpio.gz` below `out`, the `layers` with their
-/// secrets (so 0600); returns its sha256.
-pub fn overlay(layers: &[BuiltLayer], store: &Store, out: &Path) -> io::Result<String> {
+/// Writes `pxe/overlay.cpio.gz` below `out`, the node's `own` layers
+/// (node and secrets: so 0600); returns its sha256. The shared layers'
+/// segments are loaded from `pxe/segments/` before it ([`segments`]).
+pub fn overlay(own: &[BuiltLayer], out: &Path) -> io::Result<String> {
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
-    let (head, tail) = split_shared(layers);
     // the overlay holds the secrets layer's files: private to its owner
-    let how = compression_of(layers);
+    let how = compression_of(own);
     let file = fsutil::create_private(&dir.join(named(OVERLAY, how)))?;
-    concatenate(file, store, how, head, &[], tail)
+    concatenate(file, how, &[], own)
 }
 
 /// Writes a whole node's `pxe/init.cpio.gz`, `pxe/initrd.cpio.gz` (the
-/// segments of the `local` layers but the secrets, `/init`'s after the
-/// shared ones) and `pxe/secrets.cpio.gz` (0600: the secrets layer's
-/// segment, when there is one); returns each file (relative to `out`) with
-/// its sha256. Every mtime in `/init`'s segment is `mtime`.
+/// `/init` segment and those of the node's `own` layers but the secrets:
+/// loaded after the shared layers' segments, [`segments`]) and
+/// `pxe/secrets.cpio.gz` (0600: the secrets layer's segment, when there is
+/// one); returns each file (relative to `out`) with its sha256. Every mtime
+/// in `/init`'s segment is `mtime`.
 pub(crate) fn initrds(
-    local: &[BuiltLayer],
-    store: &Store,
+    own: &[BuiltLayer],
     mtime: i64,
     out: &Path,
 ) -> io::Result<Vec<(String, String)>> {
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
-    let how = compression_of(local);
+    let how = compression_of(own);
     let (init_name, initrd, secrets_name) =
         (named(INIT, how), named(INITRD, how), named(SECRETS, how));
     let init = init::segment(mtime, how)?;
@@ -146,17 +119,16 @@ pub(crate) fn initrds(
     alone.extend(how.whole(&newc::trailer())?);
     fsutil::write_atomic(&dir.join(&init_name), &alone, 0o644)?;
     let mut written = vec![(format!("pxe/{init_name}"), sha256(&alone))];
-    let (secrets, public): (Vec<BuiltLayer>, Vec<BuiltLayer>) = local
+    let (secrets, public): (Vec<BuiltLayer>, Vec<BuiltLayer>) = own
         .iter()
         .cloned()
         .partition(|l| l.kind == LayerKind::Secrets);
-    let (head, tail) = split_shared(&public);
     let file = fsutil::create_mode(&dir.join(&initrd), 0o644)?;
-    let digest = concatenate(file, store, how, head, &init, tail)?;
+    let digest = concatenate(file, how, &init, &public)?;
     written.push((format!("pxe/{initrd}"), digest));
     if !secrets.is_empty() {
         let file = fsutil::create_private(&dir.join(&secrets_name))?;
-        let digest = concatenate(file, store, how, &[], &[], &secrets)?;
+        let digest = concatenate(file, how, &[], &secrets)?;
         written.push((format!("pxe/{secrets_name}"), digest));
     }
     Ok(written)
@@ -168,8 +140,13 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 /// Writes a whole node's `pxe/vmlinuz`, the kernel of its OS layers (the
-/// `os` layer first of `layers`, then `os-packages`); returns its sha256.
-pub(crate) fn kernel(layers: &[BuiltLayer], out: &Path) -> Result<Option<String>, KernelError> {
+/// `os` layer first of `layers`, then `os-packages`), kept in the layer
+/// store `store` after the first node; returns its sha256.
+pub(crate) fn kernel(
+    layers: &[BuiltLayer],
+    store: &Store,
+    out: &Path,
+) -> Result<Option<String>, KernelError> {
     if !is_whole(layers) {
         return Ok(None);
     }
@@ -177,39 +154,47 @@ pub(crate) fn kernel(layers: &[BuiltLayer], out: &Path) -> Result<Option<String>
         .iter()
         .take_while(|l| matches!(l.kind, LayerKind::Os | LayerKind::OsPackages))
         .collect();
-    kernel::write(&os, &out.join("pxe").join(KERNEL)).map(Some)
+    kernel::write_kept(&os, &store.dir, &out.join("pxe").join(KERNEL)).map(Some)
 }
 
-/// A shared layer's PXE segment, loaded from BASE in url mode.
+/// A shared layer's PXE segment: a hard link in `pxe/segments/`, loaded
+/// from there, or by digest from BASE in url mode.
 #[derive(Debug, Clone)]
 pub struct Segment {
     /// `NN-<name>.cpio.gz` (or `.cpio.zst`)
     pub file: String,
-    /// sha256 of its bytes: it is served as `BASE/sha256/<digest>.cpio.gz`.
+    /// sha256 of its bytes: in url mode it is served as
+    /// `BASE/sha256/<digest>.cpio.gz`.
     pub digest: String,
 }
 
 impl Segment {
-    /// The `initrd` line of `boot.ipxe` that loads it from layers-url.
-    fn initrd_line(&self) -> String {
+    /// The `initrd` line of `boot.ipxe` that loads it: from layers-url by
+    /// digest in url mode (`base`), else from the node's `pxe/segments/`.
+    fn initrd_line(&self, base: Option<&str>) -> String {
         let ext = self.file.rsplit('.').next().unwrap_or("gz");
-        format!(
-            "initrd ${{layers-url}}/sha256/{}.cpio.{ext} {}\n",
-            self.digest, self.file
-        )
+        let url = match base {
+            Some(_) => format!("${{layers-url}}/sha256/{}.cpio.{ext}", self.digest),
+            None => format!("${{base-url}}/pxe/{SEGMENTS}/{}", self.file),
+        };
+        format!("initrd {url} {}\n", self.file)
     }
 }
 
-/// Links the segments of the `remote` layers into `out/pxe/segments/` (to
-/// publish under their digests) and returns them in layer order.
-pub fn segments(remote: &[&BuiltLayer], store: &Store, out: &Path) -> io::Result<Vec<Segment>> {
-    if remote.is_empty() {
+/// The directory below `pxe/` of the shared layers' segments.
+pub(crate) const SEGMENTS: &str = "segments";
+
+/// Links the segments of the `shared` layers into `out/pxe/segments/` and
+/// returns them in layer order. Every node of the same roles has the same
+/// ones: the layer store's files, not copies.
+pub fn segments(shared: &[&BuiltLayer], store: &Store, out: &Path) -> io::Result<Vec<Segment>> {
+    if shared.is_empty() {
         return Ok(Vec::new());
     }
-    let dir = out.join("pxe").join("segments");
+    let dir = out.join("pxe").join(SEGMENTS);
     fs::create_dir_all(&dir)?;
     let mut list = Vec::new();
-    for l in remote {
+    for l in shared {
         let digest = store.segment_digest(l)?;
         let file = l.segment_name();
         super::link_or_copy(l.segment()?, &dir.join(&file))?;
@@ -223,7 +208,7 @@ pub fn segments(remote: &[&BuiltLayer], store: &Store, out: &Path) -> io::Result
 fn script_head(
     target: &str,
     arch: Arch,
-    remote: &[Segment],
+    shared: &[Segment],
     base: Option<&str>,
     serve: &str,
 ) -> String {
@@ -232,7 +217,7 @@ fn script_head(
 # imgbuild: {target} ({arch}). {serve}\n\
 isset ${{base-url}} || set base-url http://${{next-server}}/{target}\n"
     );
-    if let Some(base) = base.filter(|_| !remote.is_empty()) {
+    if let Some(base) = base.filter(|_| !shared.is_empty()) {
         s.push_str(&format!(
             "# The shared layers' segments are served by digest from layers-url\n\
 # (publish pxe/segments/<file> as sha256/<digest>.cpio.gz).\n\
@@ -255,10 +240,10 @@ fn kernel_line(kernel: &str, names: &[String], args: &str) -> String {
 }
 
 /// Writes `pxe/boot.ipxe` below `out`: the distribution's kernel and initrd,
-/// then the `remote` segments from `base` (url mode), then the overlay.
+/// then the `shared` segments (from `base` in url mode), then the overlay.
 pub fn boot_script(
     plan: &Plan,
-    remote: &[Segment],
+    shared: &[Segment],
     base: Option<&str>,
     how: Compression,
     out: &Path,
@@ -267,15 +252,15 @@ pub fn boot_script(
     fs::create_dir_all(&dir)?;
     let serve = "Serve the distribution's kernel and initrd and this\n\
 # directory over HTTP; set base-url to where they are.";
-    let mut s = script_head(&plan.target, plan.arch, remote, base, serve);
+    let mut s = script_head(&plan.target, plan.arch, shared, base, serve);
     let mut names = vec!["initrd.img".to_string()];
-    names.extend(remote.iter().map(|r| r.file.clone()));
+    names.extend(shared.iter().map(|r| r.file.clone()));
     let overlay = named(OVERLAY, how);
     names.push(overlay.clone());
     s.push_str(&kernel_line("${base-url}/vmlinuz", &names, ""));
     s.push_str("initrd ${base-url}/initrd.img\n");
-    for r in remote {
-        s.push_str(&r.initrd_line());
+    for r in shared {
+        s.push_str(&r.initrd_line(base));
     }
     s.push_str(&format!(
         "initrd ${{base-url}}/pxe/{overlay} {overlay}\nboot\n"
@@ -297,7 +282,7 @@ pub(crate) fn cmdline(arch: Arch) -> String {
 /// `pxe/cmdline` below `out`.
 pub(crate) fn whole_boot_script(
     plan: &Plan,
-    remote: &[Segment],
+    shared: &[Segment],
     base: Option<&str>,
     (secrets, how): (bool, Compression),
     out: &Path,
@@ -305,7 +290,7 @@ pub(crate) fn whole_boot_script(
     let dir = out.join("pxe");
     fs::create_dir_all(&dir)?;
     fs::write(dir.join(CMDLINE), format!("{}\n", cmdline(plan.arch)))?;
-    let mut s = whole_script(&plan.target, plan.arch, remote, base, (secrets, how));
+    let mut s = whole_script(&plan.target, plan.arch, shared, base, (secrets, how));
     if plan.kind == TargetKind::Role {
         s = generic_identity(&s);
     }
@@ -340,20 +325,20 @@ fn generic_identity(script: &str) -> String {
 }
 
 /// A whole node's `boot.ipxe`: the base's kernel with [`cmdline`], the
-/// `remote` segments from `base` (url mode), the node's initrd and, when
+/// `shared` segments (from `base` in url mode), the node's initrd and, when
 /// `secrets`, its secrets.
 fn whole_script(
     target: &str,
     arch: Arch,
-    remote: &[Segment],
+    shared: &[Segment],
     base: Option<&str>,
     (secrets, how): (bool, Compression),
 ) -> String {
     let serve = "The whole node, run from RAM: serve this directory\n\
 # over HTTP; set base-url to where it is.";
-    let mut s = script_head(target, arch, remote, base, serve);
+    let mut s = script_head(target, arch, shared, base, serve);
     let (initrd, secrets_name) = (named(INITRD, how), named(SECRETS, how));
-    let mut names: Vec<String> = remote.iter().map(|r| r.file.clone()).collect();
+    let mut names: Vec<String> = shared.iter().map(|r| r.file.clone()).collect();
     names.push(initrd.clone());
     if secrets {
         names.push(secrets_name.clone());
@@ -373,8 +358,8 @@ fn whole_script(
         &names,
         &cmdline(arch),
     ));
-    for r in remote {
-        s.push_str(&r.initrd_line());
+    for r in shared {
+        s.push_str(&r.initrd_line(base));
     }
     s.push_str(&format!("initrd ${{base-url}}/pxe/{initrd} {initrd}\n"));
     if secrets {

@@ -11,7 +11,7 @@ use object::read::elf::{FileHeader, ProgramHeader as _, SectionHeader as _};
 use crate::manifest::Arch;
 
 /// What one ELF needs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Needs {
     /// `DT_NEEDED`, in order.
     pub(crate) libraries: Vec<String>,

@@ -4,11 +4,13 @@
 //! needs when it is an ELF ([`super::elf`]) and its text when it is one of
 //! the dynamic loader's configuration files. A file's bytes are read once,
 //! as the layer streams by, and only an ELF's are kept (for the moment
-//! they are parsed).
+//! they are parsed). A stored layer's index is kept in the layer store
+//! beside it ([`kept`], [`keep`]): a base of hundreds of MB is read once,
+//! not at every build.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::elf::{self, Needs};
 use crate::fetch::archive::ArchiveError;
@@ -23,7 +25,7 @@ const LD_SO_CONF_D: &str = "etc/ld.so.conf.d/";
 const MAX_CONF: u64 = 64 << 10;
 
 /// What a path of a layer is.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) enum Node {
     Dir,
     Symlink(String),
@@ -35,7 +37,7 @@ pub(super) enum Node {
 }
 
 /// A built layer's paths, in layer order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct LayerIndex {
     pub(super) entries: Vec<(String, Node)>,
 }
@@ -88,4 +90,49 @@ fn file(path: &str, r: &mut dyn Read, arch: Arch) -> io::Result<Node> {
         None
     };
     Ok(Node::File { needs: None, text })
+}
+
+/// The format of a kept index; a file of another is made again.
+const KEPT_VERSION: u32 = 1;
+
+/// A kept index: the layer's sha256 and arch it was made from.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    version: u32,
+    digest: String,
+    arch: String,
+    index: LayerIndex,
+}
+
+/// Where the index of the layer with sha256 `digest` for `arch` is kept,
+/// below the layer store's directory `store`.
+fn kept_path(store: &Path, digest: &str, arch: Arch) -> PathBuf {
+    store
+        .join("rootindex")
+        .join(format!("{digest}.{}.json", arch.as_str()))
+}
+
+/// The index kept for the layer with sha256 `digest`, when there is one of
+/// this format, made from that layer for `arch`.
+pub(super) fn kept(store: &Path, digest: &str, arch: Arch) -> Option<LayerIndex> {
+    let bytes = fs::read(kept_path(store, digest, arch)).ok()?;
+    let k: Kept = serde_json::from_slice(&bytes).ok()?;
+    (k.version == KEPT_VERSION && k.digest == digest && k.arch == arch.as_str()).then_some(k.index)
+}
+
+/// Keeps `index`, made from the layer with sha256 `digest` for `arch`
+/// (best effort: an index not kept is made again next time).
+pub(super) fn keep(store: &Path, digest: &str, arch: Arch, index: LayerIndex) -> LayerIndex {
+    let k = Kept {
+        version: KEPT_VERSION,
+        digest: digest.to_string(),
+        arch: arch.as_str().to_string(),
+        index,
+    };
+    let path = kept_path(store, digest, arch);
+    if let (Some(dir), Ok(json)) = (path.parent(), serde_json::to_vec(&k)) {
+        let _ =
+            fs::create_dir_all(dir).and_then(|()| crate::fsutil::write_atomic(&path, &json, 0o644));
+    }
+    k.index
 }

@@ -24,6 +24,7 @@ mod libs;
 mod root;
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::fetch::archive::ArchiveError;
@@ -61,15 +62,26 @@ pub enum RootCheckError {
     },
 }
 
-/// The root check of a build: the layers indexed so far, by digest, and
-/// the warnings given.
+/// The root check of a build: the layers indexed so far, by digest, the
+/// warnings given, and the layer store's directory where the shared
+/// layers' indexes are kept between builds.
 #[derive(Default)]
 pub(crate) struct RootCheck {
     indexes: Mutex<HashMap<String, Arc<LayerIndex>>>,
     warned: Mutex<BTreeSet<String>>,
+    store: Option<PathBuf>,
 }
 
 impl RootCheck {
+    /// A root check that keeps the shared layers' indexes in the layer
+    /// store's directory `store`, and takes them from there.
+    pub(crate) fn kept_in(store: &Path) -> RootCheck {
+        RootCheck {
+            store: Some(store.to_path_buf()),
+            ..RootCheck::default()
+        }
+    }
+
     /// Checks the root of `plan`'s `layers` (built in plan order); returns
     /// the warnings not given yet in this build. A plan without an `[os]`
     /// layer has no root to check.
@@ -149,7 +161,8 @@ impl RootCheck {
             .collect()
     }
 
-    /// The index of a built layer, made once per digest for a shared one.
+    /// The index of a built layer, made once per digest for a shared one
+    /// (and kept in the layer store, when there is one).
     fn index(&self, l: &BuiltLayer, arch: Arch) -> Result<Arc<LayerIndex>, RootCheckError> {
         let shared = l.kind.is_shared();
         if shared
@@ -161,12 +174,24 @@ impl RootCheck {
         {
             return Ok(found);
         }
-        let made = Arc::new(index::index(&l.file, &l.name, arch).map_err(|source| {
-            RootCheckError::Read {
-                layer: l.name.clone(),
-                source: Box::new(source),
+        let store = self.store.as_deref().filter(|_| shared);
+        let kept = store.and_then(|dir| index::kept(dir, &l.digest, arch));
+        let made = match kept {
+            Some(found) => found,
+            None => {
+                let made = index::index(&l.file, &l.name, arch).map_err(|source| {
+                    RootCheckError::Read {
+                        layer: l.name.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
+                match store {
+                    Some(dir) => index::keep(dir, &l.digest, arch, made),
+                    None => made,
+                }
             }
-        })?);
+        };
+        let made = Arc::new(made);
         if shared && let Ok(mut m) = self.indexes.lock() {
             m.insert(l.digest.clone(), made.clone());
         }
@@ -252,6 +277,28 @@ mod tests {
                 e("usr/lib/systemd/system/a.service", file(None)),
             ],
         }
+    }
+
+    #[test]
+    fn a_kept_index_checks_as_the_one_it_was_made_as_and_only_for_its_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path();
+        let digest = "ab".repeat(32);
+        let before = check(&[("00-os", os())]);
+        let kept = index::keep(store, &digest, Arch::Amd64, os());
+        assert_eq!(format!("{kept:?}"), format!("{:?}", os()));
+        let back = index::kept(store, &digest, Arch::Amd64).unwrap();
+        assert_eq!(check(&[("00-os", back)]), before);
+        // another layer, another machine: not this index
+        assert!(index::kept(store, &"cd".repeat(32), Arch::Amd64).is_none());
+        assert!(index::kept(store, &digest, Arch::Arm64).is_none());
+        // a damaged file is made again, not trusted
+        let path = store.join("rootindex").join(format!("{digest}.amd64.json"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+        assert!(index::kept(store, &digest, Arch::Amd64).is_none());
+        std::fs::write(&path, text.replace("\"version\":1", "\"version\":0")).unwrap();
+        assert!(index::kept(store, &digest, Arch::Amd64).is_none());
     }
 
     #[test]

@@ -429,19 +429,17 @@ fn check_published(
     }
 }
 
-/// The scope of a published file: [`scan::Scope::Os`] for a whole node's
-/// initrd (it starts with the base OS), an OS layer's PXE segment and its
-/// OCI blob.
+/// The scope of a published file: [`scan::Scope::Os`] for an OS layer's
+/// PXE segment and its OCI blob (a whole node's initrd holds `/init` and
+/// the node layer: every secret is looked for there).
 fn published_scope(image: &ImageJson, file: &str) -> scan::Scope {
     let os = |l: &&LayerJson| scope_of(l.kind()) == scan::Scope::Os;
-    let whole = image.layers.iter().any(|l| os(&l));
     let ext = image.build.compression.ext();
     let os_layer = image.layers.iter().filter(os).any(|l| {
         file == format!("pxe/segments/{}.cpio.{ext}", l.name)
             || file == format!("oci/blobs/{}", l.digest.replacen(':', "/", 1))
     });
-    let initrd = format!("pxe/{}", pxe::named(pxe::INITRD, image.build.compression));
-    if os_layer || (whole && file == initrd) {
+    if os_layer {
         scan::Scope::Os
     } else {
         scan::Scope::All

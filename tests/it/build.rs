@@ -267,13 +267,14 @@ fn isoinfo_and_blkid_read_the_seed(node: &str, dir: &Path) {
     );
 }
 
-/// cpio lists the flattened overlay, its secrets with mode 0600.
+/// cpio lists the flattened node as boot.ipxe loads it (the shared
+/// segments, then the overlay), its secrets with mode 0600.
 fn cpio_lists_the_overlay(node: &str, dir: &Path) {
-    let list = judge_sh(&format!(
-        "zcat '{}' | cpio -tv",
-        dir.join("pxe/overlay.cpio.gz").display()
-    ))
-    .ok();
+    let parts: Vec<String> = crate::pxe::loaded(dir)
+        .iter()
+        .map(|p| format!("'{}'", p.display()))
+        .collect();
+    let list = judge_sh(&format!("cat {} | zcat | cpio -tv", parts.join(" "))).ok();
     assert!(list.contains("etc/hosts"), "{node}");
     assert!(
         list.lines()
@@ -681,24 +682,27 @@ fn a_stored_layer_without_its_record_is_built_again() {
 }
 
 #[test]
-fn overlays_hashed_from_kept_segment_states_pass_sha256sum() {
+fn every_node_links_the_shared_segments_of_the_store_and_sha256sum_agrees() {
+    use std::os::unix::fs::MetadataExt;
     let (lab, server) = synthetic();
     build(&lab, &server, &["cluster", "--out", "first"], &[]).assert_ok();
-    // the masters' and the workers' shared segments each have a kept state
-    let states = std::fs::read_dir(lab.path("cache/layers"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".segments-sha256")
-        })
-        .count();
-    assert_eq!(states, 2);
-    // a second build hashes every overlay from them; coreutils agrees
     build(&lab, &server, &["cluster", "--out", "second"], &[]).assert_ok();
+    // the workers' shared segments are the same files (one inode each),
+    // the store's, in every worker's directory and build
+    let inode = |out: &str, n: &str, f: &str| {
+        std::fs::metadata(lab.path(&format!("{out}/{n}/pxe/segments/{f}")))
+            .unwrap()
+            .ino()
+    };
+    for f in ["00-base.cpio.gz", "01-worker.cpio.gz"] {
+        let one = inode("first", "node01", f);
+        assert_eq!(inode("first", "node02", f), one, "{f}");
+        assert_eq!(inode("second", "node01", f), one, "{f}");
+    }
     for n in NODES {
+        // the overlay holds only the node's own layers: a few KB, not MB
+        let overlay = lab.path(&format!("second/{n}/pxe/overlay.cpio.gz"));
+        assert!(std::fs::metadata(&overlay).unwrap().len() < 100_000, "{n}");
         judge("sha256sum")
             .args(["--check", "--quiet", "SHA256SUMS"])
             .current_dir(lab.path(&format!("second/{n}")))
@@ -751,16 +755,11 @@ fn pxe_overlay_unpacks_to_the_same_files_as_the_layers() {
     .assert_ok();
     let dir = lab.path("out/node01");
     let from_tar = lab.path("root-tar");
-    // the kernel's unpacker reads the concatenated segments as one archive;
-    // GNU cpio stops at the first trailer, which is the overlay's last entry
+    // the kernel's unpacker reads the initrds boot.ipxe loads (the shared
+    // segments, then the overlay) as one archive; GNU cpio stops at the
+    // first trailer, which is the overlay's last entry
     let from_cpio = lab.path("root-cpio");
-    std::fs::create_dir_all(&from_cpio).unwrap();
-    judge_sh(&format!(
-        "zcat '{}' | cpio -idm --quiet",
-        dir.join("pxe/overlay.cpio.gz").display()
-    ))
-    .current_dir(&from_cpio)
-    .ok();
+    unpack_cpio(&from_cpio, &crate::pxe::loaded(&dir));
     // tar -x here keeps owners as root runs it (the test runs as root in CI)
     judge_sh(&format!(
         "mkdir '{t}' && for l in '{d}'/layers/*.tar.gz; do tar -xzf \"$l\" -C '{t}' --same-owner --numeric-owner || exit 1; done",
@@ -817,17 +816,21 @@ fn pxe_url_mode_loads_the_shared_segments_from_base() {
     );
     let mut served = segments_loaded_by_ipxe(&dir, &ipxe);
     assert_eq!(served.len(), 2, "{ipxe}");
-    // the overlay holds the node's own layers only ...
-    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    // the overlay holds the node's own layers only, in either mode ...
     let overlay = dir.join("pxe/overlay.cpio.gz");
-    let embedded = lab.path("out-embed/node01/pxe/overlay.cpio.gz");
-    assert!(size(&overlay) * 4 < size(&embedded));
-    // ... and the segments as iPXE loads them, then the overlay, unpack to
-    // what the self-contained overlay holds
+    let embed = lab.path("out-embed/node01");
+    assert_eq!(
+        std::fs::read(&overlay).unwrap(),
+        std::fs::read(embed.join("pxe/overlay.cpio.gz")).unwrap()
+    );
+    // ... and the segments as iPXE loads them by digest, then the overlay,
+    // unpack to what the embedded node's boot.ipxe loads from base-url
     served.push(overlay);
+    let embedded = crate::pxe::loaded(&embed);
+    assert_eq!(embedded.len(), 3, "{embedded:?}");
     assert_eq!(
         unpack_cpio(&lab.path("root-url"), &served),
-        unpack_cpio(&lab.path("root-embed"), &[embedded])
+        unpack_cpio(&lab.path("root-embed"), &embedded)
     );
     lab.imgbuild(&["verify", "out-url/node01"]).assert_ok();
 }

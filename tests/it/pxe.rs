@@ -583,6 +583,26 @@ fn cpio_names(files: &[PathBuf]) -> Vec<String> {
     .collect()
 }
 
+/// The files of the node directory `dir` that its `pxe/boot.ipxe` loads as
+/// initrds, in its order (`${base-url}/X` is `dir/X`, a segment loaded by
+/// digest from layers-url is its link in `pxe/segments/`), but a
+/// distribution's `initrd.img`: the initramfs the kernel unpacks.
+pub(crate) fn loaded(dir: &Path) -> Vec<PathBuf> {
+    let ipxe = std::fs::read_to_string(dir.join("pxe/boot.ipxe")).unwrap();
+    ipxe.lines()
+        .filter_map(|l| l.strip_prefix("initrd "))
+        .filter_map(|l| {
+            let (url, name) = l.split_once(' ').unwrap_or((l, ""));
+            if let Some(rel) = url.strip_prefix("${base-url}/") {
+                (rel != "initrd.img").then(|| dir.join(rel))
+            } else {
+                assert!(url.starts_with("${layers-url}/sha256/"), "{l}");
+                Some(dir.join("pxe/segments").join(name))
+            }
+        })
+        .collect()
+}
+
 /// The names in the node's secrets layer, as cpio names them, and the
 /// names of its regular files.
 fn secrets_layer_names(dir: &Path) -> (Vec<String>, Vec<String>) {
@@ -622,24 +642,32 @@ pub(crate) fn build_node(lab: &Lab, server: &Server, out: &str, extra: &[&str]) 
     build(lab, server, &args, &[]).assert_ok();
 }
 
-#[test]
-
-fn a_whole_node_is_its_kernel_an_initrd_without_secrets_and_the_secrets_apart() {
-    let (lab, server) = synthetic();
-    let lab = whole(lab, &server, &base_tar(true));
-    build_node(&lab, &server, "a", &[]);
-    let dir = lab.path("a/node01");
+/// What `dir`'s boot.ipxe loads: the shared layers' segments (hard links),
+/// then the node's own initrd (`/init` and the node layer), unpacking to the
+/// whole node with `/init` after the base; their names, as cpio gives them.
+fn the_initrds_are_the_shared_segments_then_the_nodes(dir: &Path) -> Vec<String> {
     let pxe = dir.join("pxe");
-    assert_eq!(std::fs::read(pxe.join("vmlinuz")).unwrap(), KERNEL);
-    assert_eq!(mode(&pxe.join("vmlinuz")), 0o644);
-    assert!(!pxe.join("overlay.cpio.gz").exists());
-    let initrd = cpio_names(&[pxe.join("initrd.cpio.gz")]);
+    // what boot.ipxe loads: the shared layers' segments (hard links), then
+    // the node's own initrd
+    let files = loaded(dir);
+    let segments: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| f.starts_with(pxe.join("segments")))
+        .collect();
+    assert_eq!(segments.len(), files.len() - 1, "{files:?}");
+    assert_eq!(files.last(), Some(&pxe.join("initrd.cpio.gz")));
+    assert!(
+        segments[0].to_string_lossy().ends_with("/00-os.cpio.gz"),
+        "{files:?}"
+    );
+    let initrd = cpio_names(&files);
     for f in [
         "init",
         "newroot",
         "boot/vmlinuz-6.1.0-test",
         "etc/os-release",
         "etc/hosts",
+        "etc/hostname",
     ] {
         assert!(
             initrd.iter().any(|n| n == f),
@@ -649,6 +677,27 @@ fn a_whole_node_is_its_kernel_an_initrd_without_secrets_and_the_secrets_apart() 
     // /init comes after the shared layers: the base's files are unpacked first
     let at = |f: &str| initrd.iter().position(|n| n == f).unwrap();
     assert!(at("etc/os-release") < at("init"), "{initrd:?}");
+    // the node's own file holds /init and the node layer, a few KB
+    let own = cpio_names(&[pxe.join("initrd.cpio.gz")]);
+    assert!(
+        own.iter().any(|n| n == "etc/hostname") && !own.iter().any(|n| n == "etc/os-release"),
+        "{own:?}"
+    );
+    initrd
+}
+
+#[test]
+
+fn a_whole_node_is_its_kernel_an_initrd_without_secrets_and_the_secrets_apart() {
+    let (lab, server) = synthetic();
+    let lab = whole(lab, &server, &base_tar(true));
+    build_node(&lab, &server, "a", &[]);
+    let dir = lab.path("a/node01");
+    let pxe = dir.join("pxe");
+    assert_eq!(std::fs::read(pxe.join("vmlinuz")).unwrap(), KERNEL);
+    assert_eq!(mode(&pxe.join("vmlinuz")), 0o444);
+    assert!(!pxe.join("overlay.cpio.gz").exists());
+    let initrd = the_initrds_are_the_shared_segments_then_the_nodes(&dir);
     let (secrets, secret_files) = secrets_layer_names(&dir);
     assert!(
         secret_files.iter().any(|n| n.ends_with(".key")),
@@ -670,7 +719,8 @@ fn a_whole_node_is_its_kernel_an_initrd_without_secrets_and_the_secrets_apart() 
     );
     let ipxe = std::fs::read_to_string(pxe.join("boot.ipxe")).unwrap();
     assert!(
-        ipxe.contains("kernel ${base-url}/pxe/vmlinuz initrd=initrd.cpio.gz console=tty0 ")
+        ipxe.contains(" initrd=initrd.cpio.gz console=tty0 ")
+            && ipxe.contains("\nkernel ${base-url}/pxe/vmlinuz initrd=00-os.cpio.gz ")
             && !ipxe.contains("initrd ${base-url}/pxe/secrets.cpio.gz"),
         "{ipxe}"
     );
@@ -681,6 +731,7 @@ fn a_whole_node_is_its_kernel_an_initrd_without_secrets_and_the_secrets_apart() 
         "initrd.cpio.gz",
         "secrets.cpio.gz",
         "cmdline",
+        "segments/00-os.cpio.gz",
     ] {
         assert!(sums.contains(&format!("  pxe/{f}\n")), "{f}: {sums}");
     }
@@ -714,15 +765,18 @@ fn a_whole_node_builds_to_the_same_bytes_and_verify_rebuilds_its_secrets_choice(
     )
     .unwrap();
     // and so does one of the cluster's own keys slipped into what is
-    // served to everyone, though the base's own PEM keys are not flagged
+    // served to everyone: the node's own initrd holds no base, so any PEM
+    // key there is one, while the base's own PEM keys in its segment are
+    // not flagged
     let key = std::fs::read(lab.path("state/lab/pki/ca.key")).unwrap();
     append_gzip_member(&lab.path("a/node01/pxe/initrd.cpio.gz"), &key);
     lab.imgbuild(&["verify", "a/node01"])
         .assert_failed()
         .assert_stderr_has("pxe/secrets.cpio.gz: mode 0644")
         .assert_stderr_has(
-            "pxe/initrd.cpio.gz is published to many machines and holds a secret of the cluster's state (",
+            "pxe/initrd.cpio.gz is published to many machines and holds a PEM private key",
         )
+        .assert_stderr_lacks("pxe/segments/")
         .assert_stderr_lacks("BEGIN");
 }
 
@@ -771,20 +825,22 @@ fn in_url_mode_a_whole_node_loads_its_shared_segments_by_digest() {
     );
     let dir = lab.path("url/node01");
     let ipxe = std::fs::read_to_string(dir.join("pxe/boot.ipxe")).unwrap();
-    let mut served: Vec<PathBuf> = ipxe
+    let by_digest = ipxe
         .lines()
-        .filter_map(|l| l.strip_prefix("initrd ${layers-url}/sha256/"))
-        .map(|l| dir.join("pxe/segments").join(l.split_once(' ').unwrap().1))
-        .collect();
+        .filter(|l| l.starts_with("initrd ${layers-url}/sha256/"))
+        .count();
+    let served = loaded(&dir);
     assert!(
-        served[0].to_string_lossy().ends_with("-os.cpio.gz"),
+        by_digest == served.len() - 1 && served[0].to_string_lossy().ends_with("-os.cpio.gz"),
         "{ipxe}"
     );
-    served.push(dir.join("pxe/initrd.cpio.gz"));
-    // the segments then the node's initrd unpack as the embedded initrd
+    // the segments then the node's initrd unpack as the embedded node
+    // does, with the same files
+    let embed = lab.path("embed/node01");
+    assert_eq!(cpio_names(&served), cpio_names(&loaded(&embed)));
     assert_eq!(
-        cpio_names(&served),
-        cpio_names(&[lab.path("embed/node01/pxe/initrd.cpio.gz")])
+        std::fs::read(dir.join("pxe/initrd.cpio.gz")).unwrap(),
+        std::fs::read(embed.join("pxe/initrd.cpio.gz")).unwrap()
     );
     lab.imgbuild(&["verify", "url/node01"]).assert_ok();
 }
@@ -847,7 +903,7 @@ fn a_kernel_from_a_pinned_linux_image_package_boots_a_base_without_one() {
     let dir = lab.path("a/node01");
     assert_eq!(std::fs::read(dir.join("pxe/vmlinuz")).unwrap(), KERNEL);
     // every node has it, whatever its roles, and dpkg knows it
-    let initrd = cpio_names(&[dir.join("pxe/initrd.cpio.gz")]);
+    let initrd = cpio_names(&loaded(&dir));
     assert!(
         initrd.iter().any(|n| n == "boot/vmlinuz-6.1.0-test"),
         "{initrd:?}"
@@ -961,7 +1017,7 @@ fn os_exclude_leaves_matching_files_out_of_the_os_layer_and_the_initrd() {
         "exclude = [\"/boot/config-*\", \"/usr/lib/x86_64-linux-gnu/*\"]",
     );
     build_node(&lab, &server, "trim", &[]);
-    let names = |out: &str| cpio_names(&[lab.path(&format!("{out}/node01/pxe/initrd.cpio.gz"))]);
+    let names = |out: &str| cpio_names(&loaded(&lab.path(&format!("{out}/node01"))));
     let (all, trim) = (names("all"), names("trim"));
     for gone in [
         "boot/config-6.1.0-test",

@@ -176,7 +176,7 @@ fn write_parts(
             target: target.to_string(),
             path: loader_path.to_string(),
         })?;
-    let programs = RootCheck::default()
+    let programs = RootCheck::kept_in(input.store_dir)
         .closure(input.plan, layers, boot::PROGRAMS)
         .map_err(|e| DiskError::Boot {
             target: target.to_string(),

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::fsutil;
@@ -215,6 +216,84 @@ pub(crate) fn write(layers: &[&BuiltLayer], dest: &Path) -> Result<String, Kerne
         })?;
     use sha2::Digest;
     Ok(hex::encode(sha2::Sha256::digest(body)))
+}
+
+/// Where the layer store keeps the kernel of `layers` (below `store`, the
+/// store's directory): by their keys, which fix their bytes.
+fn kept_paths(layers: &[&BuiltLayer], store: &Path) -> (PathBuf, PathBuf) {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"imgbuild-kernel-v1\n");
+    for l in layers {
+        h.update(format!("{}\n", l.key).as_bytes());
+    }
+    let key = hex::encode(h.finalize());
+    let dir = store.join("kernel");
+    (
+        dir.join(format!("{key}.vmlinuz")),
+        dir.join(format!("{key}.sha256")),
+    )
+}
+
+/// [`write`], from the copy the layer store keeps after the first time
+/// (one pass over a base's hundreds of MB, not one per node): `dest` is a
+/// hard link to it (0444, as the layers and segments are), its sha256
+/// checked against its record once per process and made again when it
+/// does not match.
+pub(crate) fn write_kept(
+    layers: &[&BuiltLayer],
+    store: &Path,
+    dest: &Path,
+) -> Result<String, KernelError> {
+    let (kernel, record) = kept_paths(layers, store);
+    let write_err = |source| KernelError::Write {
+        layer: layers.first().map(|l| l.name.clone()).unwrap_or_default(),
+        path: dest.to_path_buf(),
+        source,
+    };
+    let digest = match checked(&kernel, &record) {
+        Some(digest) => digest,
+        None => {
+            let digest = write(layers, dest)?;
+            // the store's copy is an optimisation: a failure to keep it is
+            // none, and the node keeps its own copy
+            let kept = fs::create_dir_all(store.join("kernel"))
+                .and_then(|()| fsutil::write_atomic(&kernel, &fs::read(dest)?, 0o444))
+                .and_then(|()| fsutil::write_atomic(&record, digest.as_bytes(), 0o444));
+            if kept.is_err() {
+                let _ = fs::remove_file(&record);
+                fs::set_permissions(dest, fs::Permissions::from_mode(0o444)).map_err(write_err)?;
+                return Ok(digest);
+            }
+            digest
+        }
+    };
+    let _ = fs::remove_file(dest);
+    fs::create_dir_all(dest.parent().unwrap_or(Path::new(".")))
+        .and_then(|()| crate::output::link_or_copy(&kernel, dest))
+        .map_err(write_err)?;
+    Ok(digest)
+}
+
+/// The kept kernel's recorded sha256 when the file matches it: hashed once
+/// per process for each state of the file (path, inode, size, mtime).
+fn checked(kernel: &Path, record: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    static CHECKED: std::sync::Mutex<BTreeMap<PathBuf, (u64, u64, i64, i64)>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let want = fs::read_to_string(record).ok()?.trim().to_string();
+    let meta = fs::metadata(kernel).ok()?;
+    let stamp = (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
+    let mut seen = CHECKED.lock().ok()?;
+    if seen.get(kernel) == Some(&stamp) {
+        return Some(want);
+    }
+    if fsutil::sha256_file(kernel).ok()? != want {
+        let _ = fs::remove_file(record);
+        return None;
+    }
+    seen.insert(kernel.to_path_buf(), stamp);
+    Some(want)
 }
 
 #[cfg(test)]

@@ -45,9 +45,16 @@ fn layer(dir: &Path, name: &str, kind: LayerKind, files: &[File3]) -> BuiltLayer
     let file = dir.join(format!("{name}.tar.gz"));
     let gz = init::gzip(&tar.into_inner().unwrap()).unwrap();
     fs::write(&file, &gz).unwrap();
-    let segment = dir.join(format!("{name}.cpio.gz"));
     let seg = init::gzip(&cpio).unwrap();
-    fs::write(&segment, &seg).unwrap();
+    // the secrets layer's segment is held in memory, as the layer stage
+    // holds it; the others are files
+    let (segment, segment_bytes) = if kind == LayerKind::Secrets {
+        (None, Some(std::sync::Arc::from(seg.as_slice())))
+    } else {
+        let segment = dir.join(format!("{name}.cpio.gz"));
+        fs::write(&segment, &seg).unwrap();
+        (Some(segment), None)
+    };
     BuiltLayer {
         name: name.to_string(),
         kind,
@@ -57,7 +64,8 @@ fn layer(dir: &Path, name: &str, kind: LayerKind, files: &[File3]) -> BuiltLayer
         size: gz.len() as u64,
         diff_id: String::new(),
         file,
-        segment: Some(segment),
+        segment,
+        segment_bytes,
         segment_digest: Some(sha256(&seg)),
         segment_size: Some(seg.len() as u64),
         files_digest: None,
@@ -104,7 +112,8 @@ fn store(dir: &Path) -> Store {
     Store::open(&cache, Reporter::new(true, 0)).unwrap()
 }
 
-/// The names and modes in a file of gzip'd newc segments, in order.
+/// The names and modes in a file of gzip'd newc segments, in order (to
+/// its trailer, or its end).
 fn listing(path: &Path) -> Vec<(String, u32)> {
     let mut bytes = Vec::new();
     flate2::read::MultiGzDecoder::new(fs::File::open(path).unwrap())
@@ -113,6 +122,10 @@ fn listing(path: &Path) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     let mut rest = bytes.as_slice();
     loop {
+        if rest.is_empty() {
+            // a layer's segment: no trailer of its own
+            return out;
+        }
         let mut r = cpio::NewcReader::new(rest).unwrap();
         if r.entry().is_trailer() {
             assert!(r.finish().unwrap().iter().all(|&b| b == 0));
@@ -147,15 +160,18 @@ fn pxe(out: &Path, file: &str) -> PathBuf {
     out.join("pxe").join(file)
 }
 
+/// The node's own layers (node, secrets) of [`node`].
+fn own(layers: &[BuiltLayer]) -> &[BuiltLayer] {
+    &layers[4..]
+}
+
 #[test]
-fn the_initrd_is_the_node_without_its_secrets_and_init_after_the_shared_layers() {
+fn the_initrd_is_init_and_the_node_layer_and_the_secrets_are_apart() {
     let dir = tempfile::tempdir().unwrap();
-    let (layers, store, out) = (node(dir.path()), store(dir.path()), dir.path().join("out"));
-    let written = initrds(&layers, &store, SDE, &out).unwrap();
+    let (layers, out) = (node(dir.path()), dir.path().join("out"));
+    let written = initrds(own(&layers), SDE, &out).unwrap();
     let initrd = listing(&pxe(&out, INITRD));
-    let mut want = vec!["boot", "boot/vmlinuz-6.1.0-test", "etc/os-release"];
-    want.extend(["usr/sbin/haproxy", "etc/hosts", "etc/worker"]);
-    want.extend(INIT_SEGMENT);
+    let mut want = INIT_SEGMENT.to_vec();
     want.push("etc/hostname");
     assert_eq!(names(&initrd), want);
     assert!(initrd.contains(&("init".to_string(), 0o100755)));
@@ -194,15 +210,63 @@ fn the_initrd_is_the_node_without_its_secrets_and_init_after_the_shared_layers()
 }
 
 #[test]
-fn a_second_build_from_the_kept_state_writes_the_same_bytes() {
+fn the_shared_segments_are_linked_not_copied_and_init_comes_after_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (layers, store) = (node(dir.path()), store(dir.path()));
+    let (layers, store, out) = (node(dir.path()), store(dir.path()), dir.path().join("out"));
+    let shared: Vec<&BuiltLayer> = layers[..4].iter().collect();
+    let segs = segments(&shared, &store, &out).unwrap();
+    initrds(own(&layers), SDE, &out).unwrap();
+    let files: Vec<&str> = segs.iter().map(|s| s.file.as_str()).collect();
+    assert_eq!(
+        files,
+        [
+            "00-os.cpio.gz",
+            "01-os-packages.cpio.gz",
+            "02-base.cpio.gz",
+            "03-worker.cpio.gz"
+        ]
+    );
+    use std::os::unix::fs::MetadataExt;
+    for (s, l) in segs.iter().zip(&layers) {
+        let linked = fs::metadata(out.join("pxe/segments").join(&s.file)).unwrap();
+        assert_eq!(
+            linked.ino(),
+            fs::metadata(l.segment().unwrap()).unwrap().ino()
+        );
+        assert_eq!(s.digest, fsutil::sha256_file(l.segment().unwrap()).unwrap());
+    }
+    // what the kernel unpacks, in boot.ipxe's order: the whole node, /init
+    // after the shared layers (a base's own /init is overridden)
+    let mut order: Vec<String> = Vec::new();
+    let script = whole_script("n", Arch::Amd64, &segs, None, (true, Compression::Gzip));
+    for line in script.lines().filter(|l| l.starts_with("initrd ")) {
+        let rel = line.split(' ').nth(1).unwrap().replace("${base-url}/", "");
+        order.extend(listing(&out.join(rel)).into_iter().map(|(n, _)| n));
+    }
+    let init = order.iter().position(|n| n == "init").unwrap();
+    let worker = order.iter().position(|n| n == "etc/worker").unwrap();
+    assert!(worker < init, "{order:?}");
+    for path in [
+        "boot/vmlinuz-6.1.0-test",
+        "usr/sbin/haproxy",
+        "etc/hostname",
+    ] {
+        assert!(order.iter().any(|n| n == path), "{path}: {order:?}");
+    }
+    assert!(
+        order
+            .iter()
+            .any(|n| n == "etc/kubernetes/pki/apiserver.key")
+    );
+}
+
+#[test]
+fn a_second_build_writes_the_same_bytes_and_init_takes_the_builds_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = node(dir.path());
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let first = initrds(&layers, &store, SDE, &a).unwrap();
-    // the state after the shared segments is kept, and the second build
-    // hashes the initrd from it
-    assert!(store.segments_state(&layers[..4]).is_some());
-    let second = initrds(&layers, &store, SDE, &b).unwrap();
+    let first = initrds(own(&layers), SDE, &a).unwrap();
+    let second = initrds(own(&layers), SDE, &b).unwrap();
     assert_eq!(first, second);
     for f in [INIT, INITRD, SECRETS] {
         assert_eq!(
@@ -211,51 +275,49 @@ fn a_second_build_from_the_kept_state_writes_the_same_bytes() {
             "{f}"
         );
     }
-    let later = initrds(&layers, &store, SDE + 1, &dir.path().join("c")).unwrap();
+    let later = initrds(own(&layers), SDE + 1, &dir.path().join("c")).unwrap();
     assert_ne!(first[1], later[1], "/init's mtime is the build's");
-}
-
-#[test]
-fn in_url_mode_the_initrd_holds_init_and_the_node_layer() {
-    let dir = tempfile::tempdir().unwrap();
-    let (layers, store, out) = (node(dir.path()), store(dir.path()), dir.path().join("out"));
-    // the shared layers come from BASE by digest
-    initrds(&layers[4..], &store, SDE, &out).unwrap();
-    assert_eq!(
-        names(&listing(&pxe(&out, INITRD))),
-        [
-            "dev",
-            "imgbuild.repart.d",
-            "imgbuild.repart.d/50-imgbuild-state.conf",
-            "init",
-            "newroot",
-            "proc",
-            "etc/hostname"
-        ]
-    );
-    assert_eq!(listing(&pxe(&out, SECRETS)).len(), 1);
 }
 
 #[test]
 fn a_node_without_secrets_has_no_secrets_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (layers, store, out) = (node(dir.path()), store(dir.path()), dir.path().join("out"));
-    let written = initrds(&layers[..5], &store, SDE, &out).unwrap();
+    let (layers, out) = (node(dir.path()), dir.path().join("out"));
+    let written = initrds(&layers[4..5], SDE, &out).unwrap();
     assert_eq!(written.len(), 2);
     assert!(!pxe(&out, SECRETS).exists());
 }
 
 #[test]
-fn the_kernel_is_copied_from_the_os_layer() {
+fn the_kernel_is_taken_from_the_os_layer_once_then_linked_from_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let (layers, out) = (node(dir.path()), dir.path().join("out"));
-    let digest = kernel(&layers, &out).unwrap().unwrap();
+    let (layers, store, out) = (node(dir.path()), store(dir.path()), dir.path().join("out"));
+    let digest = kernel(&layers, &store, &out).unwrap().unwrap();
     assert_eq!(fs::read(pxe(&out, KERNEL)).unwrap(), b"KERNEL");
-    assert_eq!(mode(&pxe(&out, KERNEL)), 0o644);
+    assert_eq!(mode(&pxe(&out, KERNEL)), 0o444);
     assert_eq!(digest, sha256(b"KERNEL"));
+    // the next node's is the store's copy, linked: the os layer is not read
+    fs::write(&layers[0].file, b"not a layer any more").unwrap();
+    let again = dir.path().join("again");
+    assert_eq!(kernel(&layers, &store, &again).unwrap(), Some(digest));
+    assert_eq!(fs::read(pxe(&again, KERNEL)).unwrap(), b"KERNEL");
+    assert_eq!(mode(&pxe(&again, KERNEL)), 0o444);
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&pxe(&again, KERNEL)), ino(&pxe(&out, KERNEL)));
+    // a store copy that no longer matches its record is not used
+    let kept = fs::read_dir(store.dir.join("kernel"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "vmlinuz"))
+        .unwrap();
+    fs::set_permissions(&kept, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&kept, b"TAMPERED").unwrap();
+    let err = kernel(&layers, &store, &dir.path().join("third")).unwrap_err();
+    assert!(matches!(err, KernelError::Read { .. }), "{err}");
     // a node without a base OS has no kernel of its own
     assert_eq!(
-        kernel(&layers[2..], &dir.path().join("none")).unwrap(),
+        kernel(&layers[2..], &store, &dir.path().join("none")).unwrap(),
         None
     );
     assert!(is_whole(&layers) && !is_whole(&layers[2..]));
@@ -288,7 +350,7 @@ initrd ${{base-url}}/pxe/secrets.cpio.gz secrets.cpio.gz\nboot\n"
 }
 
 #[test]
-fn in_url_mode_boot_ipxe_loads_the_shared_segments_by_digest_first() {
+fn boot_ipxe_loads_the_shared_segments_first_from_the_node_or_by_digest_from_base() {
     let remote = [
         Segment {
             file: "00-os.cpio.gz".into(),
@@ -322,6 +384,20 @@ fn in_url_mode_boot_ipxe_loads_the_shared_segments_by_digest_first() {
     assert!(
         s.contains("vmlinuz initrd=00-os.cpio.gz initrd=01-base.cpio.gz initrd=initrd.cpio.gz "),
         "{s}"
+    );
+    let embedded = whole_script("w", Arch::Amd64, &remote, None, (false, Compression::Gzip));
+    assert!(!embedded.contains("layers-url"), "{embedded}");
+    let loads: Vec<&str> = embedded
+        .lines()
+        .filter(|l| l.starts_with("initrd "))
+        .collect();
+    assert_eq!(
+        loads,
+        [
+            "initrd ${base-url}/pxe/segments/00-os.cpio.gz 00-os.cpio.gz",
+            "initrd ${base-url}/pxe/segments/01-base.cpio.gz 01-base.cpio.gz",
+            "initrd ${base-url}/pxe/initrd.cpio.gz initrd.cpio.gz"
+        ]
     );
 }
 
