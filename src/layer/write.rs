@@ -68,11 +68,11 @@ pub(super) fn write_layer(
         fsutil::write_atomic(&files.listing, listing.as_bytes(), STORED_MODE)
             .map_err(io("write", &files.listing))?;
     }
-    if w.segment.is_some() && w.segment_bytes.is_none() {
+    let on_disk = w.segment.is_some() && w.segment_bytes.is_none();
+    if on_disk {
         fs::rename(&tmp.segment, &files.segment).map_err(io("write", &files.segment))?;
     }
     fs::rename(&tmp.tar, &files.tar).map_err(io("write", &files.tar))?;
-    let on_disk = w.segment.is_some() && w.segment_bytes.is_none();
     Ok(BuiltLayer {
         name: layer.name.clone(),
         kind: layer.kind,

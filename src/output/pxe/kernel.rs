@@ -246,33 +246,31 @@ pub(crate) fn write_kept(
     dest: &Path,
 ) -> Result<String, KernelError> {
     let (kernel, record) = kept_paths(layers, store);
-    let write_err = |source| KernelError::Write {
-        layer: layers.first().map(|l| l.name.clone()).unwrap_or_default(),
-        path: dest.to_path_buf(),
-        source,
-    };
     let digest = match checked(&kernel, &record) {
         Some(digest) => digest,
         None => {
-            let digest = write(layers, dest)?;
-            // the store's copy is an optimisation: a failure to keep it is
-            // none, and the node keeps its own copy
-            let kept = fs::create_dir_all(store.join("kernel"))
-                .and_then(|()| fsutil::write_atomic(&kernel, &fs::read(dest)?, 0o444))
-                .and_then(|()| fsutil::write_atomic(&record, digest.as_bytes(), 0o444));
-            if kept.is_err() {
-                let _ = fs::remove_file(&record);
-                fs::set_permissions(dest, fs::Permissions::from_mode(0o444)).map_err(write_err)?;
-                return Ok(digest);
-            }
+            // taken out of the layers into the store, then linked below
+            let digest = write(layers, &kernel)?;
+            fs::set_permissions(&kernel, fs::Permissions::from_mode(0o444))
+                .and_then(|()| fsutil::write_atomic(&record, digest.as_bytes(), 0o444))
+                .map_err(|e| write_error(layers, &kernel, e))?;
             digest
         }
     };
     let _ = fs::remove_file(dest);
     fs::create_dir_all(dest.parent().unwrap_or(Path::new(".")))
         .and_then(|()| crate::output::link_or_copy(&kernel, dest))
-        .map_err(write_err)?;
+        .map_err(|e| write_error(layers, dest, e))?;
     Ok(digest)
+}
+
+/// Writing the kernel of `layers` to `path` failed.
+fn write_error(layers: &[&BuiltLayer], path: &Path, source: io::Error) -> KernelError {
+    KernelError::Write {
+        layer: layers.first().map(|l| l.name.clone()).unwrap_or_default(),
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The kept kernel's recorded sha256 when the file matches it: hashed once
