@@ -639,8 +639,16 @@ without it, master02's whole-node initramfs (every file its boot.ipxe loads):
   an earlier measurement (2026-11-30); the cost per node falls as the fleet
   grows ({fleet[small_n][0] / small_n * 1000:.1f} ms a node at
   {small_n:,}, {fleet[big_n][0] / big_n * 1000:.1f} ms at {big_n:,}), so
-  the build is linear, and memory stays under the 100 MiB target though
-  not within 1.2× from {small_n:,} to {big_n:,}.
+  the build is linear, and memory stays under the 100 MiB target. Not
+  flat within 1.2× from {small_n:,} to {big_n:,}: what grows is the
+  inventory, held once (the validated nodes, about 3.5 MB of heap at
+  10,000 nodes, heaptrack), and malloc's fragmentation around it when the
+  shared layers' compression buffers come and go (the peak is reached
+  then, before the first node); the peak of one size varies by up to
+  9 MiB between runs of the same binary (10,000 nodes: 55 and 64 MiB on
+  2026-12-02). glibc with a fixed mmap threshold of 256 KiB
+  (`MALLOC_MMAP_THRESHOLD_`) peaks at 30 and 38 MiB for 1,000 and 10,000
+  nodes, but makes (a) about a second slower, so it is not set.
 - (f): verify hashes every file (sha256 with the CPU's SHA extensions,
   where coreutils' sha256sum has none) on one thread while the other
   decompresses the layers and looks for secrets; on two cores the two
@@ -664,9 +672,11 @@ without it, master02's whole-node initramfs (every file its boot.ipxe loads):
   hundreds of MB each, written and hashed; on a filesystem without
   reflinks that is what the disk row adds.
 - (e): nothing a node costs grows with the inventory. The cluster's values
-  (the whole inventory among them) are one template context for the build
-  and each template is parsed once (they were serialized for every layer of
-  every node); each node is planned when a worker takes it; the threads
+  are one template context for the build and each template is parsed once
+  (they were serialized for every layer of every node); the context holds
+  the inventory (`cluster.nodes`) only when a template reads it, which no
+  shipped one does (it was a second copy of the inventory: 6.3 MB of heap
+  at 10,000 nodes); each node is planned when a worker takes it; the threads
   recording layers are joined as they finish and a node's layer leaves
   memory once recorded; malloc's arenas are capped at `--jobs`, and what
   the PKI freed is given back before the first node is built. What grows
@@ -697,4 +707,5 @@ target/release/examples/deflate_limit zstd {cores} LAYER.tar...   # the zstd lim
     print(md)
 
 
-main()
+if __name__ == "__main__":
+    main()

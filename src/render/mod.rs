@@ -16,7 +16,7 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
-use crate::manifest::Manifests;
+use crate::manifest::{Cluster, Manifests};
 use crate::plan::{LayerKind, Plan, Source};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +46,73 @@ pub enum RenderError {
 /// Rendered bytes by (layer name, path on the node).
 pub type Rendered = BTreeMap<(String, String), Vec<u8>>;
 
-/// What every template of a build sees whatever the node: `cluster`
-/// (the whole inventory), `derived` and `images`.
+/// What every template of a build sees whatever the node: `cluster`,
+/// `derived` and `images`.
 #[derive(Serialize)]
 struct Shared<'a> {
-    cluster: &'a crate::manifest::Cluster,
+    cluster: ClusterValues<'a>,
     derived: &'a crate::manifest::Derived,
     images: BTreeMap<&'a str, String>,
+}
+
+/// `cluster` as templates see it: every field of [`Cluster`], the
+/// inventory (`nodes`) only once a template [`reads_inventory`], so the
+/// context of a fleet that no template walks does not grow with it (a
+/// node's own values are `node`).
+#[derive(Serialize)]
+struct ClusterValues<'a> {
+    name: &'a str,
+    kubernetes_version: &'a crate::manifest::KubeVersion,
+    api: &'a crate::manifest::Api,
+    network: &'a crate::manifest::Network,
+    pki: &'a crate::manifest::PkiSettings,
+    host_network: &'a crate::manifest::HostNetwork,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<&'a [crate::manifest::Node]>,
+}
+
+impl<'a> ClusterValues<'a> {
+    fn of(c: &'a Cluster, with_nodes: bool) -> ClusterValues<'a> {
+        ClusterValues {
+            name: &c.name,
+            kubernetes_version: &c.kubernetes_version,
+            api: &c.api,
+            network: &c.network,
+            pki: &c.pki,
+            host_network: &c.host_network,
+            nodes: with_nodes.then_some(c.nodes.as_slice()),
+        }
+    }
+}
+
+/// Whether `text` may read the inventory: an expression or tag of it
+/// names `nodes`, or uses `cluster` other than as `cluster.FIELD` (a loop
+/// over it, a filter of it, an index into it). Text outside `{{ }}` and
+/// `{% %}` reads nothing. Erring towards yes costs only memory.
+fn reads_inventory(text: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let bare_cluster = |code: &str| {
+        code.match_indices("cluster").any(|(i, w)| {
+            let before = code[..i].chars().next_back();
+            let after = code[i + w.len()..].trim_start().chars().next();
+            !before.is_some_and(ident) && !after.is_some_and(ident) && after != Some('.')
+        })
+    };
+    let mut rest = text;
+    while let Some(open) = rest.find("{{").into_iter().chain(rest.find("{%")).min() {
+        let close = if rest[open..].starts_with("{{") {
+            "}}"
+        } else {
+            "%}"
+        };
+        let body = &rest[open + 2..];
+        let code = body.find(close).map_or(body, |end| &body[..end]);
+        if code.contains("nodes") || bare_cluster(code) {
+            return true;
+        }
+        rest = &body[code.len()..];
+    }
+    false
 }
 
 /// The renderer of one build. The cluster's values, the whole inventory
@@ -70,13 +130,15 @@ struct State {
     tera: tera::Tera,
     /// The text of every template parsed into `tera`, by its name.
     texts: HashMap<String, String>,
+    /// Whether `ctx`'s `cluster` holds `nodes` (a template [`reads_inventory`]).
+    inventory: bool,
 }
 
 impl Renderer {
     /// The renderer of the cluster of `m`.
     pub fn new(m: &Manifests) -> Result<Renderer, RenderError> {
         let shared = Shared {
-            cluster: &m.cluster,
+            cluster: ClusterValues::of(&m.cluster, false),
             derived: &m.derived,
             images: m
                 .pins
@@ -96,6 +158,7 @@ impl Renderer {
             ctx,
             tera: guard::tera(),
             texts: HashMap::new(),
+            inventory: false,
         };
         Ok(Renderer {
             state: Mutex::new(state),
@@ -185,6 +248,11 @@ impl State {
             self.tera
                 .add_raw_template(&shown, &text)
                 .map_err(failed(&shown, &text))?;
+            if !self.inventory && reads_inventory(&text) {
+                self.ctx
+                    .insert("cluster", &ClusterValues::of(&m.cluster, true));
+                self.inventory = true;
+            }
             self.texts.insert(shown.clone(), text);
         }
         let text = &self.texts[&shown];
@@ -229,6 +297,68 @@ fn read_template(path: &Path) -> Result<String, RenderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_values_with_nodes_are_the_whole_cluster() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (m, _) = crate::manifest::load(&repo.join("manifests"), &repo.join("layers")).unwrap();
+        let whole = serde_json::to_value(&m.cluster).unwrap();
+        let with = serde_json::to_value(ClusterValues::of(&m.cluster, true)).unwrap();
+        assert_eq!(with, whole);
+        let mut without = whole;
+        without.as_object_mut().unwrap().remove("nodes");
+        assert_eq!(
+            serde_json::to_value(ClusterValues::of(&m.cluster, false)).unwrap(),
+            without
+        );
+    }
+
+    #[test]
+    fn no_shipped_template_walks_the_inventory() {
+        // so a fleet's template context does not grow with its nodes
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "tera") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut templates = Vec::new();
+        walk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("layers"),
+            &mut templates,
+        );
+        assert!(templates.len() > 10);
+        for t in templates {
+            let text = std::fs::read_to_string(&t).unwrap();
+            assert!(!reads_inventory(&text), "{}", t.display());
+        }
+    }
+
+    #[test]
+    fn only_templates_that_may_walk_the_inventory_read_it() {
+        for t in [
+            "{% for n in cluster.nodes %}{{ n.ip }}{% endfor %}",
+            "{{ cluster[\"nodes\"] | length }}",
+            "{% for k, v in cluster %}{{ k }}{% endfor %}",
+            "{{ cluster | json_encode() }}",
+            "{{ cluster }}",
+            "{{ cluster[k] }}",
+        ] {
+            assert!(reads_inventory(t), "{t}");
+        }
+        for t in [
+            "{{ cluster.name }}.{{ cluster.api.vip }}",
+            "{{ cluster . network.pod_cidr }}",
+            "{{ node.name }} {{ my_cluster }} {{ clusters }}",
+            "# the nodes of the cluster\n{{ cluster.name }}",
+        ] {
+            assert!(!reads_inventory(t), "{t}");
+        }
+    }
 
     #[test]
     fn finds_the_line_of_an_undefined_variable() {

@@ -163,6 +163,44 @@ fn a_role_template_never_sees_the_node_rendered_before_it() {
 }
 
 #[test]
+fn a_template_that_walks_the_inventory_sees_every_node() {
+    // the context holds `cluster.nodes` only once a template reads it
+    let (lab, server) = synthetic();
+    std::fs::write(
+        lab.path("layers/worker/etc/fleet.tera"),
+        "{% for n in cluster.nodes %}{{ n.name }} {{ n.ip }}\n{% endfor %}",
+    )
+    .unwrap();
+    build(
+        &lab,
+        &server,
+        &["node", "--role", "node01", "--out", "out"],
+        &[],
+    )
+    .assert_ok();
+    let cluster = std::fs::read_to_string(lab.path("manifests/cluster.yaml")).unwrap();
+    let want: String = cluster
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- name: "))
+        .map(|name| {
+            let ip = cluster.split(&format!("- name: {name}\n")).nth(1).unwrap();
+            let ip = ip
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("ip: "))
+                .unwrap();
+            format!("{name} {ip}\n")
+        })
+        .collect();
+    // GNU tar reads the file out of whichever layer holds it
+    let got = judge_sh(
+        "for l in layers/*.tar.gz; do tar -xzOf \"$l\" --wildcards '*etc/fleet' 2>/dev/null; done; true",
+    )
+    .current_dir(lab.path("out/node01"))
+    .ok();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn same_bytes_whatever_tz_umask_jobs_and_directory() {
     let (lab, server) = synthetic();
     let mirror = server.url("mirror");

@@ -374,7 +374,7 @@ fn validate_nodes(
 ) -> Vec<Node> {
     let net = &checked.network;
     let mut checks = NodeChecks::new(file, &raw.api, checked.vip, net.service, net.pod, known);
-    let mut nodes = Vec::new();
+    let mut nodes = Vec::with_capacity(raw.nodes.value.len());
     for rn in &raw.nodes.value {
         let vrrp_default = &raw.api.vrrp_interface.value;
         if let Some(node) = nodes::validate_node(file, rn, vrrp_default, known, d) {
