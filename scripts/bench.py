@@ -304,12 +304,15 @@ def whole_node(d):
     res = {}
     for fmt in ["layers", "layers,pxe", "layers,pxe,disk"]:
         xs = []
-        for _ in range(runs):
-            shutil.rmtree(os.path.join(d, "out"), ignore_errors=True)
+        # the warm builds without disks take 0.2 s, in which one syncfs
+        # may wait for whatever the system writes back: more runs
+        for _ in range(runs if "disk" in fmt else max(runs, 7)):
+            aside(d, ["out"])
+            os.sync()
             xs.append(timed([exe, "-q", "--cache", "cache", "--offline", "cluster", "--out", "out",
                              "--format", fmt], d)[0])
         res[fmt] = med(xs)
-    shutil.rmtree(os.path.join(d, "out"), ignore_errors=True)
+    aside(d, ["out"])
     shutil.rmtree(os.path.join(d, "cache/layers/disk"), ignore_errors=True)
     res["roots"] = timed([exe, "-q", "--cache", "cache", "--offline", "cluster", "--out", "out",
                           "--format", "layers,pxe,disk"], d)[0]
@@ -452,6 +455,7 @@ def main():
     log("(g) whole-node images on the VM lab (its base made by mmdebstrap the first time)")
     lab = vm_lab()
     g_whole = whole_node(lab)
+    shutil.rmtree(TRASH, ignore_errors=True)  # the disks set aside: GBs, few inodes
     trim = trim_effect(lab)
     trim_rows = "\n".join(f"| {k} | {v[0]:.1f} MB | {v[1]:.1f} MB |" for k, v in trim.items())
     boot = boot_times()
@@ -548,7 +552,7 @@ Where a target is missed, see "Why" below.
 The VM lab (`scripts/lab-mirror --vm`): five nodes over a Debian 12 base of
 about 400 MB (mmdebstrap), its layers, roots and images in the
 store from a first build. (g) times a build of the five nodes by format,
-medians of {runs} runs; the last line makes the disks' shared parts again
+medians of {max(runs, 7)} runs ({runs} with disks); the last line makes the disks' shared parts again
 (the root squashfs, its dm-verity tree, the boot initramfs: once per set of
 shared layers, two here).
 

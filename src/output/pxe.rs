@@ -117,7 +117,9 @@ pub(crate) fn initrds(
     let init = init::segment(mtime, how)?;
     let mut alone = init.clone();
     alone.extend(how.whole(&newc::trailer())?);
-    fsutil::write_atomic(&dir.join(&init_name), &alone, 0o644)?;
+    // a plain write: the node's directory is made durable as a whole
+    // (one syncfs) before it is renamed into place
+    fsutil::create_mode(&dir.join(&init_name), 0o644)?.write_all(&alone)?;
     let mut written = vec![(format!("pxe/{init_name}"), sha256(&alone))];
     let (secrets, public): (Vec<BuiltLayer>, Vec<BuiltLayer>) = own
         .iter()
