@@ -115,12 +115,12 @@ fn reads_inventory(text: &str) -> bool {
     false
 }
 
-/// The renderer of one build. The cluster's values, the whole inventory
-/// among them, are made into a template context once, and each template is
-/// read, checked and parsed once; a render adds only `arch` and, for the
-/// node layer, `node`. So a node's render costs its own templates, not the
-/// size of the inventory, and the inventory is held once. Renders take
-/// turns: what they take is small beside a node's layers.
+/// The renderer of one build. The cluster's values are made into a
+/// template context once (the inventory added when a template first
+/// [`reads_inventory`]), and each template is read, checked and parsed
+/// once; a render adds only `arch` and, for the node layer, `node`. So a
+/// node's render costs its own templates, not the size of the inventory.
+/// Renders take turns: what they take is small beside a node's layers.
 pub struct Renderer {
     state: Mutex<State>,
 }
