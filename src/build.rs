@@ -16,6 +16,7 @@ use crate::fetch::{self, Cache, FetchError, Fetched};
 use crate::fsutil;
 use crate::layer::{self, LayerError};
 use crate::manifest::{Arch, ImagePin, Manifests, Node};
+use crate::mem;
 use crate::output::{self, Outcome, OutputError};
 use crate::pki::{self, PkiError};
 use crate::plan::{LayerKind, Plan, PlanError};
@@ -123,35 +124,6 @@ pub fn fetch_inputs(
     Ok((fetched, images))
 }
 
-/// Caps glibc's malloc arenas at `jobs` (2 at least). A build starts short
-/// threads for every layer (its compressors, its record); by default glibc
-/// gives them up to eight arenas per CPU, and memory freed in each stays
-/// there: a fleet's peak RSS then grew with its node count (5,000 nodes:
-/// 94 MiB, against 56 MiB capped) though the live heap did not.
-fn cap_malloc_arenas(jobs: usize) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let arenas = i32::try_from(jobs.max(2)).unwrap_or(i32::MAX);
-        // SAFETY: mallopt takes plain integers and only tunes the allocator
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
-        }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = jobs;
-}
-
-/// Gives the memory freed so far back to the system (glibc's malloc_trim):
-/// a fleet's PKI (every node's leaves, issued before the first node is
-/// built) left its high-water mark under the build's own peak.
-fn trim_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes a plain integer and only releases free memory
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// A prepared build: inputs present, PKI current, stores open.
 pub struct Build<'a> {
     settings: &'a Settings,
@@ -176,7 +148,7 @@ impl<'a> Build<'a> {
         plans: &[Plan],
         opts: output::Options,
     ) -> Result<Build<'a>, BuildError> {
-        cap_malloc_arenas(settings.ctx.jobs);
+        mem::tune_malloc(settings.ctx.jobs);
         let cache = Cache::open(&settings.cache)?;
         let (_, images) = fetch_inputs(settings, &cache, m, plans)?;
         let state = settings.state_dir(m);
@@ -194,7 +166,7 @@ impl<'a> Build<'a> {
             }
         }
         drop(changes);
-        trim_malloc();
+        mem::trim_malloc();
         let store =
             layer::Store::open(&cache, settings.reporter).map_err(|source| BuildError::Store {
                 path: cache.root.join("layers"),
@@ -262,22 +234,34 @@ impl<'a> Build<'a> {
 
     /// Every target into `out/`, `--jobs` at a time; reports each target
     /// and returns the directories in target order. Output bytes never
-    /// depend on the order the targets finish in.
+    /// depend on the order the targets finish in. What became of each
+    /// target is kept in a byte (a failure in full): a fleet's bookkeeping
+    /// does not grow with its nodes' paths and errors.
     pub fn all<T: Target>(&self, targets: &[T], out: &Path) -> Result<Vec<PathBuf>, BuildError> {
         self.out_root(out)?;
-        let next = Mutex::new(targets.iter());
-        let results = Mutex::new(Vec::new());
+        let next = Mutex::new(targets.iter().enumerate());
+        let outcomes = Mutex::new(vec![None::<Outcome>; targets.len()]);
+        let failures = Mutex::new(BTreeMap::new());
         let workers = self.settings.ctx.jobs.clamp(1, targets.len().max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| {
-                    while let Some(t) = next.lock().ok().and_then(|mut it| it.next()) {
+                    while let Some((i, t)) = next.lock().ok().and_then(|mut it| it.next()) {
                         let r = t
                             .plan(self.m)
                             .map_err(BuildError::from)
                             .and_then(|plan| self.target(&plan, out));
-                        if let Ok(mut res) = results.lock() {
-                            res.push((t.name().to_string(), r));
+                        match r {
+                            Ok((_, outcome)) => {
+                                if let Ok(mut o) = outcomes.lock() {
+                                    o[i] = Some(outcome);
+                                }
+                            }
+                            Err(e) => {
+                                if let Ok(mut f) = failures.lock() {
+                                    f.insert(i, e);
+                                }
+                            }
                         }
                     }
                 });
@@ -285,17 +269,25 @@ impl<'a> Build<'a> {
         });
         // the layers built here, on disk and recorded in the store
         let committed = self.store.commit();
-        let mut results = results.into_inner().unwrap_or_default();
-        results.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut dirs = Vec::new();
-        for (target, r) in results {
-            let (dir, outcome) = r?;
+        let outcomes = outcomes.into_inner().unwrap_or_default();
+        let mut failures = failures.into_inner().unwrap_or_default();
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        order.sort_by(|&a, &b| targets[a].name().cmp(targets[b].name()));
+        let mut dirs = Vec::with_capacity(targets.len());
+        for i in order {
+            if let Some(e) = failures.remove(&i) {
+                return Err(e);
+            }
+            let Some(outcome) = outcomes.get(i).copied().flatten() else {
+                continue;
+            };
             let verb = match outcome {
                 Outcome::Built => "built",
                 Outcome::UpToDate => "up to date",
             };
-            self.settings.reporter.info(&format!("{verb} {target}"));
-            dirs.push(dir);
+            let name = targets[i].name();
+            self.settings.reporter.info(&format!("{verb} {name}"));
+            dirs.push(out.join(name));
         }
         committed?;
         Ok(dirs)

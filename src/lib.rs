@@ -18,6 +18,7 @@ mod fsutil;
 mod json;
 mod layer;
 mod manifest;
+mod mem;
 mod newc;
 mod output;
 pub mod pgzip;

@@ -16,7 +16,10 @@
 //! compression.
 //!
 //! Memory is bounded: a few pieces per thread are in flight, whatever the
-//! size of the archives.
+//! size of the archives. Their buffers and the deflate states are kept in a
+//! process-wide pool ([`POOL`]) and reused by the next piece and the next
+//! layer, so a fleet's thousands of layer writes do not churn (and
+//! fragment) the heap with megabyte buffers.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -150,6 +153,81 @@ impl Tail {
     }
 }
 
+/// Piece buffers and deflate states between uses: a piece's buffers are
+/// returned once its bytes are written, a compressor once its piece is
+/// done. At most [`KEPT`] of each are kept.
+struct Pool {
+    bufs: Mutex<Vec<Vec<u8>>>,
+    deflaters: Mutex<Vec<Compress>>,
+}
+
+static POOL: Pool = Pool {
+    bufs: Mutex::new(Vec::new()),
+    deflaters: Mutex::new(Vec::new()),
+};
+
+/// The capacity of a piece buffer: a piece and its deflated bytes (at
+/// worst an eighth larger) fit without growing. Above
+/// [`crate::mem::MMAP_THRESHOLD`]: each is a mapping of its own.
+pub(crate) const BUF: usize = PIECE + PIECE / 8 + 1024;
+
+/// How many buffers (and compressors) the pool keeps: more than a write's
+/// pieces in flight on two threads.
+const KEPT: usize = 24;
+
+/// An empty buffer that holds a piece and its deflated bytes without
+/// growing.
+fn take_buf() -> Vec<u8> {
+    let kept = POOL.bufs.lock().ok().and_then(|mut v| v.pop());
+    kept.unwrap_or_else(|| Vec::with_capacity(BUF))
+}
+
+/// Gives a piece-sized buffer back to the pool (smaller ones are dropped).
+fn give_buf(mut buf: Vec<u8>) {
+    if buf.capacity() < PIECE {
+        return;
+    }
+    buf.clear();
+    if let Ok(mut v) = POOL.bufs.lock()
+        && v.len() < KEPT
+    {
+        v.push(buf);
+    }
+}
+
+/// A deflate state at [`GZIP_LEVEL`], as new (a kept one is reset).
+fn take_deflater() -> Compress {
+    let kept = POOL.deflaters.lock().ok().and_then(|mut v| v.pop());
+    match kept {
+        Some(mut c) => {
+            c.reset();
+            c
+        }
+        None => Compress::new(flate2::Compression::new(GZIP_LEVEL), false),
+    }
+}
+
+/// Drops the pool's buffers beyond `keep` (what small layers use) and gives
+/// their memory back: after a large layer, so that its pieces in flight are
+/// not held through a fleet's thousands of small layers.
+fn shrink_pool(keep: usize) {
+    let dropped = match POOL.bufs.lock() {
+        Ok(mut v) if v.len() > keep => v.drain(keep..).count(),
+        _ => 0,
+    };
+    if dropped > 0 {
+        crate::mem::trim_malloc();
+    }
+}
+
+fn give_deflater(c: Compress) {
+    if let Ok(mut v) = POOL.deflaters.lock()
+        && v.len() < KEPT
+    {
+        v.push(c);
+    }
+}
+
 /// One compressed piece: its bytes, and the length (and for gzip the
 /// crc32) of its input.
 struct Piece {
@@ -161,7 +239,7 @@ struct Piece {
 /// `input` compressed on its own as `how` says.
 fn compress(input: &[u8], how: Compression) -> io::Result<Piece> {
     match how {
-        Compression::Gzip => deflate(input, GZIP_LEVEL),
+        Compression::Gzip => deflate(input),
         Compression::Zstd => Ok(Piece {
             data: crate::zstdblocks::blocks(input, crate::zstdblocks::LEVEL)?,
             crc: None,
@@ -170,9 +248,12 @@ fn compress(input: &[u8], how: Compression) -> io::Result<Piece> {
     }
 }
 
-fn deflate(input: &[u8], level: u32) -> io::Result<Piece> {
-    let mut c = Compress::new(flate2::Compression::new(level), false);
-    let mut out = Vec::with_capacity(input.len() + input.len() / 8 + 1024);
+/// `input` deflated at [`GZIP_LEVEL`] by a fresh (or reset: the same)
+/// deflate state, ending with a sync flush.
+fn deflate(input: &[u8]) -> io::Result<Piece> {
+    let mut c = take_deflater();
+    let mut out = take_buf();
+    out.reserve(input.len() + input.len() / 8 + 1024);
     loop {
         let done = usize::try_from(c.total_in()).unwrap_or(input.len());
         c.compress_vec(&input[done..], &mut out, FlushCompress::Sync)
@@ -182,6 +263,7 @@ fn deflate(input: &[u8], level: u32) -> io::Result<Piece> {
         }
         out.reserve(out.capacity().max(1024));
     }
+    give_deflater(c);
     let mut crc = crc32fast::Hasher::new();
     crc.update(input);
     Ok(Piece {
@@ -269,6 +351,8 @@ pub struct Output<W1, W2> {
 pub struct Streams {
     jobs: SyncSender<Job>,
     order: SyncSender<(Receiver<io::Result<Piece>>, To)>,
+    /// Pieces sent so far.
+    sent: usize,
     pending: [Vec<u8>; 2],
     cpio: bool,
     diff: Sha256,
@@ -284,12 +368,13 @@ impl Streams {
         let stopped = || io::Error::other("the compressed file's writer stopped");
         let (tx, rx) = sync_channel(1);
         self.jobs.send((data, tx)).map_err(|_| stopped())?;
+        self.sent += 1;
         self.order.send((rx, to)).map_err(|_| stopped())
     }
 
     fn flush_pending(&mut self, i: usize) -> io::Result<()> {
         if !self.pending[i].is_empty() {
-            let data = std::mem::replace(&mut self.pending[i], Vec::with_capacity(PIECE));
+            let data = std::mem::replace(&mut self.pending[i], take_buf());
             self.send(data, if i == 0 { To::Tar } else { To::Cpio })?;
         }
         Ok(())
@@ -340,7 +425,8 @@ impl Streams {
         let mut left = len;
         while left > 0 {
             let n = left.min(PIECE as u64) as usize;
-            let mut buf = vec![0u8; n];
+            let mut buf = take_buf();
+            buf.resize(n, 0);
             r.read_exact(&mut buf).map_err(|e| {
                 if e.kind() == io::ErrorKind::UnexpectedEof {
                     short()
@@ -378,8 +464,10 @@ fn spawn_workers<'s>(
                     Err(_) => return,
                 };
                 let Ok((data, reply)) = job else { return };
+                let piece = compress(&data, how);
+                give_buf(data);
                 // the writer may have stopped; then nobody waits for it
-                let _ = reply.send(compress(&data, how));
+                let _ = reply.send(piece);
             }
         });
     }
@@ -405,6 +493,7 @@ fn write_pieces<W1: Write, W2: Write>(
         if let (To::Cpio | To::Both, Some(c)) = (to, c.as_mut()) {
             c.put(&piece)?;
         }
+        give_buf(piece.data);
     }
     let (digest, size, tar) = t.finish()?;
     let tw = Written {
@@ -435,13 +524,16 @@ where
     let (job_tx, job_rx) = sync_channel::<Job>(2 * threads);
     let (order_tx, order_rx) = sync_channel::<(Receiver<io::Result<Piece>>, To)>(4 * threads);
     let with_cpio = cpio.is_some();
+    // what a small layer's write uses, on each of two concurrent writes
+    let keep = 2 * threads + 2;
     std::thread::scope(|s| {
         spawn_workers(s, threads, job_rx, how);
         let writer = s.spawn(move || write_pieces(tar, cpio, how, order_rx));
         let mut streams = Streams {
             jobs: job_tx,
             order: order_tx,
-            pending: [Vec::with_capacity(PIECE), Vec::new()],
+            sent: 0,
+            pending: [take_buf(), if with_cpio { take_buf() } else { Vec::new() }],
             cpio: with_cpio,
             diff: Sha256::new(),
         };
@@ -449,13 +541,23 @@ where
             .and_then(|()| streams.flush_pending(0).map_err(&io_err))
             .and_then(|()| streams.flush_pending(1).map_err(&io_err));
         let Streams {
-            jobs, order, diff, ..
+            jobs,
+            order,
+            diff,
+            pending,
+            sent,
+            ..
         } = streams;
+        pending.into_iter().for_each(give_buf);
         // closing the channels lets the workers and the writer finish
         drop((jobs, order));
         let written = writer
             .join()
             .map_err(|_| io_err(io::Error::other("the compressed file's writer panicked")))?;
+        // every piece's buffers are back in the pool now
+        if sent > keep {
+            shrink_pool(keep);
+        }
         // a writer error explains a producer's "writer stopped": report it first
         let (tw, tar_writer, cw) = written.map_err(&io_err)?;
         produced?;
@@ -643,6 +745,29 @@ mod tests {
         )
         .expect("write");
         assert_eq!(unzstd(&out.tar_writer), huge);
+    }
+
+    #[test]
+    fn a_reused_deflate_state_and_buffer_give_the_bytes_of_fresh_ones() {
+        let a = pseudo_random(PIECE, 21);
+        let b = pseudo_random(PIECE / 3, 22);
+        let fresh = |input: &[u8]| {
+            let mut c = Compress::new(flate2::Compression::new(GZIP_LEVEL), false);
+            let mut out = Vec::with_capacity(BUF);
+            c.compress_vec(input, &mut out, FlushCompress::Sync)
+                .unwrap();
+            assert_eq!(c.total_in(), input.len() as u64);
+            out
+        };
+        // each piece after the first takes what the one before left in the pool
+        for input in [&a, &b, &a, &b] {
+            let piece = deflate(input).unwrap();
+            assert_eq!(piece.data, fresh(input));
+            give_buf(piece.data);
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&b);
+        assert_eq!(deflate(&b).unwrap().crc.unwrap().finalize(), crc.finalize());
     }
 
     #[test]
