@@ -648,7 +648,7 @@ without it, master02's whole-node initramfs (every file its boot.ipxe loads):
   grows ({fleet[small_n][0] / small_n * 1000:.1f} ms a node at
   {small_n:,}, {fleet[big_n][0] / big_n * 1000:.1f} ms at {big_n:,}), so
   the build is linear, and memory stays under the 100 MiB target and
-  within 1.2× from {small_n:,} to {big_n:,}. What grows is the inventory,
+  {"within" if max(rss_f) <= min(rss_f) * 1.2 else "this time not within"} 1.2× from {small_n:,} to {big_n:,}. What grows is the inventory,
   held once (the validated nodes, about 3.5 MB of heap at 10,000 nodes,
   heaptrack). The peak used to grow with malloc's fragmentation (45-62 MiB
   on 2026-12-02, up to 9 MiB between runs of one binary): every layer
