@@ -661,7 +661,9 @@ without it, master02's whole-node initramfs (every file its boot.ipxe loads):
   1 MiB block buffers and the piece buffers), and `Build::all` keeps a
   byte per node, not its path and result. The same threshold at 256 KiB
   made (a) a second slower (every block buffer mapped and unmapped);
-  mimalloc peaked at 85-90 MiB.
+  mimalloc peaked at 85-90 MiB. The peak still varies between runs:
+  four runs of this allocator setup outside the bench (2026-12-02) peaked
+  at 34-35 MiB for 1,000 nodes and 38-40 MiB for 10,000 (1.12-1.17×).
 - (f): verify hashes every file (sha256 with the CPU's SHA extensions,
   where coreutils' sha256sum has none) on one thread while the other
   decompresses the layers and looks for secrets; on two cores the two
