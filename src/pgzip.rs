@@ -17,7 +17,7 @@
 //!
 //! Memory is bounded: a few pieces per thread are in flight, whatever the
 //! size of the archives. Their buffers and the deflate states are kept in a
-//! process-wide pool ([`POOL`]) and reused by the next piece and the next
+//! process-wide pool ([`Kept`]) and reused by the next piece and the next
 //! layer, so a fleet's thousands of layer writes do not churn (and
 //! fragment) the heap with megabyte buffers.
 
@@ -153,52 +153,67 @@ impl Tail {
     }
 }
 
-/// Piece buffers and deflate states between uses: a piece's buffers are
-/// returned once its bytes are written, a compressor once its piece is
-/// done. At most [`KEPT`] of each are kept.
-struct Pool {
-    bufs: Mutex<Vec<Vec<u8>>>,
-    deflaters: Mutex<Vec<Compress>>,
+/// Things kept between uses (piece buffers, deflate states): at most
+/// [`KEPT`], the last given back taken first.
+struct Kept<T>(Mutex<Vec<T>>);
+
+impl<T> Kept<T> {
+    const fn new() -> Kept<T> {
+        Kept(Mutex::new(Vec::new()))
+    }
+
+    fn take(&self) -> Option<T> {
+        self.0.lock().ok().and_then(|mut v| v.pop())
+    }
+
+    fn give(&self, t: T) {
+        if let Ok(mut v) = self.0.lock()
+            && v.len() < KEPT
+        {
+            v.push(t);
+        }
+    }
+
+    /// Drops what is kept beyond `keep`; how many were dropped.
+    fn shrink(&self, keep: usize) -> usize {
+        match self.0.lock() {
+            Ok(mut v) if v.len() > keep => v.drain(keep..).count(),
+            _ => 0,
+        }
+    }
 }
 
-static POOL: Pool = Pool {
-    bufs: Mutex::new(Vec::new()),
-    deflaters: Mutex::new(Vec::new()),
-};
+/// A piece's buffers come back once its bytes are written, a deflate state
+/// once its piece is done.
+static BUFS: Kept<Vec<u8>> = Kept::new();
+static DEFLATERS: Kept<Compress> = Kept::new();
 
 /// The capacity of a piece buffer: a piece and its deflated bytes (at
 /// worst an eighth larger) fit without growing. Above
 /// [`crate::mem::MMAP_THRESHOLD`]: each is a mapping of its own.
 pub(crate) const BUF: usize = PIECE + PIECE / 8 + 1024;
 
-/// How many buffers (and compressors) the pool keeps: more than a write's
+/// How many buffers (and compressors) are kept: more than a write's
 /// pieces in flight on two threads.
 const KEPT: usize = 24;
 
 /// An empty buffer that holds a piece and its deflated bytes without
 /// growing.
 fn take_buf() -> Vec<u8> {
-    let kept = POOL.bufs.lock().ok().and_then(|mut v| v.pop());
-    kept.unwrap_or_else(|| Vec::with_capacity(BUF))
+    BUFS.take().unwrap_or_else(|| Vec::with_capacity(BUF))
 }
 
-/// Gives a piece-sized buffer back to the pool (smaller ones are dropped).
+/// Gives a piece-sized buffer back (smaller ones are dropped).
 fn give_buf(mut buf: Vec<u8>) {
-    if buf.capacity() < PIECE {
-        return;
-    }
-    buf.clear();
-    if let Ok(mut v) = POOL.bufs.lock()
-        && v.len() < KEPT
-    {
-        v.push(buf);
+    if buf.capacity() >= PIECE {
+        buf.clear();
+        BUFS.give(buf);
     }
 }
 
 /// A deflate state at [`GZIP_LEVEL`], as new (a kept one is reset).
 fn take_deflater() -> Compress {
-    let kept = POOL.deflaters.lock().ok().and_then(|mut v| v.pop());
-    match kept {
+    match DEFLATERS.take() {
         Some(mut c) => {
             c.reset();
             c
@@ -207,24 +222,12 @@ fn take_deflater() -> Compress {
     }
 }
 
-/// Drops the pool's buffers beyond `keep` (what small layers use) and gives
+/// Drops the buffers kept beyond `keep` (what small layers use) and gives
 /// their memory back: after a large layer, so that its pieces in flight are
 /// not held through a fleet's thousands of small layers.
 fn shrink_pool(keep: usize) {
-    let dropped = match POOL.bufs.lock() {
-        Ok(mut v) if v.len() > keep => v.drain(keep..).count(),
-        _ => 0,
-    };
-    if dropped > 0 {
+    if BUFS.shrink(keep) > 0 {
         crate::mem::trim_malloc();
-    }
-}
-
-fn give_deflater(c: Compress) {
-    if let Ok(mut v) = POOL.deflaters.lock()
-        && v.len() < KEPT
-    {
-        v.push(c);
     }
 }
 
@@ -263,7 +266,7 @@ fn deflate(input: &[u8]) -> io::Result<Piece> {
         }
         out.reserve(out.capacity().max(1024));
     }
-    give_deflater(c);
+    DEFLATERS.give(c);
     let mut crc = crc32fast::Hasher::new();
     crc.update(input);
     Ok(Piece {
