@@ -147,8 +147,34 @@ reply readyz '500 Internal Server Error' text/plain '[-]etcd failed: not checked
 ) &
 cd "$www"
 echo "$me: serving https://$bind:$port (certificate $cert, clients of $ca)"
-exec openssl s_server -HTTP -quiet -accept "$bind:$port" -cert "$cert" -key "$key" \\
-  -CAfile "$ca" -verify 1 -verify_return_error
+# s_server takes one connection at a time and waits on it without a timeout:
+# a peer that stops mid-handshake (haproxy's backend connection when the VIP
+# moves, held for its `timeout server`) would stall it for everyone. So it
+# runs in a loop, and a watchdog that cannot GET /livez from it within 5 s
+# twice in a row restarts it. (The real apiserver serves connections
+# concurrently.)
+probe=$bind
+[ "$probe" != 0.0.0.0 ] || probe=127.0.0.1
+(
+  misses=0
+  while sleep 10; do
+    if printf 'GET /livez HTTP/1.0\\r\\n\\r\\n' |
+      timeout 5 openssl s_client -quiet -connect "$probe:$port" 2>/dev/null | grep -q '200 OK'; then
+      misses=0
+    else
+      misses=$((misses + 1))
+      [ "$misses" -lt 2 ] || {{ echo "$me: no answer within 5 s twice: restarting s_server" >&2
+        : >"$www/.restart"; pkill -f "s_server -HTTP -quiet -accept $bind:$port" || true; misses=0; }}
+    fi
+  done
+) &
+# s_server exits only when the watchdog stops it (then it starts again) or
+# when it cannot start (then neither can the stand-in)
+while :; do
+  openssl s_server -HTTP -quiet -accept "$bind:$port" -cert "$cert" -key "$key" \\
+    -CAfile "$ca" -verify 1 -verify_return_error || [ -e "$www/.restart" ] || exit 1
+  rm -f "$www/.restart"
+done
 """.encode()
 
 
