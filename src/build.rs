@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use crate::fetch::oci::{ImageError, PulledImage};
 use crate::fetch::{self, Cache, FetchError, Fetched};
 use crate::fsutil;
-use crate::layer::{self, LayerError};
+use crate::layer::{self, BuiltLayer, LayerError};
 use crate::manifest::{Arch, ImagePin, Manifests, Node};
 use crate::mem;
 use crate::output::{self, Outcome, OutputError};
@@ -216,20 +216,60 @@ impl<'a> Build<'a> {
             images: &self.images,
             os_layer: None,
         };
-        let mut built = Vec::new();
-        for l in &plan.layers {
-            let b = layer::build(&self.store, &inputs, l, &tmp.join("layers"))?;
-            if b.kind == LayerKind::Os {
-                inputs.os_layer = Some(b.file.clone());
-            }
-            built.push(b);
-        }
+        let built = self.layers(plan, &mut inputs, &tmp.join("layers"))?;
         // nothing reaches out/ from a root that would not boot
         for w in self.rootcheck.check(plan, &built)? {
             self.settings.reporter.warn(&format!("warning: {w}"));
         }
         let done = output::assemble(self.m, plan, &built, &self.store, &self.opts, tmp, out)?;
         Ok(done)
+    }
+
+    /// The layers of `plan`, in its order. A layer another builder is
+    /// building (another node's, here or in another process) is left for
+    /// later and the next one built meanwhile, so that builders of nodes
+    /// with the same layers work side by side rather than wait in turn.
+    /// The OS layer is waited for: the package layers after it read it.
+    fn layers(
+        &self,
+        plan: &Plan,
+        inputs: &mut layer::Inputs<'_>,
+        private_dir: &Path,
+    ) -> Result<Vec<BuiltLayer>, BuildError> {
+        let mut built = Vec::with_capacity(plan.layers.len());
+        let mut later = Vec::new();
+        for (i, l) in plan.layers.iter().enumerate() {
+            let b = if l.kind == LayerKind::Os {
+                Some(layer::build(&self.store, inputs, l, private_dir)?)
+            } else {
+                layer::try_build(&self.store, inputs, l, private_dir)?
+            };
+            match b {
+                Some(b) => {
+                    if b.kind == LayerKind::Os {
+                        inputs.os_layer = Some(b.file.clone());
+                    }
+                    built.push(Some(b));
+                }
+                None => {
+                    later.push((i, inputs.os_layer.clone()));
+                    built.push(None);
+                }
+            }
+        }
+        for (i, os_layer) in later {
+            let inputs = layer::Inputs {
+                os_layer,
+                ..*inputs
+            };
+            built[i] = Some(layer::build(
+                &self.store,
+                &inputs,
+                &plan.layers[i],
+                private_dir,
+            )?);
+        }
+        Ok(built.into_iter().flatten().collect())
     }
 
     /// Every target into `out/`, `--jobs` at a time; reports each target

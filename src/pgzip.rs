@@ -13,7 +13,9 @@
 //! ([`crate::zstdblocks`]). So the bytes do not depend on `--jobs`. A large
 //! file's content is the same in both archives, so its pieces are compressed
 //! once and written to both: the cpio of a layer costs no second
-//! compression.
+//! compression. The tar stream's sha256 (the diff_id) and the sha256 and
+//! sha1 of each file given to [`Streams::file`] are computed in order
+//! beside the producer ([`crate::hashlane`]), from the same buffers.
 //!
 //! Memory is bounded: a few pieces per thread are in flight, whatever the
 //! size of the archives. Their buffers and the deflate states are kept in a
@@ -29,10 +31,17 @@ use flate2::{Compress, FlushCompress};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::hashlane::FileDigests;
+use crate::hashlane::{self, FileLane, Shared, StreamLane};
+
 /// Size of a piece of input deflated on its own.
 pub(crate) const PIECE: usize = 1 << 20;
 /// File contents at least this large are compressed once for both streams.
 pub(crate) const SHARED_MIN: u64 = 64 << 10;
+/// A write whose hashing moves off the producer's thread: one with a file
+/// this large, or once this many pieces are sent.
+const OFFLOAD_FILE: u64 = 4 * PIECE as u64;
+const OFFLOAD_PIECES: usize = 8;
 
 /// gzip header: deflate, no flags, mtime 0, no extra flags, OS unknown.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
@@ -284,7 +293,7 @@ enum To {
     Both,
 }
 
-type Job = (Vec<u8>, SyncSender<io::Result<Piece>>);
+type Job = (Arc<Shared>, SyncSender<io::Result<Piece>>);
 
 /// One compressed file being written.
 struct Gz<W: Write> {
@@ -344,6 +353,8 @@ pub struct Output<W1, W2> {
     pub tar: Written,
     /// sha256 of the uncompressed tar stream (an OCI diff_id)
     pub diff_id: String,
+    /// The digests of the files written by [`Streams::file`], in order.
+    pub files: Vec<FileDigests>,
     /// The size of the cpio.gz, when there is one.
     pub cpio: Option<u64>,
     pub tar_writer: W1,
@@ -358,7 +369,10 @@ pub struct Streams {
     sent: usize,
     pending: [Vec<u8>; 2],
     cpio: bool,
-    diff: Sha256,
+    /// The tar stream's sha256 (the diff_id).
+    diff: StreamLane,
+    /// The sha256 and sha1 of each file given to [`Streams::file`].
+    files: FileLane,
 }
 
 impl Streams {
@@ -367,8 +381,14 @@ impl Streams {
         self.cpio
     }
 
-    fn send(&mut self, data: Vec<u8>, to: To) -> io::Result<()> {
+    fn send(&mut self, data: Arc<Shared>, to: To) -> io::Result<()> {
         let stopped = || io::Error::other("the compressed file's writer stopped");
+        if !matches!(to, To::Cpio) {
+            self.diff.put(Arc::clone(&data))?;
+        }
+        if self.sent == OFFLOAD_PIECES {
+            self.offload()?;
+        }
         let (tx, rx) = sync_channel(1);
         self.jobs.send((data, tx)).map_err(|_| stopped())?;
         self.sent += 1;
@@ -378,7 +398,8 @@ impl Streams {
     fn flush_pending(&mut self, i: usize) -> io::Result<()> {
         if !self.pending[i].is_empty() {
             let data = std::mem::replace(&mut self.pending[i], take_buf());
-            self.send(data, if i == 0 { To::Tar } else { To::Cpio })?;
+            let to = if i == 0 { To::Tar } else { To::Cpio };
+            self.send(Shared::new(data, give_buf), to)?;
         }
         Ok(())
     }
@@ -386,9 +407,6 @@ impl Streams {
     fn push(&mut self, i: usize, bytes: &[u8]) -> io::Result<()> {
         if i == 1 && !self.cpio {
             return Ok(());
-        }
-        if i == 0 {
-            self.diff.update(bytes);
         }
         // no piece grows past twice PIECE (zstd's window holds it)
         for chunk in bytes.chunks(PIECE) {
@@ -407,8 +425,29 @@ impl Streams {
         self.push(1, cpio)
     }
 
+    /// Hashing moves to threads of its own (both lanes, once).
+    fn offload(&mut self) -> io::Result<()> {
+        self.diff.offload()?;
+        self.files.offload()
+    }
+
+    /// A file's content, as [`Streams::content`], its sha256 and sha1
+    /// computed beside the producer: they are [`Output::files`]' next.
+    pub(crate) fn file(&mut self, r: &mut dyn Read, len: u64) -> io::Result<()> {
+        if len >= OFFLOAD_FILE {
+            self.offload()?;
+        }
+        self.content_to(r, len, true)?;
+        self.files.put(hashlane::File::End)
+    }
+
     /// A file's content, `len` bytes from `r`: the same in both streams.
     pub fn content(&mut self, r: &mut dyn Read, len: u64) -> io::Result<()> {
+        self.content_to(r, len, false)
+    }
+
+    /// A file's content, also to the file lane when `hashed`.
+    fn content_to(&mut self, r: &mut dyn Read, len: u64, hashed: bool) -> io::Result<()> {
         let short = || {
             io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -421,7 +460,12 @@ impl Streams {
             if buf.len() as u64 != len {
                 return Err(short());
             }
-            return self.meta(&buf, &buf);
+            self.meta(&buf, &buf)?;
+            if hashed {
+                self.files
+                    .put(hashlane::File::Bytes(Shared::new(buf, give_buf)))?;
+            }
+            return Ok(());
         }
         self.flush_pending(0)?;
         self.flush_pending(1)?;
@@ -437,8 +481,11 @@ impl Streams {
                     e
                 }
             })?;
-            self.diff.update(&buf);
-            self.send(buf, if self.cpio { To::Both } else { To::Tar })?;
+            let piece = Shared::new(buf, give_buf);
+            if hashed {
+                self.files.put(hashlane::File::Bytes(Arc::clone(&piece)))?;
+            }
+            self.send(piece, if self.cpio { To::Both } else { To::Tar })?;
             left -= n as u64;
         }
         Ok(())
@@ -468,7 +515,8 @@ fn spawn_workers<'s>(
                 };
                 let Ok((data, reply)) = job else { return };
                 let piece = compress(&data, how);
-                give_buf(data);
+                // the buffer goes back to the pool when its hashing is done too
+                drop(data);
                 // the writer may have stopped; then nobody waits for it
                 let _ = reply.send(piece);
             }
@@ -538,7 +586,8 @@ where
             sent: 0,
             pending: [take_buf(), if with_cpio { take_buf() } else { Vec::new() }],
             cpio: with_cpio,
-            diff: Sha256::new(),
+            diff: hashlane::stream_lane(),
+            files: hashlane::file_lane(),
         };
         let produced = body(&mut streams)
             .and_then(|()| streams.flush_pending(0).map_err(&io_err))
@@ -547,6 +596,7 @@ where
             jobs,
             order,
             diff,
+            files,
             pending,
             sent,
             ..
@@ -557,6 +607,7 @@ where
         let written = writer
             .join()
             .map_err(|_| io_err(io::Error::other("the compressed file's writer panicked")))?;
+        let (diff, files) = (diff.finish(), files.finish());
         // every piece's buffers are back in the pool now
         if sent > keep {
             shrink_pool(keep);
@@ -564,10 +615,13 @@ where
         // a writer error explains a producer's "writer stopped": report it first
         let (tw, tar_writer, cw) = written.map_err(&io_err)?;
         produced?;
+        let diff = diff.map_err(&io_err)?;
+        let files = files.map_err(&io_err)?.done;
         let (cpio, cpio_writer) = cw.unzip();
         Ok(Output {
             tar: tw,
             diff_id: hex::encode(diff.finalize()),
+            files,
             cpio,
             tar_writer,
             cpio_writer,
@@ -771,6 +825,53 @@ mod tests {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&b);
         assert_eq!(deflate(&b).unwrap().crc.unwrap().finalize(), crc.finalize());
+    }
+
+    /// What `sha1sum` (the real program) prints for `data`.
+    fn sha1sum(data: &[u8]) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, data).expect("write");
+        let out = std::process::Command::new("sha1sum")
+            .arg(&path)
+            .output()
+            .expect("sha1sum");
+        String::from_utf8_lossy(&out.stdout)[..40].to_string()
+    }
+
+    #[test]
+    fn files_are_hashed_in_order_whether_on_the_producer_or_beside_it() {
+        let small = b"a small file".to_vec();
+        let mid = pseudo_random(SHARED_MIN as usize + 3, 14);
+        // large enough to move the hashing to threads of its own
+        let big = pseudo_random(OFFLOAD_FILE as usize + 7, 13);
+        let out = write(
+            Vec::new(),
+            Some(Vec::new()),
+            Compression::Zstd,
+            2,
+            |s| {
+                s.file(&mut &small[..], small.len() as u64)?;
+                s.file(&mut &mid[..], mid.len() as u64)?;
+                s.file(&mut &big[..], big.len() as u64)?;
+                // not a listed file: no digests
+                s.content(&mut &mid[..], mid.len() as u64)?;
+                s.file(&mut &small[..], small.len() as u64)
+            },
+            |e| e,
+        )
+        .expect("write");
+        let want: Vec<FileDigests> = [&small, &mid, &big, &small]
+            .iter()
+            .map(|f| FileDigests {
+                sha256: hex::encode(Sha256::digest(f)),
+                sha1: sha1sum(f),
+            })
+            .collect();
+        assert_eq!(out.files, want);
+        let tar = [&small[..], &mid, &big, &mid, &small].concat();
+        assert_eq!(out.diff_id, hex::encode(Sha256::digest(&tar)));
+        assert_eq!(unzstd(&out.tar_writer), tar);
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::path::{Component, Path, PathBuf};
 
 use flate2::read::GzDecoder;
 
+use crate::readahead::ReadAhead;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("cannot read archive {archive} ({path})")]
@@ -169,7 +171,9 @@ where
         source,
     };
     let file = File::open(path).map_err(io)?;
-    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(1 << 20, file)));
+    // inflated on a core of its own while `consume` takes the members
+    let gz = GzDecoder::new(BufReader::with_capacity(1 << 20, file));
+    let mut archive = tar::Archive::new(ReadAhead::new(gz).map_err(io)?);
     let mut found: BTreeSet<String> = BTreeSet::new();
     let mut seen = Seen::default();
     for entry in archive.entries().map_err(io)? {

@@ -1,6 +1,7 @@
-//! A layer's file listing: takes the bytes of every regular file as the
-//! layer is written ([`Tee`] sits between the source and the streams) and
-//! produces [`Listing`]: each file's path, mode, owner, size, sha256 and
+//! A layer's file listing: takes the digests of every regular file as the
+//! layer is written (hashed beside the writer, [`crate::hashlane`]; a
+//! [`CAPTURED`] file's by the [`Tee`] between its source and the streams,
+//! which keeps its text) and produces [`Listing`]: each file's path, mode, owner, size, sha256 and
 //! sha1 (SPDX wants one), and the input it came from where the plan or the
 //! unpacking knows it (an artifact, a `.deb`, an image); and the text of the
 //! few small files an SBOM reads from the image itself ([`CAPTURED`]:
@@ -13,6 +14,7 @@ use std::io::{self, Read};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::hashlane::FileDigests;
 use crate::plan::Source;
 
 /// The files whose text a listing keeps (paths inside the layer).
@@ -83,9 +85,14 @@ pub(super) struct Tee<'r> {
     keep: Option<Vec<u8>>,
 }
 
+/// Whether the text of the file at `path` (relative) is kept.
+pub(super) fn captured(path: &str, size: u64) -> bool {
+    size <= CAPTURE_MAX && CAPTURED.contains(&path)
+}
+
 impl<'r> Tee<'r> {
     pub(super) fn new(inner: &'r mut dyn Read, path: &str, size: u64) -> Tee<'r> {
-        let keep = (size <= CAPTURE_MAX && CAPTURED.contains(&path)).then(Vec::new);
+        let keep = captured(path, size).then(Vec::new);
         Tee {
             inner,
             sha256: Sha256::new(),
@@ -122,6 +129,22 @@ impl Listing {
             self.captured.insert(record.path.clone(), t);
         }
         self.files.push(record);
+    }
+
+    /// Fills in, in order, the digests of the files added without them
+    /// (hashed beside the writer).
+    pub(super) fn fill(&mut self, digests: Vec<FileDigests>) -> Result<(), String> {
+        let mut digests = digests.into_iter();
+        for r in self.files.iter_mut().filter(|r| r.sha256.is_empty()) {
+            let d = digests
+                .next()
+                .ok_or_else(|| format!("no digests were computed for {}", r.path))?;
+            (r.sha256, r.sha1) = (d.sha256, d.sha1);
+        }
+        match digests.next() {
+            None => Ok(()),
+            Some(_) => Err("more digests were computed than files were written".into()),
+        }
     }
 
     /// The listing's canonical JSON, as the store keeps it.

@@ -180,7 +180,8 @@ impl BuiltLayer {
 /// `inputs.cpio`, its PXE segment (the same files as a gzip'd newc cpio
 /// without a trailer), both from one pass over the sources. The secrets
 /// layer never enters the shared store: it is written to `private_dir` with
-/// mode 0600, its segment as a hidden file beside it.
+/// mode 0600, its segment as a hidden file beside it. Waits while another
+/// builder (thread or process) builds the same layer, then reuses it.
 pub(crate) fn build(
     store: &Store,
     inputs: &Inputs<'_>,
@@ -192,14 +193,43 @@ pub(crate) fn build(
         let files = Files::private(private_dir, &layer.name, inputs.compression);
         return write::write_layer(inputs, layer, resolved, &key, &files, true);
     }
-    // one builder per key, across threads and processes; the others wait and reuse
-    let _lock = store.lock(&key, &layer.name)?;
-    // a stored layer is checked against its record before it is reused
-    if let Some(built) = store.find(&key, &layer.name, inputs.cpio) {
+    let lock = store.lock(&key, &layer.name)?;
+    stored_or_written(store, inputs, layer, &key, resolved, lock)
+}
+
+/// As [`build`], but `None` at once when another builder holds the layer
+/// (the caller builds something else meanwhile, and this layer later).
+pub(crate) fn try_build(
+    store: &Store,
+    inputs: &Inputs<'_>,
+    layer: &LayerPlan,
+    private_dir: &Path,
+) -> Result<Option<BuiltLayer>, LayerError> {
+    if layer.kind == LayerKind::Secrets {
+        return build(store, inputs, layer, private_dir).map(Some);
+    }
+    let (key, resolved) = resolve_all(inputs, layer)?;
+    let Some(lock) = store.try_lock(&key, &layer.name)? else {
+        return Ok(None);
+    };
+    stored_or_written(store, inputs, layer, &key, resolved, lock).map(Some)
+}
+
+/// The stored layer `key` (checked against its record), or the layer
+/// written and recorded; `_lock` is the key's, held until it is done.
+fn stored_or_written(
+    store: &Store,
+    inputs: &Inputs<'_>,
+    layer: &LayerPlan,
+    key: &str,
+    resolved: Vec<Resolved<'_>>,
+    _lock: std::fs::File,
+) -> Result<BuiltLayer, LayerError> {
+    if let Some(built) = store.find(key, &layer.name, inputs.cpio) {
         return Ok(built);
     }
-    let files = store.files(&key, inputs.compression);
-    let built = write::write_layer(inputs, layer, resolved, &key, &files, false)?;
+    let files = store.files(key, inputs.compression);
+    let built = write::write_layer(inputs, layer, resolved, key, &files, false)?;
     store.record(&built);
     Ok(built)
 }

@@ -16,6 +16,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Component, Path};
 
 use crate::fetch::archive::{ArchiveError, normalize};
+use crate::readahead::ReadAhead;
 
 /// What a member is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +67,8 @@ pub(crate) fn decompress(r: impl Read + Send + 'static) -> io::Result<Box<dyn Re
     if r.fill_buf()?.starts_with(&XZ_MAGIC) {
         return Ok(Box::new(Unxz::start(r)?));
     }
-    Ok(gzip_or_zstd(r))
+    // decoded on a core of its own while the caller takes the members
+    Ok(Box::new(ReadAhead::new(gzip_or_zstd(r))?))
 }
 
 /// A layer imgbuild wrote, or any gzip'd or zstd'd stream: decoded as its

@@ -294,6 +294,13 @@ impl Store {
     /// Takes the lock of `key`: one builder per key, across threads and
     /// processes; the others wait, then find the layer built.
     pub(super) fn lock(&self, key: &str, layer: &str) -> Result<File, LayerError> {
+        let (f, path) = self.lock_file(key, layer)?;
+        f.lock().map_err(io_err(layer, "lock", &path))?;
+        Ok(f)
+    }
+
+    /// The lock file of `key`, opened (made when missing), and its path.
+    fn lock_file(&self, key: &str, layer: &str) -> Result<(File, PathBuf), LayerError> {
         let path = self.dir.join(format!("{key}.lock"));
         let f = fs::OpenOptions::new()
             .create(true)
@@ -301,8 +308,17 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(io_err(layer, "open", &path))?;
-        f.lock().map_err(io_err(layer, "lock", &path))?;
-        Ok(f)
+        Ok((f, path))
+    }
+
+    /// The lock of `key` when no other builder holds it, else `None`.
+    pub(super) fn try_lock(&self, key: &str, layer: &str) -> Result<Option<File>, LayerError> {
+        let (f, path) = self.lock_file(key, layer)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(io_err(layer, "lock", &path)(e)),
+        }
     }
 
     /// The layer `key` under the name `name`, when this process built or

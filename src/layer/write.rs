@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
-use super::listing::{FileRecord, Listing, Origin, Tee};
+use super::listing::{self, FileRecord, Listing, Origin, Tee};
 use super::os;
 use super::resolve::{Content, Inputs};
 use super::rootfs::{Kind, Member};
@@ -180,6 +180,9 @@ fn compress(
     out.tar_writer
         .into_inner()
         .map_err(|e| io_err(&layer.name, "write", &tmp.tar)(e.into_error()))?;
+    listing
+        .fill(out.files)
+        .map_err(|e| io_err(&layer.name, "hash the files of", &tmp.tar)(io::Error::other(e)))?;
     Ok(Compressed {
         tar: out.tar,
         diff_id: out.diff_id,
@@ -378,18 +381,25 @@ impl Emit<'_> {
         origin: Option<Origin>,
         data: &mut dyn Read,
     ) -> io::Result<()> {
-        let mut tee = Tee::new(data, path, size);
-        self.s.content(&mut tee, size)?;
-        self.listing.add(tee.finish(FileRecord {
+        let record = FileRecord {
             path: path.to_string(),
             mode: mode & 0o7777,
             uid,
             gid,
             size,
+            // filled in once the layer is written (Listing::fill)
             sha256: String::new(),
             sha1: String::new(),
             origin,
-        }));
+        };
+        if listing::captured(path, size) {
+            let mut tee = Tee::new(data, path, size);
+            self.s.content(&mut tee, size)?;
+            self.listing.add(tee.finish(record));
+        } else {
+            self.s.file(data, size)?;
+            self.listing.add((record, None));
+        }
         Ok(())
     }
 

@@ -514,3 +514,68 @@ fn a_key_that_does_not_match_its_certificate_is_reissued_or_refused_for_a_ca() {
         .assert_failed()
         .assert_stderr_has("pki/ca.key is not the key of");
 }
+
+#[test]
+fn a_layer_another_builder_holds_does_not_hold_up_the_nodes_other_layers() {
+    let (lab, server) = synthetic();
+    build(&lab, &server, &["node", "--role", "node01"]).assert_ok();
+    let base = stored(&lab, "00-base", "tar.gz");
+    let key = base
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(".tar.gz", "");
+    let store = lab.path("cache/layers");
+    // an empty store but for the lock files: every layer is built again
+    for e in std::fs::read_dir(&store).unwrap() {
+        let p = e.unwrap().path();
+        if !p.to_string_lossy().ends_with(".lock") {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    // another builder (flock(1) here) holds 00-base for 3 s
+    let held = lab.path("held");
+    let mut other = Command::new("flock")
+        .arg(store.join(format!("{key}.lock")))
+        .args(["sh", "-c", "touch \"$0\"; sleep 3", held.to_str().unwrap()])
+        .spawn()
+        .expect("flock (util-linux)");
+    while !held.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let run = build(
+        &lab,
+        &server,
+        &["node", "--role", "node01", "--out", "again"],
+    );
+    other.wait().unwrap();
+    run.assert_ok();
+    let released =
+        std::fs::metadata(&held).unwrap().modified().unwrap() + std::time::Duration::from_secs(3);
+    let written = |name: &str| {
+        std::fs::metadata(stored(&lab, name, "tar.gz"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    // the node's other shared layers were built while it waited, 00-base after
+    assert!(written("00-base") >= released);
+    let mut others = Vec::new();
+    for e in std::fs::read_dir(lab.path("again/node01/layers")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(layer) = name.strip_suffix(".tar.gz")
+            && layer != "00-base"
+            && !layer.ends_with("-secrets")
+        {
+            others.push(layer.to_string());
+        }
+    }
+    assert!(!others.is_empty());
+    for name in &others {
+        assert!(written(name) < released, "{name} waited for 00-base");
+    }
+    assert_eq!(
+        std::fs::read(lab.path("again/node01/layers/00-base.tar.gz")).unwrap(),
+        std::fs::read(lab.path("out/node01/layers/00-base.tar.gz")).unwrap()
+    );
+}
