@@ -23,7 +23,7 @@ use super::{BuiltLayer, LayerError, io_err};
 use crate::fetch::Cache;
 use crate::fetch::archive;
 use crate::fetch::oci::{self, PulledImage};
-use crate::fsutil::{self, Sha256Writer};
+use crate::fsutil::{self, Sha256Writer, WriteBehind};
 use crate::newc;
 use crate::pgzip;
 use crate::plan::{Entry, LayerKind, LayerPlan};
@@ -108,7 +108,7 @@ struct Compressed {
 /// hold; a file of its own would be made and deleted for every node, and
 /// on ext4 without a journal every inode freed slows the next ones made).
 enum Sink {
-    File(BufWriter<File>),
+    File(BufWriter<WriteBehind>),
     Memory(Vec<u8>),
 }
 
@@ -192,13 +192,14 @@ fn compress(
     })
 }
 
-/// A new file at `path` with exactly `mode`, buffered.
-fn create(path: &Path, mode: u32) -> io::Result<BufWriter<File>> {
+/// A new file at `path` with exactly `mode`, buffered, its pages sent to
+/// the disk as it grows (the store's sync finds them written).
+fn create(path: &Path, mode: u32) -> io::Result<BufWriter<WriteBehind>> {
     // a read-only leftover of the same name cannot be opened for writing
     let _ = fs::remove_file(path);
     Ok(BufWriter::with_capacity(
         1 << 20,
-        fsutil::create_mode(path, mode)?,
+        WriteBehind::new(fsutil::create_mode(path, mode)?),
     ))
 }
 

@@ -497,7 +497,7 @@ pub(crate) fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> i
     // the seed carries the secrets layer: private to its owner
     let mut w = crate::fsutil::Sha256Writer::new(BufWriter::with_capacity(
         crate::fsutil::BLOCK,
-        crate::fsutil::create_private(&tmp)?,
+        crate::fsutil::WriteBehind::new(crate::fsutil::create_private(&tmp)?),
     ));
     image.write_head(&mut w)?;
     for (f, size) in files.iter().zip(&sizes) {
