@@ -153,8 +153,12 @@ echo "$me: serving https://$bind:$port (certificate $cert, clients of $ca)"
 # runs in a loop, and a watchdog that cannot GET /livez from it within 5 s
 # twice in a row restarts it. (The real apiserver serves connections
 # concurrently.)
-probe=$bind
-[ "$probe" != 0.0.0.0 ] || probe=127.0.0.1
+case $bind in
+  0.0.0.0) probe=127.0.0.1 ;;
+  ::) probe='[::1]' ;;
+  *:*) probe="[$bind]" ;;
+  *) probe=$bind ;;
+esac
 (
   misses=0
   while sleep 10; do
@@ -164,15 +168,17 @@ probe=$bind
     else
       misses=$((misses + 1))
       [ "$misses" -lt 2 ] || {{ echo "$me: no answer within 5 s twice: restarting s_server" >&2
-        : >"$www/.restart"; pkill -f "s_server -HTTP -quiet -accept $bind:$port" || true; misses=0; }}
+        : >"$www/.restart"; kill "$(cat "$www/.pid")" 2>/dev/null || true; misses=0; }}
     fi
   done
 ) &
-# s_server exits only when the watchdog stops it (then it starts again) or
+# s_server ends only when the watchdog stops it (then it starts again) or
 # when it cannot start (then neither can the stand-in)
 while :; do
   openssl s_server -HTTP -quiet -accept "$bind:$port" -cert "$cert" -key "$key" \\
-    -CAfile "$ca" -verify 1 -verify_return_error || [ -e "$www/.restart" ] || exit 1
+    -CAfile "$ca" -verify 1 -verify_return_error &
+  echo $! >"$www/.pid"
+  wait $! || [ -e "$www/.restart" ] || exit 1
   rm -f "$www/.restart"
 done
 """.encode()

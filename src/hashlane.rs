@@ -6,8 +6,9 @@
 //! thread until [`Lane::offload`] moves the state to a thread of its own.
 //! A write that stays small (a fleet's thousands of node layers) starts no
 //! thread; a large one hashes on other cores while its producer inflates
-//! the upstream archives and its compressors compress. The bytes arrive as
-//! [`Shared`] buffers, which the compressor of the same piece reads too.
+//! the upstream archives and its compressors compress. A piece's bytes
+//! arrive as a [`Shared`] buffer, which its compressor reads too (a small
+//! file's, under a piece, as a copy of its own).
 
 use std::io;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::thread::JoinHandle;
 use sha2::{Digest, Sha256};
 
 /// Messages that may wait for a lane's thread.
-const DEPTH: usize = 8;
+const DEPTH: usize = 2;
 
 /// A buffer read by several threads; `on_drop` gets it back when the last
 /// of them is done (the piece pool).
@@ -105,7 +106,14 @@ impl<M: Send + 'static, S: Send + 'static> Lane<M, S> {
             (Some(s), _) => Ok(s),
             (None, Some((tx, thread))) => {
                 drop(tx);
-                thread.join().map_err(|_| stopped())
+                thread.join().map_err(|panic| {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    io::Error::other(format!("a hashing thread failed: {why}"))
+                })
             }
             (None, None) => Err(stopped()),
         }

@@ -15,10 +15,11 @@
 //! once and written to both: the cpio of a layer costs no second
 //! compression. The tar stream's sha256 (the diff_id) and the sha256 and
 //! sha1 of each file given to [`Streams::file`] are computed in order
-//! beside the producer ([`crate::hashlane`]), from the same buffers.
+//! beside the producer ([`crate::hashlane`]), from the pieces' buffers.
 //!
-//! Memory is bounded: a few pieces per thread are in flight, whatever the
-//! size of the archives. Their buffers and the deflate states are kept in a
+//! Memory is bounded: a few pieces per thread are in flight (and up to
+//! 4 more waiting for the two hashing threads), whatever the size of the
+//! archives. Their buffers and the deflate states are kept in a
 //! process-wide pool ([`Kept`]) and reused by the next piece and the next
 //! layer, so a fleet's thousands of layer writes do not churn (and
 //! fragment) the heap with megabyte buffers.
@@ -572,8 +573,8 @@ where
     W2: Write + Send,
 {
     let threads = threads.max(1);
-    let (job_tx, job_rx) = sync_channel::<Job>(2 * threads);
-    let (order_tx, order_rx) = sync_channel::<(Receiver<io::Result<Piece>>, To)>(4 * threads);
+    let (job_tx, job_rx) = sync_channel::<Job>(threads);
+    let (order_tx, order_rx) = sync_channel::<(Receiver<io::Result<Piece>>, To)>(2 * threads);
     let with_cpio = cpio.is_some();
     // what a small layer's write uses, on each of two concurrent writes
     let keep = 2 * threads + 2;

@@ -12,14 +12,26 @@ const CHUNK: usize = 256 << 10;
 /// Chunks made ahead of the reader.
 const DEPTH: usize = 4;
 
+/// What the reading thread sends: bytes, then the end or an error. A
+/// channel that closes without either means the thread died (a panic in
+/// the decoder): an error, never a clean end that would cut an archive
+/// short.
+enum Chunk {
+    Bytes(Vec<u8>),
+    End,
+    Failed(io::Error),
+}
+
 /// The bytes of a reader read on a thread of its own.
 pub(crate) struct ReadAhead {
-    chunks: Receiver<io::Result<Vec<u8>>>,
+    chunks: Receiver<Chunk>,
     back: Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
     /// The reader's error, once met (every later read returns it again).
     failed: Option<(io::ErrorKind, String)>,
+    /// The reader's end was sent.
+    ended: bool,
 }
 
 impl ReadAhead {
@@ -37,13 +49,14 @@ impl ReadAhead {
             cur: Vec::new(),
             pos: 0,
             failed: None,
+            ended: false,
         })
     }
 }
 
 /// The reading thread: chunks of `r` until its end, an error, or the
 /// reader's going away.
-fn fill(mut r: impl Read, tx: &SyncSender<io::Result<Vec<u8>>>, spare: &Receiver<Vec<u8>>) {
+fn fill(mut r: impl Read, tx: &SyncSender<Chunk>, spare: &Receiver<Vec<u8>>) {
     loop {
         let mut buf = spare.try_recv().unwrap_or_default();
         buf.resize(CHUNK, 0);
@@ -62,15 +75,19 @@ fn fill(mut r: impl Read, tx: &SyncSender<io::Result<Vec<u8>>>, spare: &Receiver
             }
         };
         buf.truncate(n);
-        let end = n < CHUNK || result.is_err();
-        if n > 0 && tx.send(Ok(buf)).is_err() {
+        if n > 0 && tx.send(Chunk::Bytes(buf)).is_err() {
             return;
         }
-        if let Err(e) = result {
-            let _ = tx.send(Err(e));
-        }
-        if end {
-            return;
+        match result {
+            Err(e) => {
+                let _ = tx.send(Chunk::Failed(e));
+                return;
+            }
+            Ok(()) if n < CHUNK => {
+                let _ = tx.send(Chunk::End);
+                return;
+            }
+            Ok(()) => {}
         }
     }
 }
@@ -81,20 +98,26 @@ impl Read for ReadAhead {
             return Err(io::Error::new(*kind, msg.clone()));
         }
         while self.pos == self.cur.len() {
-            match self.chunks.recv() {
-                Ok(Ok(next)) => {
+            if self.ended {
+                return Ok(0);
+            }
+            let e = match self.chunks.recv() {
+                Ok(Chunk::Bytes(next)) => {
                     let done = std::mem::replace(&mut self.cur, next);
                     // the thread may be gone; then the buffer is dropped
                     let _ = self.back.send(done);
                     self.pos = 0;
+                    continue;
                 }
-                Ok(Err(e)) => {
-                    self.failed = Some((e.kind(), e.to_string()));
-                    return Err(e);
+                Ok(Chunk::End) => {
+                    self.ended = true;
+                    return Ok(0);
                 }
-                // the reader's end
-                Err(_) => return Ok(0),
-            }
+                Ok(Chunk::Failed(e)) => e,
+                Err(_) => io::Error::other("the reading thread stopped before the end"),
+            };
+            self.failed = Some((e.kind(), e.to_string()));
+            return Err(e);
         }
         let n = out.len().min(self.cur.len() - self.pos);
         out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
@@ -134,6 +157,27 @@ mod tests {
             self.0 -= n;
             Ok(n)
         }
+    }
+
+    /// Panics after `good` bytes, as a broken decoder might.
+    struct Panicking(usize);
+
+    impl Read for Panicking {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            assert!(self.0 > 0, "the decoder broke");
+            let n = buf.len().min(self.0);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_reading_thread_that_dies_is_an_error_not_an_end() {
+        let mut r = ReadAhead::new(Panicking(CHUNK)).unwrap();
+        let mut out = Vec::new();
+        let e = r.read_to_end(&mut out).unwrap_err();
+        assert_eq!(out.len(), CHUNK);
+        assert!(e.to_string().contains("stopped before the end"), "{e}");
     }
 
     #[test]

@@ -123,7 +123,8 @@ impl Read for Tee<'_> {
 }
 
 impl Listing {
-    /// Adds a file written to the layer (hashed by its [`Tee`]).
+    /// Adds a file written to the layer: hashed by its [`Tee`], or with
+    /// empty digests that [`Listing::fill`] fills in.
     pub(super) fn add(&mut self, (record, text): (FileRecord, Option<String>)) {
         if let Some(t) = text {
             self.captured.insert(record.path.clone(), t);

@@ -64,11 +64,17 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// say, or `r` itself.
 pub(crate) fn decompress(r: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Send>> {
     let mut r = BufReader::with_capacity(1 << 20, r);
-    if r.fill_buf()?.starts_with(&XZ_MAGIC) {
+    let head = r.fill_buf()?;
+    if head.starts_with(&XZ_MAGIC) {
         return Ok(Box::new(Unxz::start(r)?));
     }
-    // decoded on a core of its own while the caller takes the members
-    Ok(Box::new(ReadAhead::new(gzip_or_zstd(r))?))
+    let compressed = head.starts_with(&[0x1f, 0x8b]) || head.starts_with(&ZSTD_MAGIC);
+    let r = gzip_or_zstd(r);
+    if compressed {
+        // decoded on a core of its own while the caller takes the members
+        return Ok(Box::new(ReadAhead::new(r)?));
+    }
+    Ok(r)
 }
 
 /// A layer imgbuild wrote, or any gzip'd or zstd'd stream: decoded as its

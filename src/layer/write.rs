@@ -99,7 +99,7 @@ struct Compressed {
     segment: Option<pgzip::Written>,
     /// The secrets layer's segment, kept in memory.
     segment_bytes: Option<Vec<u8>>,
-    /// Every regular file of the layer, hashed.
+    /// Every regular file of the layer, hashed (filled in once written).
     listing: Listing,
 }
 

@@ -533,11 +533,11 @@ fn a_layer_another_builder_holds_does_not_hold_up_the_nodes_other_layers() {
             std::fs::remove_file(&p).unwrap();
         }
     }
-    // another builder (flock(1) here) holds 00-base for 3 s
+    // another builder (flock(1) here) holds 00-base for 5 s
     let held = lab.path("held");
     let mut other = Command::new("flock")
         .arg(store.join(format!("{key}.lock")))
-        .args(["sh", "-c", "touch \"$0\"; sleep 3", held.to_str().unwrap()])
+        .args(["sh", "-c", "touch \"$0\"; sleep 5", held.to_str().unwrap()])
         .spawn()
         .expect("flock (util-linux)");
     while !held.exists() {
