@@ -64,17 +64,14 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// say, or `r` itself.
 pub(crate) fn decompress(r: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Send>> {
     let mut r = BufReader::with_capacity(1 << 20, r);
-    let head = r.fill_buf()?;
-    if head.starts_with(&XZ_MAGIC) {
+    if r.fill_buf()?.starts_with(&XZ_MAGIC) {
         return Ok(Box::new(Unxz::start(r)?));
     }
-    let compressed = head.starts_with(&[0x1f, 0x8b]) || head.starts_with(&ZSTD_MAGIC);
-    let r = gzip_or_zstd(r);
-    if compressed {
+    match decoder(r) {
         // decoded on a core of its own while the caller takes the members
-        return Ok(Box::new(ReadAhead::new(r)?));
+        Ok(decoded) => Ok(Box::new(ReadAhead::new(decoded)?)),
+        Err(plain) => Ok(Box::new(plain)),
     }
-    Ok(r)
 }
 
 /// A layer imgbuild wrote, or any gzip'd or zstd'd stream: decoded as its
@@ -83,19 +80,21 @@ pub(crate) fn decompress(r: impl Read + Send + 'static) -> io::Result<Box<dyn Re
 pub(crate) fn layer_reader<'a>(r: impl Read + Send + 'a) -> io::Result<Box<dyn Read + Send + 'a>> {
     let mut r = BufReader::with_capacity(1 << 20, r);
     r.fill_buf()?;
-    Ok(gzip_or_zstd(r))
+    Ok(decoder(r).unwrap_or_else(|plain| Box::new(plain)))
 }
 
-/// `r` (its buffer filled) gunzipped or unzstd'd as its first bytes say,
-/// or as it is.
-fn gzip_or_zstd<'a, R: Read + Send + 'a>(r: BufReader<R>) -> Box<dyn Read + Send + 'a> {
+/// `r` (its buffer filled) gunzipped or unzstd'd as its first bytes say;
+/// `r` itself back when it is neither.
+fn decoder<'a, R: Read + Send + 'a>(
+    r: BufReader<R>,
+) -> Result<Box<dyn Read + Send + 'a>, BufReader<R>> {
     let head = r.buffer();
     if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(r))
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(r)))
     } else if head.starts_with(&ZSTD_MAGIC) || is_skippable_frame(head) {
-        Box::new(Unzstd::new(r))
+        Ok(Box::new(Unzstd::new(r)))
     } else {
-        Box::new(r)
+        Err(r)
     }
 }
 
