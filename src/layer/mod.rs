@@ -30,6 +30,7 @@ pub use dpkg::depends as deb_depends;
 pub use listing::{Listing, Origin};
 pub use resolve::Inputs;
 pub use store::Store;
+pub(crate) use store::{Found, Stamp, check_file, restamp};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

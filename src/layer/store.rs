@@ -124,7 +124,7 @@ fn temporary_key_pid(name: &str) -> Option<(&str, u32)> {
 /// What a stored file was when its record was written: once the bytes were
 /// on disk. Any write changes the mtime (a chmod or a hard link does not).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
+pub(crate) struct Stamp {
     dev: u64,
     ino: u64,
     size: u64,
@@ -133,7 +133,7 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(meta: &fs::Metadata) -> Stamp {
+    pub(crate) fn of(meta: &fs::Metadata) -> Stamp {
         Stamp {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -157,7 +157,7 @@ struct Record {
 
 /// What the check of one stored file found.
 #[derive(Debug, PartialEq, Eq)]
-enum Found {
+pub(crate) enum Found {
     /// It matches its record; `hashed` when its stamp had changed and it
     /// was hashed again (its stamp is then taken anew).
     Good {
@@ -170,7 +170,7 @@ enum Found {
 
 /// Checks the stored file `path` against its record: its size, then its
 /// stamp, and when the stamp changed, its sha256.
-fn check_file(path: &Path, size: u64, digest: &str, stamp: Option<&Stamp>) -> Found {
+pub(crate) fn check_file(path: &Path, size: u64, digest: &str, stamp: Option<&Stamp>) -> Found {
     let meta = match fs::metadata(path) {
         Ok(m) if m.is_file() => m,
         Ok(_) => return Found::Damaged("it is not a regular file".into()),
@@ -220,7 +220,7 @@ fn read_listing(path: &Path, digest: Option<&str>) -> Listed {
 }
 
 /// The stamp of the stored file `path`, made read-only first.
-fn restamp(path: &Path) -> io::Result<Stamp> {
+pub(crate) fn restamp(path: &Path) -> io::Result<Stamp> {
     fs::set_permissions(path, fs::Permissions::from_mode(STORED_MODE))?;
     Ok(Stamp::of(&fs::metadata(path)?))
 }

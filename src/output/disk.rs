@@ -1,20 +1,30 @@
-//! `disk/` (`--format disk`): a whole node as a bootable disk. Takes the
-//! node's layers (the OS layers first; a node's secrets layer too), its
-//! kernel and the build's one timestamp, and writes `disk/disk.raw`: a GPT
+//! `disk/` (`--format disk`, `disk-raw`): a whole node as a bootable disk.
+//! Takes the node's layers (the OS layers first; a node's secrets layer
+//! too), its kernel and the build's one timestamp, and makes a GPT disk
 //! holding an EFI system partition (FAT, every timestamp SOURCE_DATE_EPOCH)
 //! with systemd-boot from the OS layers, one loader entry, the kernel and a
-//! small boot initramfs ([`boot`]); the read-only root, every layer as one
-//! squashfs ([`tree`], [`squash`]); and the root's dm-verity hash partition
-//! ([`verity`]), whose root hash is on the entry's command line. The space
-//! after them is where the root's `/init` has systemd-repart make the state
-//! partition on the first boot (and grow it into a larger disk). Every GUID,
-//! the salt and the FAT volume id are derived from the node and its inputs;
-//! the root and hash partitions' GUIDs are the root hash's two halves (as
-//! systemd-repart makes them). Then `disk/disk.qcow2`, the same disk for
-//! virtual machines (`qemu-img convert`). A node's disk carries its secrets
-//! (both files 0600); a role's generic disk carries none.
+//! small boot initramfs ([`boot`]); the read-only root, every shared layer
+//! as one squashfs ([`tree`], [`squash`]); and the root's dm-verity hash
+//! partition ([`verity`]), whose root hash is on the entry's command line.
+//! The space after them is where the root's `/init` has systemd-repart make
+//! the state partition on the first boot (and grow it into a larger disk).
+//! Every GUID and the FAT volume id are derived from the node and its
+//! inputs; the root and hash partitions' GUIDs are the root hash's two
+//! halves (as systemd-repart makes them).
+//!
+//! The root, its hash partition and an ESP with the shared boot files are
+//! made once per set of shared layers, as a disk of their own kept in the
+//! store ([`shared`]). A node's disk is that disk with its own clusters
+//! written over it ([`cow`]): the partition table, the loader entry, the
+//! node's own layers (`imgbuild/node.img`). It is written as
+//! `disk/disk.qcow2`, an overlay of those clusters over `disk/base.qcow2`
+//! (the shared disk, linked from the store: [`qcow2`]), and with `disk-raw`
+//! as `disk/disk.raw`, the whole disk in one file. A node's disk carries
+//! its secrets (0600); a role's generic disk and the shared one carry none.
 
 mod boot;
+mod cow;
+mod qcow2;
 mod shared;
 mod squash;
 mod tree;
@@ -22,9 +32,10 @@ mod verity;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Cursor, Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -33,10 +44,14 @@ use crate::layer::BuiltLayer;
 use crate::manifest::Arch;
 use crate::plan::Plan;
 use crate::rootcheck::RootCheckError;
+use cow::{CLUSTER, Cow, Extent};
 use tree::{Own, Tree};
 
 pub const RAW: &str = "disk/disk.raw";
 pub const QCOW2: &str = "disk/disk.qcow2";
+/// The root's shared disk a node's qcow2 is over, and its name there.
+pub const BASE: &str = "disk/base.qcow2";
+pub const BASE_NAME: &str = "base.qcow2";
 pub(crate) const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
 
@@ -73,18 +88,8 @@ pub enum DiskError {
     },
     #[error("cannot write the EFI system partition of {target}: {message}")]
     Fat { target: String, message: String },
-    #[error("cannot write the partition table of {target} at {path}: {message}")]
-    Gpt {
-        target: String,
-        path: PathBuf,
-        message: String,
-    },
-    #[error("cannot make {path} with qemu-img (qemu-utils) for {target}: {message}")]
-    Qcow2 {
-        target: String,
-        path: PathBuf,
-        message: String,
-    },
+    #[error("cannot write the partition table of {target}'s disk: {message}")]
+    Gpt { target: String, message: String },
 }
 
 /// What a disk is made of.
@@ -99,6 +104,10 @@ pub(crate) struct Input<'a> {
     pub mtime: i64,
     /// The disk carries private material (0600).
     pub private: bool,
+    /// Write `disk/disk.qcow2` (`--format disk`).
+    pub qcow2: bool,
+    /// Write `disk/disk.raw` (`--format disk-raw`).
+    pub raw: bool,
     /// The layer store's directory: the shared part of disks is kept below
     /// it (`disk/`).
     pub store_dir: &'a Path,
@@ -150,47 +159,54 @@ enum Body {
     File(PathBuf),
 }
 
-/// The ESP's files: the boot loader, its configuration, one entry with
-/// `cmdline`, the kernel, the boot initramfs and the node's own layers.
+/// The ESP's files: the boot loader, its configuration, the kernel, the
+/// boot initramfs, then what differs between disks of the same root (the
+/// loader entry, the node's own layers), so that a node's ESP over the
+/// shared one changes only its last files' clusters.
 fn esp_files(
-    input: &Input,
+    arch: Arch,
     root: &shared::Shared,
+    kernel: &Path,
+    entry: String,
     node: Option<Vec<u8>>,
-    cmdline: &str,
 ) -> Vec<(String, Body)> {
-    let (_, efi_path) = boot_loader_path(input.plan.arch);
-    let target = &input.plan.target;
-    let node_line = if node.is_some() {
-        "initrd /imgbuild/node.img\n"
-    } else {
-        ""
-    };
-    let entry = format!(
-        "# imgbuild: {target} (docs/build.md, --format disk)\ntitle imgbuild {target}\nlinux /imgbuild/vmlinuz\ninitrd /imgbuild/boot.img\n{node_line}options {cmdline}\n"
-    );
+    let (_, efi_path) = boot_loader_path(arch);
     let mut files = vec![
-        (efi_path.to_string(), Body::Bytes(root.loader.clone())),
+        (efi_path.to_string(), Body::File(root.loader.clone())),
         (
             "loader/loader.conf".to_string(),
             Body::Bytes(b"default imgbuild.conf\ntimeout 0\neditor no\n".to_vec()),
         ),
         (
-            "loader/entries/imgbuild.conf".to_string(),
-            Body::Bytes(entry.into_bytes()),
-        ),
-        (
             "imgbuild/vmlinuz".to_string(),
-            Body::File(input.kernel.to_path_buf()),
+            Body::File(kernel.to_path_buf()),
         ),
         (
             "imgbuild/boot.img".to_string(),
-            Body::Bytes(root.boot.clone()),
+            Body::File(root.boot.clone()),
         ),
+        (ENTRY_PATH.to_string(), Body::Bytes(entry.into_bytes())),
     ];
     if let Some(node) = node {
-        files.push(("imgbuild/node.img".to_string(), Body::Bytes(node)));
+        files.push((NODE_IMG.to_string(), Body::Bytes(node)));
     }
     files
+}
+
+const ENTRY_PATH: &str = "loader/entries/imgbuild.conf";
+const NODE_IMG: &str = "imgbuild/node.img";
+
+/// The loader entry of `title`'s disk with `cmdline`, loading the node's
+/// own layers when it has them.
+fn entry(title: &str, node: bool, cmdline: &str) -> String {
+    let node_line = if node {
+        format!("initrd /{NODE_IMG}\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "# imgbuild: {title} (docs/build.md, --format disk)\ntitle imgbuild {title}\nlinux /imgbuild/vmlinuz\ninitrd /imgbuild/boot.img\n{node_line}options {cmdline}\n"
+    )
 }
 
 /// SOURCE_DATE_EPOCH as FAT's date and time (FAT starts in 1980).
@@ -345,6 +361,22 @@ struct Layout {
     root_at: u64,
     root_len: u64,
     hash_at: u64,
+    /// The disk's size: 1 MiB for the backup table after the parts.
+    total: u64,
+}
+
+impl Layout {
+    /// An ESP of `esp_len` at 1 MiB, the root's parts after it.
+    fn new(esp_len: u64, root: &shared::Shared) -> Layout {
+        let root_at = MIB + esp_len;
+        Layout {
+            esp_len,
+            root_at,
+            root_len: root.root_len,
+            hash_at: root_at + root.hash_at,
+            total: root_at + root.parts_len + MIB,
+        }
+    }
 }
 
 /// imgbuild's own files in every disk's root: `/init` and the state
@@ -364,8 +396,10 @@ fn own_files() -> [Own<'static>; 2] {
     ]
 }
 
-/// Writes `disk/disk.raw` and `disk/disk.qcow2` below `out`; returns each
-/// (relative path, sha256).
+/// Writes the disk below `out` as `input` asks: `disk/disk.qcow2` (over
+/// `disk/base.qcow2`, its root's shared disk linked from the store, when
+/// the node's own files fit the shared ESP's room) and `disk/disk.raw`;
+/// returns each file written or linked with its sha256.
 pub(crate) fn write(input: &Input, out: &Path) -> Result<Vec<(String, String)>, DiskError> {
     let target = input.plan.target.as_str();
     let dir = out.join("disk");
@@ -377,31 +411,23 @@ pub(crate) fn write(input: &Input, out: &Path) -> Result<Vec<(String, String)>, 
         .partition(|l| l.kind.is_shared());
     let root = shared::get(input, &common, &own_files(), &input.store_dir.join("disk"))?;
     let node = node_initrd(input, &own, &dir)?;
-    let raw = out.join(RAW);
-    write_raw(input, &raw, &root, node)?;
-    let qcow2 = out.join(QCOW2);
-    // the raw disk hashed while qemu-img converts it (both from the page
-    // cache, on the two cores)
-    let (raw_digest, converted) = std::thread::scope(|s| {
-        let digest = s.spawn(|| fsutil::sha256_file(&raw));
-        let converted = write_qcow2(input, &raw, &qcow2);
-        let digest = digest
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("hashing the disk panicked")));
-        (digest, converted)
-    });
-    converted?;
-    let raw_digest = raw_digest.map_err(io_err(target, &raw))?;
-    let qcow2_digest = fsutil::sha256_file(&qcow2).map_err(io_err(target, &qcow2))?;
-    let mode = if input.private { 0o600 } else { 0o644 };
-    for path in [&raw, &qcow2] {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .map_err(io_err(target, path))?;
+    let disk = compose(input, &root, node)?;
+    let mut sums = Vec::new();
+    if input.qcow2 {
+        sums.extend(write_qcow2(target, &disk, &root, out)?);
     }
-    Ok(vec![
-        (RAW.to_string(), raw_digest),
-        (QCOW2.to_string(), qcow2_digest),
-    ])
+    if input.raw {
+        sums.push(write_raw(target, &disk, out)?);
+    }
+    let mode = if input.private { 0o600 } else { 0o644 };
+    for file in [QCOW2, RAW] {
+        let path = out.join(file);
+        if sums.iter().any(|(f, _)| f == file) {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .map_err(io_err(target, &path))?;
+        }
+    }
+    Ok(sums)
 }
 
 /// The node's own layers (its node layer, its secrets on a node's disk) as
@@ -428,78 +454,202 @@ fn node_initrd(
     made.map(Some)
 }
 
-/// The disk: the ESP (its entry naming the partitions and the root hash),
-/// the shared root and its hash partition copied in after it, the
-/// partition table. Its own GUIDs are derived from the node, the boot
-/// files, the kernel, the command line and the root hash.
-fn write_raw(
-    input: &Input,
-    raw: &Path,
-    root: &shared::Shared,
-    node: Option<Vec<u8>>,
-) -> Result<(), DiskError> {
-    let target = input.plan.target.as_str();
-    let mut h = Sha256::new();
-    h.update(target.as_bytes());
-    h.update(Sha256::digest(&root.loader));
-    let kernel = fsutil::sha256_file(input.kernel).map_err(io_err(target, input.kernel))?;
-    h.update(kernel.as_bytes());
-    h.update(Sha256::digest(&root.boot));
-    h.update(Sha256::digest(node.as_deref().unwrap_or_default()));
-    h.update(input.cmdline.as_bytes());
-    h.update(root.root_hash);
-    let seed = h.finalize().to_vec();
-    let mut halves = [[0u8; 16]; 2];
-    halves[0].copy_from_slice(&root.root_hash[..16]);
-    halves[1].copy_from_slice(&root.root_hash[16..]);
-    let ids = Ids {
-        disk: derived_uuid(&seed, "disk"),
-        esp: derived_uuid(&seed, "esp"),
-        root: uuid::Uuid::from_bytes(halves[0]),
-        verity: uuid::Uuid::from_bytes(halves[1]),
-    };
-    let cmdline = format!(
-        "{} imgbuild.root=PARTUUID={} imgbuild.verity=PARTUUID={} imgbuild.roothash={} imgbuild.esp=PARTUUID={}",
-        input.cmdline,
-        ids.root,
-        ids.verity,
-        hex::encode(root.root_hash),
-        ids.esp
-    );
-    let files = esp_files(input, root, node, &cmdline);
-    let esp_len = esp_size(&files).map_err(io_err(target, input.kernel))?;
-    let volume_id = u32::from_le_bytes(
-        derived_uuid(&seed, "fat").as_bytes()[..4]
-            .try_into()
-            .unwrap_or([0; 4]),
-    );
-    let esp = esp_image((target, input.mtime), &files, esp_len, volume_id)?;
-    let layout = Layout {
-        esp_len,
-        root_at: MIB + esp_len,
-        root_len: root.root_len,
-        hash_at: MIB + esp_len + root.hash_at,
-    };
-    let file = place(raw, &esp, root, &layout).map_err(io_err(target, raw))?;
-    write_gpt(input, file, raw, &layout, root.hash_len, &ids)
+/// A disk made: the whole disk, the clusters this node wrote over what it
+/// started from, and whether that was its root's shared disk.
+struct Made {
+    cow: Cow,
+    over_base: bool,
 }
 
-/// A new `raw` (0600) with `esp` at 1 MiB and the shared root and hash
-/// partitions at `layout.root_at`, 1 MiB after them for the backup table.
-fn place(raw: &Path, esp: &[u8], root: &shared::Shared, layout: &Layout) -> io::Result<File> {
-    let _ = fs::remove_file(raw);
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(raw)?;
-    file.seek(SeekFrom::Start(MIB))?;
-    file.write_all(esp)?;
-    file.seek(SeekFrom::Start(layout.root_at))?;
-    let copied = io::copy(&mut File::open(&root.parts)?, &mut file)?;
-    file.set_len(layout.root_at + copied + MIB)?;
-    Ok(file)
+/// The seed of a disk's own GUIDs and FAT volume id: the disk's name, its
+/// boot files, kernel, command line and root hash, and the node's own
+/// layers.
+fn disk_seed(name: &str, root: &shared::Shared, node: Option<&[u8]>, cmdline: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update(root.loader_sha256.as_bytes());
+    h.update(root.kernel_sha256.as_bytes());
+    h.update(root.boot_sha256.as_bytes());
+    h.update(Sha256::digest(node.unwrap_or_default()));
+    h.update(cmdline.as_bytes());
+    h.update(root.root_hash);
+    h.finalize().to_vec()
+}
+
+impl Ids {
+    fn derived(seed: &[u8], root_hash: &[u8; 32]) -> Ids {
+        let mut halves = [[0u8; 16]; 2];
+        halves[0].copy_from_slice(&root_hash[..16]);
+        halves[1].copy_from_slice(&root_hash[16..]);
+        Ids {
+            disk: derived_uuid(seed, "disk"),
+            esp: derived_uuid(seed, "esp"),
+            root: uuid::Uuid::from_bytes(halves[0]),
+            verity: uuid::Uuid::from_bytes(halves[1]),
+            volume: u32::from_le_bytes(
+                derived_uuid(seed, "fat").as_bytes()[..4]
+                    .try_into()
+                    .unwrap_or([0; 4]),
+            ),
+        }
+    }
+
+    /// `cmdline` with the partitions and the root hash.
+    fn cmdline(&self, cmdline: &str, root_hash: &[u8; 32]) -> String {
+        format!(
+            "{cmdline} imgbuild.root=PARTUUID={} imgbuild.verity=PARTUUID={} imgbuild.roothash={} imgbuild.esp=PARTUUID={}",
+            self.root,
+            self.verity,
+            hex::encode(root_hash),
+            self.esp
+        )
+    }
+}
+
+/// The node's disk: over its root's shared disk (the node's own files
+/// added to the shared ESP) when they fit its room, else a disk of its own.
+fn compose(input: &Input, root: &shared::Shared, node: Option<Vec<u8>>) -> Result<Made, DiskError> {
+    let target = input.plan.target.as_str();
+    let seed = disk_seed(target, root, node.as_deref(), &input.cmdline);
+    let ids = Ids::derived(&seed, &root.root_hash);
+    let entry = entry(
+        target,
+        node.is_some(),
+        &ids.cmdline(&input.cmdline, &root.root_hash),
+    );
+    let needs = (entry.len() + node.as_ref().map_or(0, Vec::len)) as u64;
+    if !fits(needs, root.base.room) {
+        let files = esp_files(input.plan.arch, root, input.kernel, entry, node);
+        let (disk, _) = standalone((input.plan, input.mtime), root, &files, 0, &ids)?;
+        return Ok(Made {
+            cow: disk,
+            over_base: false,
+        });
+    }
+    let layout = Layout::new(root.base.esp_len, root);
+    let esp = Arc::new(File::open(&root.base.esp).map_err(io_err(target, &root.base.esp))?);
+    let parts = Arc::new(File::open(&root.parts).map_err(io_err(target, &root.parts))?);
+    let mut cow = Cow::new(
+        layout.total,
+        vec![
+            Extent {
+                at: MIB,
+                len: layout.esp_len,
+                file: esp,
+                offset: 0,
+            },
+            Extent {
+                at: layout.root_at,
+                len: root.parts_len,
+                file: parts,
+                offset: 0,
+            },
+        ],
+    );
+    own_esp(
+        (target, input.mtime),
+        &mut cow.window(MIB, layout.esp_len),
+        &entry,
+        node.as_deref(),
+        ids.volume,
+    )?;
+    write_gpt(input.plan, &mut cow, &layout, root.hash_len, &ids)?;
+    Ok(Made {
+        cow,
+        over_base: true,
+    })
+}
+
+/// The node's own files take `needs` bytes: whether they fit `room` on the
+/// shared ESP (with FAT's slack).
+fn fits(needs: u64, room: u64) -> bool {
+    needs + needs / 16 + 256 * 1024 <= room
+}
+
+/// A disk of its own: `files` on an ESP with `room` to spare, the root and
+/// its hash partition from the store.
+fn standalone(
+    (plan, mtime): (&Plan, i64),
+    root: &shared::Shared,
+    files: &[(String, Body)],
+    room: u64,
+    ids: &Ids,
+) -> Result<(Cow, u64), DiskError> {
+    let target = plan.target.as_str();
+    let esp_len = esp_size(files).map_err(io_err(target, &root.parts))? + room;
+    let esp = esp_image((target, mtime), files, esp_len, ids.volume)?;
+    let layout = Layout::new(esp_len, root);
+    let parts = Arc::new(File::open(&root.parts).map_err(io_err(target, &root.parts))?);
+    let mut cow = Cow::new(
+        layout.total,
+        vec![Extent {
+            at: layout.root_at,
+            len: root.parts_len,
+            file: parts,
+            offset: 0,
+        }],
+    );
+    // the ESP's zeros are the disk's already
+    for (i, chunk) in esp.chunks(CLUSTER as usize).enumerate() {
+        if chunk.iter().any(|b| *b != 0) {
+            cow.write_at(MIB + i as u64 * CLUSTER, chunk)
+                .map_err(io_err(target, &root.parts))?;
+        }
+    }
+    write_gpt(plan, &mut cow, &layout, root.hash_len, ids)?;
+    Ok((cow, esp_len))
+}
+
+/// The node's own files on the shared ESP in `esp`: its loader entry
+/// written anew, its layers added, its own volume id.
+fn own_esp(
+    (target, mtime): (&str, i64),
+    esp: &mut cow::Window,
+    entry: &str,
+    node: Option<&[u8]>,
+    volume_id: u32,
+) -> Result<(), DiskError> {
+    let fat = |e: io::Error| DiskError::Fat {
+        target: target.to_string(),
+        message: e.to_string(),
+    };
+    {
+        let options = fatfs::FsOptions::new().time_provider(fat_time(mtime));
+        let fs = fatfs::FileSystem::new(&mut *esp, options).map_err(fat)?;
+        let mut files = vec![(
+            ENTRY_PATH.to_string(),
+            Body::Bytes(entry.as_bytes().to_vec()),
+        )];
+        if let Some(node) = node {
+            files.push((NODE_IMG.to_string(), Body::Bytes(node.to_vec())));
+        }
+        add_files(&fs.root_dir(), &files).map_err(fat)?;
+        fs.unmount().map_err(fat)?;
+    }
+    set_volume_id(esp, volume_id).map_err(fat)
+}
+
+/// Writes `id` into the FAT boot sector of `esp` (and into its backup on
+/// FAT32).
+fn set_volume_id<D: io::Read + Write + Seek>(esp: &mut D, id: u32) -> io::Result<()> {
+    let mut bpb = [0u8; 512];
+    esp.seek(SeekFrom::Start(0))?;
+    esp.read_exact(&mut bpb)?;
+    let fat32 = u16::from_le_bytes([bpb[22], bpb[23]]) == 0;
+    let at = if fat32 { 67 } else { 39 };
+    let mut sectors = vec![0u64];
+    if fat32 {
+        let backup = u16::from_le_bytes([bpb[50], bpb[51]]);
+        if backup != 0 {
+            sectors.push(u64::from(backup));
+        }
+    }
+    let sector = u64::from(u16::from_le_bytes([bpb[11], bpb[12]]));
+    for s in sectors {
+        esp.seek(SeekFrom::Start(s * sector + at))?;
+        esp.write_all(&id.to_le_bytes())?;
+    }
+    Ok(())
 }
 
 /// The disk's and its partitions' GUIDs.
@@ -508,41 +658,37 @@ struct Ids {
     esp: uuid::Uuid,
     root: uuid::Uuid,
     verity: uuid::Uuid,
+    /// The ESP's FAT volume id.
+    volume: u32,
 }
 
-/// The protective MBR and the GPT: the ESP at 1 MiB, the root after it,
-/// its hash partition after that, each from a MiB boundary; 1 MiB at the
-/// end for the backup table.
+/// The protective MBR and the GPT of `disk`: the ESP at 1 MiB, the root
+/// after it, its hash partition after that, each from a MiB boundary; 1
+/// MiB at the end for the backup table.
 fn write_gpt(
-    input: &Input,
-    file: File,
-    raw: &Path,
+    plan: &Plan,
+    disk: &mut Cow,
     layout: &Layout,
     hash_len: u64,
     ids: &Ids,
 ) -> Result<(), DiskError> {
-    let target = input.plan.target.as_str();
+    let target = plan.target.as_str();
     let gpt_err = |e: &dyn std::fmt::Display| DiskError::Gpt {
         target: target.to_string(),
-        path: raw.to_path_buf(),
         message: e.to_string(),
     };
-    let total = file.metadata().map_err(io_err(target, raw))?.len();
-    let mut file = file;
     let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(
-        u32::try_from(total / SECTOR - 1).unwrap_or(u32::MAX),
+        u32::try_from(disk.len() / SECTOR - 1).unwrap_or(u32::MAX),
     );
-    mbr.overwrite_lba0(&mut file).map_err(|e| gpt_err(&e))?;
-    let mut disk = gpt::GptConfig::new()
+    mbr.overwrite_lba0(&mut *disk).map_err(|e| gpt_err(&e))?;
+    let mut gpt = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .create_from_device(file, Some(ids.disk))
+        .create_from_device(&mut *disk, Some(ids.disk))
         .map_err(|e| gpt_err(&e))?;
-    let partitions = partitions(input.plan.arch, layout, hash_len, ids);
-    disk.update_partitions(partitions)
+    gpt.update_partitions(partitions(plan.arch, layout, hash_len, ids))
         .map_err(|e| gpt_err(&e))?;
-    // on disk with the rest of the node's directory (one syncfs)
-    disk.write().map(drop).map_err(|e| gpt_err(&e))
+    gpt.write().map(drop).map_err(|e| gpt_err(&e))
 }
 
 /// The ESP, the root and its hash partition, each from a MiB boundary and
@@ -599,24 +745,94 @@ fn partitions(
     ])
 }
 
-/// `qemu-img convert -O qcow2 raw qcow2`.
-fn write_qcow2(input: &Input, raw: &Path, qcow2: &Path) -> Result<(), DiskError> {
-    let err = |message: String| DiskError::Qcow2 {
-        target: input.plan.target.to_string(),
-        path: qcow2.to_path_buf(),
-        message,
+/// `disk/disk.qcow2`: over `disk/base.qcow2` (the root's shared disk, a
+/// link into the store) the clusters the node changed; else the whole disk.
+fn write_qcow2(
+    target: &str,
+    disk: &Made,
+    root: &shared::Shared,
+    out: &Path,
+) -> Result<Vec<(String, String)>, DiskError> {
+    let mut sums = Vec::new();
+    let backing = if disk.over_base {
+        let base = out.join(BASE);
+        let _ = fs::remove_file(&base);
+        super::link_or_copy(&root.base.qcow2, &base).map_err(io_err(target, &base))?;
+        sums.push((BASE.to_string(), root.base.qcow2_sha256.clone()));
+        Some(BASE_NAME)
+    } else {
+        None
     };
-    let _ = fs::remove_file(qcow2);
-    let o = std::process::Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(raw)
-        .arg(qcow2)
-        .output()
-        .map_err(|e| err(e.to_string()))?;
-    if !o.status.success() {
-        return Err(err(String::from_utf8_lossy(&o.stderr).trim().to_string()));
+    let path = out.join(QCOW2);
+    let digest = write_image(disk, &path, backing).map_err(io_err(target, &path))?;
+    sums.push((QCOW2.to_string(), digest));
+    Ok(sums)
+}
+
+/// `disk` as the qcow2 `path` (0600), over `backing` when it is given;
+/// returns its sha256.
+fn write_image(disk: &Made, path: &Path, backing: Option<&str>) -> io::Result<String> {
+    let mut clusters: BTreeMap<u64, qcow2::Cluster> = BTreeMap::new();
+    for (i, c) in disk.cow.dirty() {
+        let zero = c.iter().all(|b| *b == 0);
+        match (zero, disk.over_base) {
+            (true, true) => clusters.insert(*i, qcow2::Cluster::Zero),
+            (true, false) => None,
+            (false, _) => clusters.insert(*i, qcow2::Cluster::Bytes(c)),
+        };
     }
-    Ok(())
+    if !disk.over_base {
+        for e in disk.cow.extents() {
+            for i in e.at / CLUSTER..(e.at + e.len).div_ceil(CLUSTER) {
+                let offset = e.offset + i * CLUSTER - e.at;
+                clusters
+                    .entry(i)
+                    .or_insert(qcow2::Cluster::Stored(&e.file, offset));
+            }
+        }
+    }
+    let list: Vec<(u64, qcow2::Cluster)> = clusters.into_iter().collect();
+    let file = fsutil::create_private(path)?;
+    let mut w = fsutil::Sha256Writer::new(io::BufWriter::with_capacity(
+        fsutil::BLOCK,
+        fsutil::WriteBehind::new(file),
+    ));
+    qcow2::write(&mut w, disk.cow.len(), backing, &list)?;
+    let (w, digest) = w.finish();
+    w.into_inner().map_err(io::IntoInnerError::into_error)?;
+    Ok(digest)
+}
+
+/// The backing file the qcow2 image `r` names, if any.
+pub fn backing_file<R: Read>(r: &mut R) -> io::Result<Option<String>> {
+    qcow2::backing_file(r)
+}
+
+/// The command line of a role's generic disk (and of the shared disk):
+/// the node's own layers come from the seed attached to it.
+pub(crate) fn generic_cmdline(arch: Arch) -> String {
+    format!("{} imgbuild.seed=LABEL=cidata", super::pxe::cmdline(arch))
+}
+
+/// `disk/disk.raw`: the whole disk, the stored parts copied in.
+fn write_raw(target: &str, disk: &Made, out: &Path) -> Result<(String, String), DiskError> {
+    let path = out.join(RAW);
+    let err = io_err(target, &path);
+    let made = (|| {
+        let mut file = fsutil::create_private(&path)?;
+        file.set_len(disk.cow.len())?;
+        for e in disk.cow.extents() {
+            let mut from = &*e.file;
+            from.seek(SeekFrom::Start(e.offset))?;
+            file.seek(SeekFrom::Start(e.at))?;
+            io::copy(&mut from.take(e.len), &mut file)?;
+        }
+        for (i, c) in disk.cow.dirty() {
+            file.write_all_at(c, i * CLUSTER)?;
+        }
+        fsutil::sha256_file(&path)
+    })();
+    made.map(|digest| (RAW.to_string(), digest)).map_err(err)
 }
 
 #[cfg(test)]
@@ -650,5 +866,23 @@ mod tests {
             .unwrap();
         assert_eq!(s, "y");
         assert_eq!(fs.volume_id(), 7);
+    }
+
+    #[test]
+    fn a_nodes_volume_id_is_written_over_the_shared_one() {
+        let files = vec![("loader/loader.conf".to_string(), Body::Bytes(b"x".to_vec()))];
+        let img = esp_image(("shared", 1_700_000_000), &files, 64 * MIB, 7).unwrap();
+        let mut dev = Cursor::new(img);
+        set_volume_id(&mut dev, 0x1234_5678).unwrap();
+        dev.set_position(0);
+        let fs = fatfs::FileSystem::new(dev, fatfs::FsOptions::new()).unwrap();
+        assert_eq!(fs.volume_id(), 0x1234_5678);
+    }
+
+    #[test]
+    fn a_node_whose_own_files_outgrow_the_room_gets_a_disk_of_its_own() {
+        assert!(fits(1 << 20, 16 * MIB));
+        assert!(!fits(16 * MIB, 16 * MIB));
+        assert!(!fits(15 * MIB + 512 * 1024, 16 * MIB));
     }
 }

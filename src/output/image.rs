@@ -41,8 +41,11 @@ pub enum Format {
     Pxe,
     /// oci/: the node image as an OCI image layout
     Oci,
-    /// disk/: with a base OS, a bootable GPT disk (disk.raw, disk.qcow2)
+    /// disk/: with a base OS, a bootable GPT disk for virtual machines:
+    /// disk.qcow2 over base.qcow2, the disk its role's nodes share
     Disk,
+    /// disk/disk.raw: the same disk whole, for writing to a machine's disk
+    DiskRaw,
 }
 
 impl Format {
@@ -53,6 +56,7 @@ impl Format {
             Format::Pxe => "pxe",
             Format::Oci => "oci",
             Format::Disk => "disk",
+            Format::DiskRaw => "disk-raw",
         }
     }
 }

@@ -570,7 +570,8 @@ impl Assembly<'_> {
             let kernel = kernel.join().unwrap_or(Err(pxe::KernelError::Panicked));
             (iso, kernel, initrds)
         });
-        let disk = if self.opts.formats.has(Format::Disk) {
+        let disk = if self.opts.formats.has(Format::Disk) || self.opts.formats.has(Format::DiskRaw)
+        {
             self.disk()?
         } else {
             Vec::new()
@@ -643,13 +644,12 @@ impl Assembly<'_> {
             cmdline: if node {
                 pxe::cmdline(self.plan.arch)
             } else {
-                format!(
-                    "{} imgbuild.seed=LABEL=cidata",
-                    pxe::cmdline(self.plan.arch)
-                )
+                disk::generic_cmdline(self.plan.arch)
             },
             mtime: self.opts.source_date_epoch,
             private,
+            qcow2: self.opts.formats.has(Format::Disk),
+            raw: self.opts.formats.has(Format::DiskRaw),
             store_dir: &self.store.dir,
         };
         let written = disk::write(&input, self.tmp).map_err(|source| OutputError::Disk {

@@ -116,6 +116,7 @@ pub fn check(m: &Manifests, dir: &Path, state: Option<&Path>) -> Result<ImageJso
     }
     p.0.append(&mut secrets_p.0);
     check_private_modes(dir, &tree, image.as_ref(), &mut p);
+    check_disk_backing(dir, &tree, &mut p);
     match image {
         Some(image) if p.0.is_empty() => Ok(image),
         _ => Err(VerifyError::Failed {
@@ -410,6 +411,7 @@ fn check_published(
     let (initrd, init) = (pxe::named(pxe::INITRD, how), pxe::named(pxe::INIT, how));
     let segments = tree.files.iter().filter(|f| {
         f.starts_with("pxe/segments/")
+            || *f == crate::output::disk::BASE
             || f.strip_prefix("pxe/")
                 .is_some_and(|n| n == initrd || n == init)
     });
@@ -509,6 +511,33 @@ fn check_private_modes(dir: &Path, tree: &Tree, image: Option<&ImageJson>, p: &m
                 "{private}: mode {:04o}; it carries the secrets layer and must be 0600",
                 meta.permissions().mode() & 0o777
             ));
+        }
+    }
+}
+
+/// A node's qcow2 names no backing file but its role's shared disk beside
+/// it, which names none: a hostile image could name any file of the
+/// machine that boots it (QEMU opens the backing file an image names).
+fn check_disk_backing(dir: &Path, tree: &Tree, p: &mut Problems) {
+    use crate::output::disk::{BASE, BASE_NAME, QCOW2, backing_file};
+    for (file, allowed) in [(QCOW2, Some(BASE_NAME)), (BASE, None)] {
+        if !tree.has(file) {
+            continue;
+        }
+        match File::open(dir.join(file)).and_then(|mut f| backing_file(&mut f)) {
+            Ok(named) if named.as_deref() == allowed => {}
+            Ok(Some(name)) => p.push(format!(
+                "{file} names {name:?} as its backing file; {}",
+                match allowed {
+                    Some(a) => format!("a node's disk may name only {a:?} beside it"),
+                    None => "the shared disk names none".to_string(),
+                }
+            )),
+            Ok(None) if !tree.has(BASE) => {}
+            Ok(None) => p.push(format!(
+                "{file} names no backing file, but {BASE} is beside it"
+            )),
+            Err(e) => p.push(format!("{file}: cannot read it as a qcow2 image: {e}")),
         }
     }
 }

@@ -4,7 +4,8 @@
 //! partition, whose root hash the entry carries. Judged by sfdisk (the
 //! partition table), fsck.vfat and mtools (the ESP), unsquashfs (the root),
 //! veritysetup (the hash tree against the root hash), cpio (the boot
-//! initramfs) and qemu-img (the qcow2); booted under OVMF by `just vm-test`.
+//! initramfs) and qemu-img (the qcow2 over its shared base, against the
+//! raw disk); booted under OVMF by `just vm-test`.
 
 use std::path::{Path, PathBuf};
 
@@ -133,7 +134,7 @@ fn option<'a>(entry: &'a str, key: &str) -> &'a str {
 #[test]
 fn a_node_disk_boots_systemd_boot_with_its_kernel_a_boot_initramfs_and_a_verity_root() {
     let (lab, server) = disk_lab();
-    build_node(&lab, &server, "d", &["--format", "disk"]);
+    build_node(&lab, &server, "d", &["--format", "disk,disk-raw"]);
     let dir = lab.path("d/node01/disk");
     let raw = dir.join("disk.raw");
     let parts = partitions(&raw);
@@ -147,14 +148,31 @@ fn a_node_disk_boots_systemd_boot_with_its_kernel_a_boot_initramfs_and_a_verity_
     for f in ["esp", "root", "tree"] {
         std::fs::remove_file(dir.join(f)).unwrap();
     }
-    // the qcow2 is the same disk; both private: the disk holds the secrets
-    judge("qemu-img")
-        .args(["compare", "-q"])
-        .arg(&raw)
-        .arg(dir.join("disk.qcow2"))
-        .ok();
-    assert_eq!((mode(&raw), mode(&dir.join("disk.qcow2"))), (0o600, 0o600));
+    qcow2_is_the_raw_disk_over_the_shared_one(&lab, &dir);
     lab.imgbuild(&["verify", "d/node01"]).assert_ok();
+    // a qcow2 naming another backing file (qemu-img's own rebase) fails
+    let qcow2 = dir.join("disk.qcow2");
+    let kept = std::fs::read(&qcow2).unwrap();
+    judge("qemu-img")
+        .args([
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            "/etc/passwd",
+        ])
+        .arg(&qcow2)
+        .ok();
+    lab.imgbuild(&["verify", "d/node01"])
+        .assert_failed()
+        .assert_stderr_has(
+            "disk/disk.qcow2 names \"/etc/passwd\" as its backing file; a node's disk may name only \"base.qcow2\" beside it",
+        );
+    std::fs::write(&qcow2, kept).unwrap();
+    std::fs::set_permissions(&qcow2, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     // a node's disk anyone can read fails verification
     std::fs::set_permissions(&raw, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     lab.imgbuild(&["verify", "d/node01"])
@@ -162,6 +180,54 @@ fn a_node_disk_boots_systemd_boot_with_its_kernel_a_boot_initramfs_and_a_verity_
         .assert_stderr_has(
             "disk/disk.raw: mode 0644; it carries the secrets layer and must be 0600",
         );
+}
+
+/// `disk.qcow2` is `disk.raw`, read through its backing file
+/// `base.qcow2` beside it: the role's shared disk, a hard link into the
+/// store that carries no secret; the node's own image holds only the
+/// clusters it changed. Both of the node's files are private.
+fn qcow2_is_the_raw_disk_over_the_shared_one(lab: &Lab, dir: &Path) {
+    let (raw, qcow2, base) = (
+        dir.join("disk.raw"),
+        dir.join("disk.qcow2"),
+        dir.join("base.qcow2"),
+    );
+    judge("qemu-img")
+        .args(["compare", "-q"])
+        .arg(&raw)
+        .arg(&qcow2)
+        .ok();
+    for image in [&qcow2, &base] {
+        judge("qemu-img").args(["check", "-q"]).arg(image).ok();
+    }
+    let info: serde_json::Value = serde_json::from_str(
+        &judge("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&qcow2)
+            .ok(),
+    )
+    .unwrap();
+    assert_eq!(info["backing-filename"], "base.qcow2", "{info}");
+    assert_eq!(info["backing-filename-format"], "qcow2", "{info}");
+    let raw_len = std::fs::metadata(&raw).unwrap().len();
+    assert_eq!(info["virtual-size"].as_u64(), Some(raw_len), "{info}");
+    let own = std::fs::metadata(&qcow2).unwrap().len();
+    assert!(own < 2 << 20, "the node's own image is {own} bytes");
+    use std::os::unix::fs::MetadataExt;
+    let stored = std::fs::read_dir(lab.path("cache/layers/disk"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "qcow2"))
+        .expect("no shared disk in the store");
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&base), ino(&stored), "base.qcow2 is not the store's");
+    assert_eq!(mode(&base), 0o444);
+    let strings = judge_sh(&format!("strings '{}'", base.display())).ok();
+    assert!(
+        !strings.contains("PRIVATE KEY"),
+        "the shared disk holds a key"
+    );
+    assert_eq!((mode(&raw), mode(&qcow2)), (0o600, 0o600));
 }
 
 /// The ESP: a clean FAT with systemd-boot where firmware looks for it, the
@@ -317,7 +383,7 @@ fn boot_initramfs_holds_its_programs_and_nothing_of_the_node(raw: &Path, dir: &P
 #[test]
 fn two_disk_builds_are_the_same_bytes_and_a_generic_disk_holds_no_secret() {
     let (lab, server) = disk_lab();
-    build_node(&lab, &server, "a", &["--format", "disk"]);
+    build_node(&lab, &server, "a", &["--format", "disk,disk-raw"]);
     // the root, its hashes and the boot initramfs made again, not reused
     let stored = lab.path("cache/layers/disk");
     assert!(
@@ -326,22 +392,49 @@ fn two_disk_builds_are_the_same_bytes_and_a_generic_disk_holds_no_secret() {
         stored.display()
     );
     std::fs::remove_dir_all(&stored).unwrap();
-    build_node(&lab, &server, "b", &["--format", "disk"]);
+    build_node(&lab, &server, "b", &["--format", "disk,disk-raw"]);
     let read = |f: &str| std::fs::read_to_string(lab.path(f)).unwrap();
     assert_eq!(read("a/node01/SHA256SUMS"), read("b/node01/SHA256SUMS"));
-    assert!(read("a/node01/SHA256SUMS").contains("  disk/disk.raw\n"));
+    for file in ["disk/disk.raw", "disk/disk.qcow2", "disk/base.qcow2"] {
+        assert!(read("a/node01/SHA256SUMS").contains(&format!("  {file}\n")));
+    }
     build(&lab, &server, &["verify", "a/node01", "--rebuild"], &[])
         .assert_ok()
         .assert_stderr_has("identical to a rebuild");
+    generic_disk_shares_node01s_root_and_holds_no_secret(&lab, &server);
+}
+
+/// The worker role's generic disk (built into `g/`) is over the shared disk
+/// node01's is over, has node01's root byte for byte and holds no secret.
+fn generic_disk_shares_node01s_root_and_holds_no_secret(lab: &Lab, server: &Server) {
+    let read = |f: &str| std::fs::read_to_string(lab.path(f)).unwrap();
     build(
-        &lab,
-        &server,
-        &["node", "--role", "worker", "--out", "g", "--format", "disk"],
+        lab,
+        server,
+        &[
+            "node",
+            "--role",
+            "worker",
+            "--out",
+            "g",
+            "--format",
+            "disk,disk-raw",
+        ],
         &[],
     )
     .assert_ok();
     let raw = lab.path("g/worker/disk/disk.raw");
     assert_eq!(mode(&raw), 0o644);
+    assert_eq!(mode(&lab.path("g/worker/disk/disk.qcow2")), 0o644);
+    // the role's generic disk and node01's are over one shared disk
+    let base = |d: &str| {
+        read(&format!("{d}/SHA256SUMS"))
+            .lines()
+            .find(|l| l.ends_with("  disk/base.qcow2"))
+            .map(str::to_string)
+    };
+    assert!(base("g/worker").is_some());
+    assert_eq!(base("g/worker"), base("a/node01"));
     let parts = partitions(&raw);
     let root = copy_out(&raw, &parts[1], &lab.path("g/root"));
     // node01, a worker, has the same root, byte for byte: one made, kept
