@@ -361,6 +361,7 @@ struct Layout {
     root_at: u64,
     root_len: u64,
     hash_at: u64,
+    hash_len: u64,
     /// The disk's size: 1 MiB for the backup table after the parts.
     total: u64,
 }
@@ -374,8 +375,19 @@ impl Layout {
             root_at,
             root_len: root.root_len,
             hash_at: root_at + root.hash_at,
+            hash_len: root.hash_len,
             total: root_at + root.parts_len + MIB,
         }
+    }
+
+    /// The root's parts (the stored file) where this layout puts them.
+    fn parts(&self, root: &shared::Shared) -> io::Result<Extent> {
+        Ok(Extent {
+            at: self.root_at,
+            len: root.parts_len,
+            file: Arc::new(File::open(&root.parts)?),
+            offset: 0,
+        })
     }
 }
 
@@ -527,33 +539,22 @@ fn compose(input: &Input, root: &shared::Shared, node: Option<Vec<u8>>) -> Resul
         });
     }
     let layout = Layout::new(root.base.esp_len, root);
-    let esp = Arc::new(File::open(&root.base.esp).map_err(io_err(target, &root.base.esp))?);
-    let parts = Arc::new(File::open(&root.parts).map_err(io_err(target, &root.parts))?);
-    let mut cow = Cow::new(
-        layout.total,
-        vec![
-            Extent {
-                at: MIB,
-                len: layout.esp_len,
-                file: esp,
-                offset: 0,
-            },
-            Extent {
-                at: layout.root_at,
-                len: root.parts_len,
-                file: parts,
-                offset: 0,
-            },
-        ],
-    );
+    let esp = Extent {
+        at: MIB,
+        len: layout.esp_len,
+        file: Arc::new(File::open(&root.base.esp).map_err(io_err(target, &root.base.esp))?),
+        offset: 0,
+    };
+    let parts = layout.parts(root).map_err(io_err(target, &root.parts))?;
+    let mut cow = Cow::new(layout.total, vec![esp, parts]);
     own_esp(
         (target, input.mtime),
         &mut cow.window(MIB, layout.esp_len),
-        &entry,
-        node.as_deref(),
+        entry,
+        node,
         ids.volume,
     )?;
-    write_gpt(input.plan, &mut cow, &layout, root.hash_len, &ids)?;
+    write_gpt(input.plan, &mut cow, &layout, &ids)?;
     Ok(Made {
         cow,
         over_base: true,
@@ -579,16 +580,8 @@ fn standalone(
     let esp_len = esp_size(files).map_err(io_err(target, &root.parts))? + room;
     let esp = esp_image((target, mtime), files, esp_len, ids.volume)?;
     let layout = Layout::new(esp_len, root);
-    let parts = Arc::new(File::open(&root.parts).map_err(io_err(target, &root.parts))?);
-    let mut cow = Cow::new(
-        layout.total,
-        vec![Extent {
-            at: layout.root_at,
-            len: root.parts_len,
-            file: parts,
-            offset: 0,
-        }],
-    );
+    let parts = layout.parts(root).map_err(io_err(target, &root.parts))?;
+    let mut cow = Cow::new(layout.total, vec![parts]);
     // the ESP's zeros are the disk's already
     for (i, chunk) in esp.chunks(CLUSTER as usize).enumerate() {
         if chunk.iter().any(|b| *b != 0) {
@@ -596,7 +589,7 @@ fn standalone(
                 .map_err(io_err(target, &root.parts))?;
         }
     }
-    write_gpt(plan, &mut cow, &layout, root.hash_len, ids)?;
+    write_gpt(plan, &mut cow, &layout, ids)?;
     Ok((cow, esp_len))
 }
 
@@ -605,8 +598,8 @@ fn standalone(
 fn own_esp(
     (target, mtime): (&str, i64),
     esp: &mut cow::Window,
-    entry: &str,
-    node: Option<&[u8]>,
+    entry: String,
+    node: Option<Vec<u8>>,
     volume_id: u32,
 ) -> Result<(), DiskError> {
     let fat = |e: io::Error| DiskError::Fat {
@@ -616,12 +609,9 @@ fn own_esp(
     {
         let options = fatfs::FsOptions::new().time_provider(fat_time(mtime));
         let fs = fatfs::FileSystem::new(&mut *esp, options).map_err(fat)?;
-        let mut files = vec![(
-            ENTRY_PATH.to_string(),
-            Body::Bytes(entry.as_bytes().to_vec()),
-        )];
+        let mut files = vec![(ENTRY_PATH.to_string(), Body::Bytes(entry.into_bytes()))];
         if let Some(node) = node {
-            files.push((NODE_IMG.to_string(), Body::Bytes(node.to_vec())));
+            files.push((NODE_IMG.to_string(), Body::Bytes(node)));
         }
         add_files(&fs.root_dir(), &files).map_err(fat)?;
         fs.unmount().map_err(fat)?;
@@ -665,13 +655,7 @@ struct Ids {
 /// The protective MBR and the GPT of `disk`: the ESP at 1 MiB, the root
 /// after it, its hash partition after that, each from a MiB boundary; 1
 /// MiB at the end for the backup table.
-fn write_gpt(
-    plan: &Plan,
-    disk: &mut Cow,
-    layout: &Layout,
-    hash_len: u64,
-    ids: &Ids,
-) -> Result<(), DiskError> {
+fn write_gpt(plan: &Plan, disk: &mut Cow, layout: &Layout, ids: &Ids) -> Result<(), DiskError> {
     let target = plan.target.as_str();
     let gpt_err = |e: &dyn std::fmt::Display| DiskError::Gpt {
         target: target.to_string(),
@@ -686,19 +670,14 @@ fn write_gpt(
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
         .create_from_device(&mut *disk, Some(ids.disk))
         .map_err(|e| gpt_err(&e))?;
-    gpt.update_partitions(partitions(plan.arch, layout, hash_len, ids))
+    gpt.update_partitions(partitions(plan.arch, layout, ids))
         .map_err(|e| gpt_err(&e))?;
     gpt.write().map(drop).map_err(|e| gpt_err(&e))
 }
 
 /// The ESP, the root and its hash partition, each from a MiB boundary and
 /// a whole number of MiB.
-fn partitions(
-    arch: Arch,
-    layout: &Layout,
-    hash_len: u64,
-    ids: &Ids,
-) -> BTreeMap<u32, gpt::partition::Partition> {
+fn partitions(arch: Arch, layout: &Layout, ids: &Ids) -> BTreeMap<u32, gpt::partition::Partition> {
     let (root_type, verity_type) = root_types(arch);
     let linux = |guid: &str| gpt::partition_types::Type {
         guid: uuid::Uuid::parse_str(guid).unwrap_or_default(),
@@ -739,7 +718,7 @@ fn partitions(
             linux(verity_type),
             ids.verity,
             layout.hash_at,
-            hash_len,
+            layout.hash_len,
             "imgbuild-root-verity",
         ),
     ])
