@@ -150,9 +150,11 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value = "gzip")]
     pub compression: Compression,
     /// `embed` puts every layer in seed.iso, and boot.ipxe loads the shared layers' segments
-    /// from the node's pxe/segments/; `url=BASE` leaves the shared ones out: cloud-init
-    /// fetches them and boot.ipxe loads their segments from BASE.
-    #[arg(long, value_name = "embed|url=BASE", default_value = "embed")]
+    /// from the node's pxe/segments/; `volume` leaves the shared ones out of seed.iso and
+    /// puts them in cloud-init/layers.iso (label imglayers, attached beside the seed; one
+    /// file in the layer store for every node of the same shared layers); `url=BASE` leaves
+    /// them out too: cloud-init fetches them and boot.ipxe loads their segments from BASE.
+    #[arg(long, value_name = "embed|volume|url=BASE", default_value = "embed")]
     pub seed_layers: SeedLayers,
     /// With --format oci: also write `<node>-with-secrets`, the image with the
     /// secrets layer (never written otherwise; `push --include-secrets` needs it).

@@ -6,7 +6,8 @@
 //! the role's services.
 //! With `--seed-layers url=BASE` the shared layers are fetched from
 //! `BASE/sha256/<digest>.tar.gz` (same checks) and the seed holds only the
-//! node's own layers. With an `[os]` (the stock-image path, [`Stock`]) the
+//! node's own layers; with `--seed-layers volume` they are read from a
+//! second volume (label `imglayers`, `layers.iso`: [`super::seedvol`]). With an `[os]` (the stock-image path, [`Stock`]) the
 //! seed carries the node's pinned `.deb`s in `debs/`, and the script first
 //! checks the running release, then every sha256, then installs the
 //! packages not installed at their version with one `dpkg -i`, before any
@@ -76,7 +77,7 @@ fn script(plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers, stock: Option<&
     }
     package_check(&mut s, plan, layers, seed, stock);
     os_check(&mut s, plan, stock);
-    fetch_layers(&mut s, layers, seed);
+    fetch_layers(&mut s, plan, layers, seed);
     if let Some(st) = stock {
         fetch_debs(&mut s, st);
         verify_seed(&mut s, plan, layers, st);
@@ -346,8 +347,9 @@ fn hosts_line(s: &mut String, plan: &Plan) {
     let _ = writeln!(s, "fi");
 }
 
-/// Copies (from the seed) or downloads (url mode) every layer into `$work`.
-fn fetch_layers(s: &mut String, layers: &[BuiltLayer], seed: &SeedLayers) {
+/// Copies (from the seed, or in volume mode the shared ones from the
+/// layers volume) or downloads (url mode) every layer into `$work`.
+fn fetch_layers(s: &mut String, plan: &Plan, layers: &[BuiltLayer], seed: &SeedLayers) {
     let _ = writeln!(s, "seed=/run/imgbuild/seed");
     let _ = writeln!(s, "work=/run/imgbuild/layers");
     let _ = writeln!(s, "rm -rf \"$work\"");
@@ -356,10 +358,13 @@ fn fetch_layers(s: &mut String, layers: &[BuiltLayer], seed: &SeedLayers) {
     let _ = writeln!(s, "  dev=$(blkid -L cidata || blkid -L CIDATA)");
     let _ = writeln!(s, "  mount -o ro \"$dev\" \"$seed\"");
     let _ = writeln!(s, "fi");
+    if matches!(seed, SeedLayers::Volume) && layers.iter().any(|l| seed.remote(l)) {
+        mount_volume(s, plan);
+    }
     for l in layers {
         let file = l.tar_name();
-        match seed.base().filter(|_| seed.remote(l)) {
-            Some(base) => {
+        match (seed, seed.remote(l)) {
+            (SeedLayers::Url(base), true) => {
                 let url = format!("{base}/sha256/{}.tar.{}", l.digest, l.compression.ext());
                 let _ = writeln!(
                     s,
@@ -367,11 +372,33 @@ fn fetch_layers(s: &mut String, layers: &[BuiltLayer], seed: &SeedLayers) {
                     quote::sh(&url)
                 );
             }
-            None => {
+            (_, true) => {
+                let _ = writeln!(s, "cp \"$shared/layers/{file}\" \"$work/{file}\"");
+            }
+            (_, false) => {
                 let _ = writeln!(s, "cp \"$seed/layers/{file}\" \"$work/{file}\"");
             }
         }
     }
+}
+
+/// Mounts the layers volume (volume mode: label [`LAYERS_LABEL`], the
+/// node's `cloud-init/layers.iso`) read-only at `$shared`; fails on the
+/// console, before anything changes, when no such volume is attached.
+fn mount_volume(s: &mut String, plan: &Plan) {
+    let _ = writeln!(s, "shared=/run/imgbuild/shared");
+    let _ = writeln!(s, "mkdir -p \"$shared\"");
+    let _ = writeln!(s, "if ! mountpoint -q \"$shared\"; then");
+    let _ = writeln!(s, "  dev=$(blkid -L {LAYERS_LABEL} || true)");
+    let _ = writeln!(s, "  if [ -z \"$dev\" ]; then");
+    let what = format!(
+        "{}: no volume labelled {LAYERS_LABEL} is attached; attach the node's cloud-init/layers.iso beside its seed.iso (built with --seed-layers volume). Nothing was changed.",
+        plan.target
+    );
+    fail(s, "    ", &what);
+    let _ = writeln!(s, "  fi");
+    let _ = writeln!(s, "  mount -o ro \"$dev\" \"$shared\"");
+    let _ = writeln!(s, "fi");
 }
 
 /// Verifies every layer (unless `verify_seed` did), then extracts them in
@@ -511,13 +538,7 @@ pub fn files(
 ) -> io::Result<Vec<IsoFile>> {
     let dir = out.join("cloud-init");
     fs::create_dir_all(&dir)?;
-    // a seed is for a machine that runs its OS already: the pinned base OS
-    // and its packages are the image's, never extracted over a running host
-    let layers: Vec<BuiltLayer> = layers
-        .iter()
-        .filter(|l| !matches!(l.kind, LayerKind::Os | LayerKind::OsPackages))
-        .cloned()
-        .collect();
+    let layers = applied(layers);
     let layers = layers.as_slice();
     let mut files = vec![
         IsoFile::bytes(
@@ -547,6 +568,35 @@ pub fn files(
     }
     Ok(files)
 }
+
+/// The layers a seed's script applies: a seed is for a machine that runs
+/// its OS already, so the pinned base OS and its packages (the image's) are
+/// never extracted over a running host.
+fn applied(layers: &[BuiltLayer]) -> Vec<BuiltLayer> {
+    layers
+        .iter()
+        .filter(|l| !matches!(l.kind, LayerKind::Os | LayerKind::OsPackages))
+        .cloned()
+        .collect()
+}
+
+/// What the layers volume of a node's seed holds (volume mode): the shared
+/// layers its script applies; none in the other modes.
+pub fn volume_layers(layers: &[BuiltLayer], seed: &SeedLayers) -> Vec<BuiltLayer> {
+    if !matches!(seed, SeedLayers::Volume) {
+        return Vec::new();
+    }
+    applied(layers)
+        .into_iter()
+        .filter(|l| seed.remote(l))
+        .collect()
+}
+
+/// The label of the layers volume (`--seed-layers volume`).
+pub const LAYERS_LABEL: &str = "imglayers";
+
+/// The layers volume's own name in a node's directory.
+pub const LAYERS_ISO: &str = "cloud-init/layers.iso";
 
 /// Writes `out/cloud-init/seed.iso` (label `cidata`) holding `files`;
 /// returns its sha256.

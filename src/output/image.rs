@@ -97,27 +97,31 @@ pub enum SeedLayers {
     /// Base and role layers come from `BASE/sha256/<digest>.tar.gz`; the
     /// node and secrets layers stay in the seed.
     Url(String),
+    /// Base and role layers come from a second volume beside the seed,
+    /// `layers.iso` (label `imglayers`), the same file for every node of
+    /// the same shared layers; the node and secrets layers stay in the seed.
+    Volume,
 }
 
-/// `--seed-layers` that is neither `embed` nor `url=BASE`.
+/// `--seed-layers` that is neither `embed`, `volume` nor `url=BASE`.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "`{0}` is neither `embed` nor `url=BASE` with an http(s) BASE of a host and a path in letters, digits and ._~/:%@+=,-"
+    "`{0}` is neither `embed`, `volume` nor `url=BASE` with an http(s) BASE of a host and a path in letters, digits and ._~/:%@+=,-"
 )]
 pub struct BadSeedLayers(pub String);
 
 impl SeedLayers {
-    /// Whether a layer is fetched from BASE (a shared one, in url mode) or
-    /// travels in the node's seed and overlay.
+    /// Whether a layer stays out of the node's seed: a shared one, fetched
+    /// from BASE (url mode) or read from the layers volume (volume mode).
     pub fn remote(&self, l: &BuiltLayer) -> bool {
-        matches!(self, SeedLayers::Url(_)) && l.kind.is_shared()
+        !matches!(self, SeedLayers::Embed) && l.kind.is_shared()
     }
 
     /// BASE in url mode.
     pub fn base(&self) -> Option<&str> {
         match self {
             SeedLayers::Url(b) => Some(b),
-            SeedLayers::Embed => None,
+            SeedLayers::Embed | SeedLayers::Volume => None,
         }
     }
 }
@@ -126,8 +130,10 @@ impl FromStr for SeedLayers {
     type Err = BadSeedLayers;
 
     fn from_str(s: &str) -> Result<SeedLayers, BadSeedLayers> {
-        if s == "embed" {
-            return Ok(SeedLayers::Embed);
+        match s {
+            "embed" => return Ok(SeedLayers::Embed),
+            "volume" => return Ok(SeedLayers::Volume),
+            _ => {}
         }
         // BASE goes into a root shell script and into boot.ipxe: only a
         // plain URL, in characters neither can misread
@@ -154,6 +160,7 @@ impl fmt::Display for SeedLayers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SeedLayers::Embed => f.write_str("embed"),
+            SeedLayers::Volume => f.write_str("volume"),
             SeedLayers::Url(b) => write!(f, "url={b}"),
         }
     }
@@ -245,7 +252,7 @@ mod tests {
 
     #[test]
     fn seed_layers_round_trip_through_their_text() {
-        for s in ["embed", "url=http://10.0.0.1/layers"] {
+        for s in ["embed", "volume", "url=http://10.0.0.1/layers"] {
             assert_eq!(s.parse::<SeedLayers>().unwrap().to_string(), s);
         }
         assert_eq!(

@@ -21,6 +21,7 @@ pub mod provenance;
 pub mod push;
 pub mod pxe;
 pub mod sbom;
+pub(crate) mod seedvol;
 pub mod stock;
 
 use std::fs;
@@ -552,9 +553,14 @@ impl Assembly<'_> {
         let this = &*self;
         let (iso, kernel, initrds) = std::thread::scope(|s| {
             let iso = s.spawn(|| {
-                seed_files
+                let seed = seed_files
                     .map(|files| cloudinit::seed_iso(tmp, files, mtime))
-                    .transpose()
+                    .transpose()?;
+                let volume = match seed_files {
+                    Some(_) => this.layers_volume(mtime)?,
+                    None => None,
+                };
+                Ok::<_, io::Error>((seed, volume))
             });
             let kernel = s.spawn(|| {
                 if pxe {
@@ -586,13 +592,32 @@ impl Assembly<'_> {
         if let Some(h) = kernel {
             self.known.insert(format!("pxe/{}", pxe::KERNEL), h);
         }
-        if let Some(h) = iso.map_err(io_err(target, tmp))? {
+        let (seed, volume) = iso.map_err(io_err(target, tmp))?;
+        if let Some(h) = seed {
             self.known.insert("cloud-init/seed.iso", h);
+        }
+        if let Some(h) = volume {
+            self.known.insert(cloudinit::LAYERS_ISO, h);
         }
         for (file, h) in initrds.map_err(io_err(target, tmp))? {
             self.known.insert(file, h);
         }
         self.layers_kept().map_err(io_err(target, tmp))
+    }
+
+    /// `cloud-init/layers.iso` in volume mode: a link to the layers volume
+    /// of the node's shared layers in the store (made unless kept); its
+    /// sha256.
+    fn layers_volume(&self, mtime: u64) -> io::Result<Option<String>> {
+        let layers = cloudinit::volume_layers(self.layers, &self.opts.seed);
+        if layers.is_empty() {
+            return Ok(None);
+        }
+        let dir = self.store.dir.join("seed");
+        let volume = seedvol::get(&layers, mtime, &dir)
+            .map_err(|(path, e)| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        link_or_copy(&volume.path, &self.tmp.join(cloudinit::LAYERS_ISO))?;
+        Ok(Some(volume.sha256))
     }
 
     /// The PXE initrds of the node's own layers (the shared layers' are

@@ -390,7 +390,8 @@ fn chain_problem(state: &Path, l: &LayerJson, name: &str, pem: &[u8], p: &mut Pr
 
 /// What is published to many machines holds no private material: the PXE
 /// segments served by digest, a whole node's initrd and `/init` segment
-/// (served without its secrets), and every blob of the public OCI image.
+/// (served without its secrets), the shared disk and layers volume, and
+/// every blob of the public OCI image.
 /// What carries a pinned base OS is searched for the cluster's own secrets
 /// and imgbuild's specific markers ([`scan::Scope::Os`]).
 fn check_published(
@@ -412,6 +413,7 @@ fn check_published(
     let segments = tree.files.iter().filter(|f| {
         f.starts_with("pxe/segments/")
             || *f == crate::output::disk::BASE
+            || *f == crate::output::cloudinit::LAYERS_ISO
             || f.strip_prefix("pxe/")
                 .is_some_and(|n| n == initrd || n == init)
     });

@@ -604,6 +604,91 @@ fn seed_layers_url_leaves_shared_layers_out_of_the_seed() {
 }
 
 #[test]
+fn seed_layers_volume_puts_the_shared_layers_in_one_stored_volume_beside_a_small_seed() {
+    use std::os::unix::fs::MetadataExt;
+    let (lab, server) = synthetic();
+    for node in ["node01", "node02"] {
+        build(
+            &lab,
+            &server,
+            &["node", "--role", node, "--seed-layers", "volume"],
+            &[],
+        )
+        .assert_ok();
+    }
+    let dir = lab.path("out/node01");
+    let seed = judge("isoinfo")
+        .args(["-J", "-l", "-i"])
+        .arg(dir.join("cloud-init/seed.iso"))
+        .ok();
+    assert!(
+        !seed.contains("00-base.tar.gz") && !seed.contains("01-worker.tar.gz"),
+        "{seed}"
+    );
+    assert!(
+        seed.contains("02-node.tar.gz") && seed.contains("03-secrets.tar.gz"),
+        "{seed}"
+    );
+    layers_volume_holds(&dir, &["00-base.tar.gz", "01-worker.tar.gz"]);
+    // one file in the store for both workers, read-only
+    let meta =
+        |n: &str| std::fs::metadata(lab.path(&format!("out/{n}/cloud-init/layers.iso"))).unwrap();
+    assert_eq!(meta("node01").ino(), meta("node02").ino());
+    assert_eq!(meta("node01").mode() & 0o777, 0o444);
+    let ud = std::fs::read_to_string(dir.join("cloud-init/user-data")).unwrap();
+    assert!(ud.contains("blkid -L imglayers"), "{ud}");
+    cloud_init_accepts(&dir.join("cloud-init/user-data"));
+    assert!(sums(&lab, "out/node01").contains("  cloud-init/layers.iso\n"));
+    assert_eq!(image_json(&dir)["build"]["seed_layers"], "volume");
+    build(&lab, &server, &["verify", "--rebuild", "out/node01"], &[])
+        .assert_ok()
+        .assert_stderr_has("--seed-layers volume");
+    // a damaged volume (a copy: the store's file stays as it is) is named
+    let p = lab.path("out/node02/cloud-init/layers.iso");
+    let mut bytes = std::fs::read(&p).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 1;
+    std::fs::write(&p, bytes).unwrap();
+    build(&lab, &server, &["verify", "out/node02"], &[])
+        .assert_failed()
+        .assert_stderr_has("cloud-init/layers.iso: sha256 is");
+    build(&lab, &server, &["verify", "out/node01"], &[]).assert_ok();
+}
+
+/// `dir`'s `cloud-init/layers.iso` is labelled `imglayers` and holds
+/// `shared` (each as `layers/<name>`, the very bytes of `dir/layers/<name>`)
+/// and no node or secrets layer.
+fn layers_volume_holds(dir: &Path, shared: &[&str]) {
+    let vol = dir.join("cloud-init/layers.iso");
+    let listed = judge("isoinfo").args(["-J", "-f", "-i"]).arg(&vol).ok();
+    let mut names: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.strip_prefix("/layers/"))
+        .map(|l| l.trim_end_matches(";1"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, shared, "{listed}");
+    let label = judge("blkid")
+        .args(["-o", "value", "-s", "LABEL"])
+        .arg(&vol)
+        .ok();
+    assert_eq!(label.trim(), "imglayers");
+    for name in shared {
+        let held = judge("isoinfo")
+            .args(["-J", "-i"])
+            .arg(&vol)
+            .args(["-x", &format!("/layers/{name};1")])
+            .ok_bytes();
+        assert_eq!(
+            held,
+            std::fs::read(dir.join("layers").join(name)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn the_generic_worker_image_has_no_node_layer_network_config_or_hostname() {
     let (lab, server) = synthetic();
     build(&lab, &server, &["node", "--role", "worker"], &[]).assert_ok();

@@ -4,6 +4,7 @@
 //! restarts the services when the layers change.
 
 use crate::build::{build, synthetic};
+use crate::judge::judge;
 use crate::seed_script::{Os, apply_layers, run};
 
 #[test]
@@ -56,4 +57,80 @@ fn first_boot_stops_before_changing_anything_when_the_os_lacks_a_unit() {
         "{err}"
     );
     assert_eq!(calls, "", "nothing may run before the check");
+}
+
+/// The files of `out/<node>/cloud-init/layers.iso`, as isoinfo reads them,
+/// in `<lab>/volume/`.
+fn volume_files(lab: &crate::lab::Lab, node: &str) -> std::path::PathBuf {
+    let iso = lab.path(&format!("out/{node}/cloud-init/layers.iso"));
+    let dir = lab.path("volume");
+    std::fs::create_dir_all(dir.join("layers")).unwrap();
+    let listed = judge("isoinfo").args(["-J", "-f", "-i"]).arg(&iso).ok();
+    for f in listed.lines().filter(|f| f.ends_with(".tar.gz;1")) {
+        let bytes = judge("isoinfo")
+            .args(["-J", "-i"])
+            .arg(&iso)
+            .args(["-x", f])
+            .ok_bytes();
+        // the version suffix the kernel's isofs drops too
+        let name = f.trim_start_matches('/').trim_end_matches(";1");
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn first_boot_takes_the_shared_layers_from_the_layers_volume_or_stops_without_it() {
+    let (lab, server) = synthetic();
+    build(
+        &lab,
+        &server,
+        &["node", "--role", "master01", "--seed-layers", "volume"],
+        &[],
+    )
+    .assert_ok();
+    let script = apply_layers(&lab.path("out/master01"));
+    // no volume attached: nothing changes, and the console says what to attach
+    let b = run(&lab, "master01", &script, &Os::default());
+    assert!(!b.ok);
+    assert!(
+        b.stderr.contains("master01: no volume labelled imglayers is attached; attach the node's cloud-init/layers.iso"),
+        "{}",
+        b.stderr
+    );
+    assert!(!b.calls.contains("tar "), "{}", b.calls);
+    // attached: every layer checked against its sha256 (a real sha256sum)
+    // and applied in order
+    let shared = volume_files(&lab, "master01");
+    let os = Os {
+        shared: Some(&shared),
+        ..Os::default()
+    };
+    let b = run(&lab, "master01", &script, &os);
+    assert!(b.ok, "{}\n{}", b.stderr, b.calls);
+    assert!(
+        b.calls.contains("mountpoint -q /run/imgbuild/shared"),
+        "{}",
+        b.calls
+    );
+    let base = b
+        .calls
+        .find("tar -xzpf 00-base.tar.gz -C /")
+        .expect(&b.calls);
+    let secrets = b.calls.find("secrets.tar.gz -C /").expect(&b.calls);
+    assert!(base < secrets, "{}", b.calls);
+    // a damaged shared layer on the volume stops it before any extraction
+    let f = shared.join("layers/00-base.tar.gz");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&f, bytes).unwrap();
+    let changed = script.replacen("want='", "want='0", 1);
+    let b = run(&lab, "master01", &changed, &os);
+    assert!(!b.ok);
+    assert!(
+        b.stderr.contains("1 computed checksum did NOT match"),
+        "{}",
+        b.stderr
+    );
+    assert!(!b.calls.contains("tar "), "{}", b.calls);
 }

@@ -33,6 +33,9 @@ pub struct Os<'a> {
     pub hostname: &'a str,
     /// /etc/hosts before the run.
     pub hosts: &'a str,
+    /// The layers volume's files (volume mode), mounted at
+    /// /run/imgbuild/shared; without it, no such volume is attached.
+    pub shared: Option<&'a Path>,
 }
 
 /// What a run did.
@@ -72,6 +75,12 @@ fn write_stubs(bin: &Path, os: &Os) {
         ),
     ));
     stubs.push(("hostname".into(), format!("echo '{}'\n", os.hostname)));
+    // the seed is mounted; the layers volume only when the test attached it
+    for (name, body) in &mut stubs {
+        if name == "mountpoint" {
+            body.push_str("case \"$2\" in */shared) [ -d \"$2/layers\" ] ;; esac\n");
+        }
+    }
     for (name, body) in stubs {
         let p = bin.join(name);
         std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
@@ -94,10 +103,16 @@ pub fn run(lab: &Lab, node: &str, script: &str, os: &Os) -> Boot {
     } else {
         ""
     };
+    let shared = os.shared.map_or(String::new(), |d| {
+        format!(
+            "mkdir -p /run/imgbuild/shared\nmount --bind '{}' /run/imgbuild/shared\n",
+            d.display()
+        )
+    });
     let setup = format!(
         "set -e\nmkdir -p /run/imgbuild /var/lib/imgbuild\n\
          mount -t tmpfs tmpfs /run/imgbuild\nmkdir -p /run/imgbuild/seed\n\
-         mount --bind '{seed}' /run/imgbuild/seed\n\
+         mount --bind '{seed}' /run/imgbuild/seed\n{shared}\
          mount --bind '{var}' /var/lib/imgbuild\n\
          mount --bind '{hosts}' /etc/hosts\n{hide}\
          PATH='{bin}':$PATH CALLS='{calls}' exec dash '{script}'\n",
