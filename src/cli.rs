@@ -277,7 +277,7 @@ pub struct VerifyArgs {
     pub format: Option<Vec<Format>>,
     /// With --rebuild: the seed mode to rebuild with [default: image.json's,
     /// checked and shown].
-    #[arg(long, value_name = "embed|url=BASE", requires = "rebuild")]
+    #[arg(long, value_name = "embed|volume|url=BASE", requires = "rebuild")]
     pub seed_layers: Option<SeedLayers>,
     /// Also check DIR/signatures/ (`imgbuild sign`) with this public key (PEM).
     #[arg(long, value_name = "PUB.pem")]

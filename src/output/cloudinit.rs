@@ -358,8 +358,13 @@ fn fetch_layers(s: &mut String, plan: &Plan, layers: &[BuiltLayer], seed: &SeedL
     let _ = writeln!(s, "  dev=$(blkid -L cidata || blkid -L CIDATA)");
     let _ = writeln!(s, "  mount -o ro \"$dev\" \"$seed\"");
     let _ = writeln!(s, "fi");
-    if matches!(seed, SeedLayers::Volume) && layers.iter().any(|l| seed.remote(l)) {
-        mount_volume(s, plan);
+    let on_volume: Vec<String> = layers
+        .iter()
+        .filter(|l| matches!(seed, SeedLayers::Volume) && seed.remote(l))
+        .map(BuiltLayer::tar_name)
+        .collect();
+    if !on_volume.is_empty() {
+        mount_volume(s, plan, &on_volume);
     }
     for l in layers {
         let file = l.tar_name();
@@ -384,8 +389,9 @@ fn fetch_layers(s: &mut String, plan: &Plan, layers: &[BuiltLayer], seed: &SeedL
 
 /// Mounts the layers volume (volume mode: label [`LAYERS_LABEL`], the
 /// node's `cloud-init/layers.iso`) read-only at `$shared`; fails on the
-/// console, before anything changes, when no such volume is attached.
-fn mount_volume(s: &mut String, plan: &Plan) {
+/// console, before anything changes, when no such volume is attached or
+/// the one attached lacks a layer of `files` (another build's).
+fn mount_volume(s: &mut String, plan: &Plan, files: &[String]) {
     let _ = writeln!(s, "shared=/run/imgbuild/shared");
     let _ = writeln!(s, "mkdir -p \"$shared\"");
     let _ = writeln!(s, "if ! mountpoint -q \"$shared\"; then");
@@ -399,6 +405,21 @@ fn mount_volume(s: &mut String, plan: &Plan) {
     let _ = writeln!(s, "  fi");
     let _ = writeln!(s, "  mount -o ro \"$dev\" \"$shared\"");
     let _ = writeln!(s, "fi");
+    // the names are the layers' own: NN-<name>.tar.*, plain words
+    let _ = writeln!(s, "missing=");
+    let _ = writeln!(s, "for f in {}; do", files.join(" "));
+    let _ = writeln!(
+        s,
+        "  [ -f \"$shared/layers/$f\" ] || missing=\"$missing $f\""
+    );
+    let _ = writeln!(s, "done");
+    fail_if_missing(
+        s,
+        &format!(
+            "{}: the volume labelled {LAYERS_LABEL} lacks the layers$missing; attach this node's own cloud-init/layers.iso, of the build of its seed.iso.",
+            plan.target
+        ),
+    );
 }
 
 /// Verifies every layer (unless `verify_seed` did), then extracts them in

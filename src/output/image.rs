@@ -33,7 +33,8 @@ use crate::plan::{LayerKind, OS_LAYER, OS_PACKAGES_LAYER, TargetKind};
 pub enum Format {
     /// layers/NN-<name>.tar.gz, image.json, SHA256SUMS
     Layers,
-    /// cloud-init/{user-data,meta-data,network-config,seed.iso}
+    /// cloud-init/{user-data,meta-data,network-config,seed.iso} (and layers.iso with
+    /// --seed-layers volume)
     CloudInit,
     /// pxe/: boot.ipxe, segments/, and vmlinuz, initrd.cpio.gz and
     /// secrets.cpio.gz (with a base OS) or overlay.cpio.gz (for a

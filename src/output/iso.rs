@@ -5,7 +5,7 @@
 //! SOURCE_DATE_EPOCH, entries sorted. Files are streamed from disk.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const SECTOR: usize = 2048;
@@ -514,4 +514,149 @@ pub(crate) fn write(out: &Path, label: &str, files: &[IsoFile], mtime: u64) -> i
     w.into_inner().map_err(|e| e.into_error())?;
     std::fs::rename(tmp, out)?;
     Ok(digest)
+}
+
+/// A file an ISO is to hold: its name (as for [`IsoFile`]), size and
+/// sha256 (hex).
+pub(crate) struct Expected<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) size: u64,
+    pub(crate) sha256: &'a str,
+}
+
+/// Whether `iso` is what [`write`] makes of `files` (by their names, sizes
+/// and digests) with `label` at `mtime`: the same head byte for byte, each
+/// file's bytes of its sha256, zeros after each, and nothing more. `Err`
+/// says the first thing that differs; reading fails on an I/O error only.
+pub(crate) fn check(
+    iso: &mut impl Read,
+    label: &str,
+    files: &[Expected<'_>],
+    mtime: u64,
+) -> io::Result<Result<(), String>> {
+    use sha2::{Digest, Sha256};
+    // a volume of at most 2^32 sectors, as the layout counts them
+    let total: u64 = files.iter().map(|f| f.size.div_ceil(SECTOR as u64)).sum();
+    if total >= u64::from(u32::MAX / 2) {
+        return Ok(Err(format!(
+            "{total} sectors of files: more than a volume holds"
+        )));
+    }
+    let when = time::OffsetDateTime::from_unix_timestamp(i64::try_from(mtime).unwrap_or(0))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let placeholders: Vec<IsoFile> = files
+        .iter()
+        .map(|f| IsoFile::bytes(f.name, Vec::new()))
+        .collect();
+    let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+    let mut head = Vec::new();
+    Image::lay_out(&placeholders, &sizes, label, when).write_head(&mut head)?;
+    let mut got = Vec::with_capacity(head.len());
+    iso.by_ref().take(head.len() as u64).read_to_end(&mut got)?;
+    if got != head {
+        return Ok(Err(
+            "its volume descriptors, path tables or directories are not the ones its files make"
+                .into(),
+        ));
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    for f in files {
+        let mut sha = Sha256::new();
+        let mut data = iso.by_ref().take(f.size);
+        let mut n = 0u64;
+        loop {
+            let k = data.read(&mut buf)?;
+            if k == 0 {
+                break;
+            }
+            sha.update(&buf[..k]);
+            n += k as u64;
+        }
+        if n != f.size || hex::encode(sha.finalize()) != f.sha256 {
+            return Ok(Err(format!(
+                "{} is not the file of sha256 {}",
+                f.name, f.sha256
+            )));
+        }
+        let pad = (u64::from(sectors(f.size)) * SECTOR as u64 - f.size) as usize;
+        let mut zeros = Vec::with_capacity(pad);
+        iso.by_ref().take(pad as u64).read_to_end(&mut zeros)?;
+        if zeros.len() != pad || zeros.iter().any(|b| *b != 0) {
+            return Ok(Err(format!("the bytes after {} are not zeros", f.name)));
+        }
+    }
+    if iso.read(&mut buf[..1])? != 0 {
+        return Ok(Err("it holds bytes after its last file".into()));
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(b: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b))
+    }
+
+    #[test]
+    fn check_accepts_what_write_made_and_names_what_differs() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (b"first layer".to_vec(), vec![7u8; 5000]);
+        let files = [
+            IsoFile::bytes("layers/a.tar.gz", a.clone()),
+            IsoFile::bytes("layers/b.tar.gz", b.clone()),
+        ];
+        let out = t.path().join("v.iso");
+        write(&out, "imglayers", &files, 1).unwrap();
+        let (sa, sb) = (sha(&a), sha(&b));
+        let want = [
+            Expected {
+                name: "layers/a.tar.gz",
+                size: a.len() as u64,
+                sha256: &sa,
+            },
+            Expected {
+                name: "layers/b.tar.gz",
+                size: b.len() as u64,
+                sha256: &sb,
+            },
+        ];
+        let bytes = std::fs::read(&out).unwrap();
+        let run = |bytes: &[u8], want: &[Expected<'_>], mtime| {
+            check(&mut &bytes[..], "imglayers", want, mtime).unwrap()
+        };
+        assert_eq!(run(&bytes, &want, 1), Ok(()));
+        // another time, label or order: another head
+        assert!(run(&bytes, &want, 2).is_err());
+        assert!(run(&bytes, &[Expected { ..want[1] }, Expected { ..want[0] }], 1).is_err());
+        // a file's byte flipped
+        let mut flipped = bytes.clone();
+        let at = bytes.len() - 2048 * 3 + 10;
+        flipped[at] ^= 1;
+        let e = run(&flipped, &want, 1).unwrap_err();
+        assert!(e.contains("layers/b.tar.gz is not the file"), "{e}");
+        // a byte after the last file
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(
+            run(&longer, &want, 1)
+                .unwrap_err()
+                .contains("after its last file")
+        );
+        // cut short
+        assert!(run(&bytes[..bytes.len() - 1], &want, 1).is_err());
+        // a size no volume holds is refused, not laid out
+        let huge = [Expected {
+            name: "layers/a",
+            size: u64::MAX,
+            sha256: &sa,
+        }];
+        assert!(
+            run(&bytes, &huge, 1)
+                .unwrap_err()
+                .contains("more than a volume holds")
+        );
+    }
 }

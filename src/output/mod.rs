@@ -2,7 +2,8 @@
 //! `out/<target>/` in the formats asked for: `layers/NN-<name>.tar.gz` (hard
 //! links into the layer store where the filesystem allows), `image.json`,
 //! `cloud-init/` (user-data, meta-data, network-config, seed.iso labelled
-//! `cidata`), `pxe/` (the shared layers' segments linked into
+//! `cidata`; in volume mode layers.iso, labelled `imglayers`, linked from
+//! the store: [`seedvol`]), `pxe/` (the shared layers' segments linked into
 //! `pxe/segments/`; for a whole node, one with a base OS: vmlinuz,
 //! init.cpio.gz, initrd.cpio.gz, secrets.cpio.gz, cmdline and boot.ipxe;
 //! else overlay.cpio.gz and boot.ipxe) and `SHA256SUMS` over every other
@@ -542,6 +543,28 @@ impl Assembly<'_> {
         }
         want.iter()
             .all(|(rel, source, size, digest)| holds(&dest.join(rel), source, *size, digest))
+            && self.same_layers_volume(dest)
+    }
+
+    /// Whether `dest` holds this build's layers volume (volume mode), the
+    /// store's very file or of its sha256; true when it has none to hold.
+    fn same_layers_volume(&self, dest: &Path) -> bool {
+        if !self.opts.formats.has(Format::CloudInit) {
+            return true;
+        }
+        let layers = cloudinit::volume_layers(self.layers, &self.opts.seed);
+        if layers.is_empty() {
+            return true;
+        }
+        let mtime = u64::try_from(self.opts.source_date_epoch).unwrap_or(0);
+        seedvol::kept(&layers, mtime, &self.store.dir.join("seed")).is_some_and(|v| {
+            holds(
+                &dest.join(cloudinit::LAYERS_ISO),
+                &v.path,
+                v.size,
+                &v.sha256,
+            )
+        })
     }
 
     /// seed.iso and the PXE files, each hashed while it is written, side by

@@ -28,6 +28,7 @@ use crate::layer::{BuiltLayer, Found, Stamp, check_file, restamp};
 /// A stored layers volume.
 pub(crate) struct Volume {
     pub(crate) path: PathBuf,
+    pub(crate) size: u64,
     pub(crate) sha256: String,
 }
 
@@ -72,6 +73,24 @@ fn key(layers: &[BuiltLayer], mtime: u64) -> String {
 pub(crate) fn get(layers: &[BuiltLayer], mtime: u64, dir: &Path) -> Result<Volume, Failed> {
     let key = key(layers, mtime);
     fs::create_dir_all(dir).map_err(at(dir))?;
+    let _lock = lock(dir, &key)?;
+    if let Some(found) = find(dir, &key) {
+        return Ok(found);
+    }
+    clean_debris(dir, &key);
+    make(layers, mtime, dir, &key)
+}
+
+/// The stored volume of `layers`, when `dir` keeps one that matches its
+/// record; none is made.
+pub(crate) fn kept(layers: &[BuiltLayer], mtime: u64, dir: &Path) -> Option<Volume> {
+    let key = key(layers, mtime);
+    let _lock = lock(dir, &key).ok()?;
+    find(dir, &key)
+}
+
+/// The entry `key`'s lock, held until the file is closed.
+fn lock(dir: &Path, key: &str) -> Result<File, Failed> {
     let lock_path = dir.join(format!("{key}.lock"));
     let lock = fs::OpenOptions::new()
         .create(true)
@@ -80,11 +99,7 @@ pub(crate) fn get(layers: &[BuiltLayer], mtime: u64, dir: &Path) -> Result<Volum
         .open(&lock_path)
         .map_err(at(&lock_path))?;
     lock.lock().map_err(at(&lock_path))?;
-    if let Some(found) = find(dir, &key) {
-        return Ok(found);
-    }
-    clean_debris(dir, &key);
-    make(layers, mtime, dir, &key)
+    Ok(lock)
 }
 
 fn iso_path(dir: &Path, key: &str) -> PathBuf {
@@ -130,6 +145,7 @@ fn find(dir: &Path, key: &str) -> Option<Volume> {
     }
     Some(Volume {
         path,
+        size: r.size,
         sha256: r.sha256,
     })
 }
@@ -160,12 +176,13 @@ fn make(layers: &[BuiltLayer], mtime: u64, dir: &Path, key: &str) -> Result<Volu
     };
     let json = record_path(dir, key);
     write_record(dir, key, &r).map_err(at(&json))?;
+    let size = r.size;
     if let Ok(mut checked) = CHECKED.lock() {
         checked
             .get_or_insert_with(HashSet::new)
             .insert(key.to_string());
     }
-    Ok(Volume { path, sha256 })
+    Ok(Volume { path, size, sha256 })
 }
 
 #[cfg(test)]

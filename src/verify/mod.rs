@@ -112,6 +112,7 @@ pub fn check(m: &Manifests, dir: &Path, state: Option<&Path>) -> Result<ImageJso
     };
     if let Some(image) = &image {
         check_layer_files(dir, image, &tree, &digests, &mut p);
+        check_layers_volume(dir, image, &tree, &mut p);
         check_inputs(m, image, &mut p);
     }
     p.0.append(&mut secrets_p.0);
@@ -514,6 +515,59 @@ fn check_private_modes(dir: &Path, tree: &Tree, image: Option<&ImageJson>, p: &m
                 meta.permissions().mode() & 0o777
             ));
         }
+    }
+}
+
+/// `cloud-init/layers.iso` is the layers volume of the image's seed
+/// (`--seed-layers volume`) and nothing else: the volume imgbuild makes of
+/// the shared layers image.json names (the seed's: no OS layer), each file
+/// of its digest, so it holds no layer but those, which are checked as
+/// layers. A directory built otherwise has none.
+fn check_layers_volume(dir: &Path, image: &ImageJson, tree: &Tree, p: &mut Problems) {
+    use crate::output::{SeedLayers, cloudinit, iso};
+    let rel = cloudinit::LAYERS_ISO;
+    if !tree.has(rel) {
+        return;
+    }
+    if image.build.seed_layers != SeedLayers::Volume {
+        p.push(format!(
+            "{rel}: present, but image.json says the seed was built with --seed-layers {}",
+            image.build.seed_layers
+        ));
+        return;
+    }
+    let names: Vec<(String, &LayerJson)> = image
+        .layers
+        .iter()
+        .filter(|l| {
+            l.kind().is_shared() && !matches!(l.kind(), LayerKind::Os | LayerKind::OsPackages)
+        })
+        .map(|l| {
+            (
+                format!("layers/{}", l.file.trim_start_matches("layers/")),
+                l,
+            )
+        })
+        .collect();
+    let want: Vec<iso::Expected<'_>> = names
+        .iter()
+        .map(|(name, l)| iso::Expected {
+            name,
+            size: l.size,
+            sha256: l.digest.trim_start_matches("sha256:"),
+        })
+        .collect();
+    let mtime = u64::try_from(image.source_date_epoch).unwrap_or(0);
+    let checked = File::open(dir.join(rel)).and_then(|f| {
+        let mut r = io::BufReader::with_capacity(1 << 20, f);
+        iso::check(&mut r, cloudinit::LAYERS_LABEL, &want, mtime)
+    });
+    match checked {
+        Ok(Ok(())) => {}
+        Ok(Err(what)) => p.push(format!(
+            "{rel}: not the layers volume of the seed's shared layers image.json names: {what}"
+        )),
+        Err(e) => p.io(rel, &e),
     }
 }
 

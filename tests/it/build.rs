@@ -643,6 +643,16 @@ fn seed_layers_volume_puts_the_shared_layers_in_one_stored_volume_beside_a_small
     build(&lab, &server, &["verify", "--rebuild", "out/node01"], &[])
         .assert_ok()
         .assert_stderr_has("--seed-layers volume");
+    build(&lab, &server, &["verify", "out/node01"], &[]).assert_ok();
+}
+
+#[test]
+fn verify_refuses_a_layers_volume_that_is_not_the_seeds_shared_layers() {
+    let (lab, server) = synthetic();
+    for node in ["node01", "node02"] {
+        let args = ["node", "--role", node, "--seed-layers", "volume"];
+        build(&lab, &server, &args, &[]).assert_ok();
+    }
     // a damaged volume (a copy: the store's file stays as it is) is named
     let p = lab.path("out/node02/cloud-init/layers.iso");
     let mut bytes = std::fs::read(&p).unwrap();
@@ -652,8 +662,36 @@ fn seed_layers_volume_puts_the_shared_layers_in_one_stored_volume_beside_a_small
     std::fs::write(&p, bytes).unwrap();
     build(&lab, &server, &["verify", "out/node02"], &[])
         .assert_failed()
-        .assert_stderr_has("cloud-init/layers.iso: sha256 is");
+        .assert_stderr_has("cloud-init/layers.iso: sha256 is")
+        .assert_stderr_has("cloud-init/layers.iso: not the layers volume");
+    // a hostile directory, its SHA256SUMS made to agree: a volume that holds
+    // the node's secrets (its seed) is not the volume of its shared layers
+    let seed = std::fs::read(lab.path("out/node02/cloud-init/seed.iso")).unwrap();
+    std::fs::write(&p, &seed).unwrap();
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&seed));
+    let sums_path = lab.path("out/node02/SHA256SUMS");
+    let text: String = sums(&lab, "out/node02")
+        .lines()
+        .map(|l| match l.strip_suffix("  cloud-init/layers.iso") {
+            Some(_) => format!("{digest}  cloud-init/layers.iso\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&sums_path, text).unwrap();
+    build(&lab, &server, &["verify", "out/node02"], &[])
+        .assert_failed()
+        .assert_stderr_has("cloud-init/layers.iso: not the layers volume of the seed's shared layers image.json names: its volume descriptors");
+    // the store's volume, linked into node01, is as it was
     build(&lab, &server, &["verify", "out/node01"], &[]).assert_ok();
+    // and node02, its volume not this build's, is built again, not left
+    let args = ["node", "--role", "node02", "--seed-layers", "volume"];
+    build(&lab, &server, &args, &[])
+        .assert_ok()
+        .assert_stderr_has("built node02");
+    build(&lab, &server, &args, &[])
+        .assert_ok()
+        .assert_stderr_has("up to date node02");
+    build(&lab, &server, &["verify", "out/node02"], &[]).assert_ok();
 }
 
 /// `dir`'s `cloud-init/layers.iso` is labelled `imglayers` and holds

@@ -49,7 +49,7 @@ fn a_forged_image_json_with_a_hostile_base_fails_verification() {
     build(&lab, &server, &["verify", "out/node01", "--rebuild"], &[])
         .assert_failed()
         .assert_stderr_has("image.json")
-        .assert_stderr_has("is neither `embed` nor `url=BASE`");
+        .assert_stderr_has("is neither `embed`, `volume` nor `url=BASE`");
 }
 
 #[test]
