@@ -106,18 +106,27 @@ fn baked_images_resolve_by_digest_in_containerd_and_runc_runs_the_pinned_sandbox
         .filter(|l| l.starts_with("registry.k8s.io/pause"))
         .all(|l| l.contains("io.cri-containerd.pinned=pinned"));
     assert!(pinned, "the sandbox image is not pinned:\n{listing}");
-    let out = c
-        .ctr()
+    // the container writes to a directory of the test's, not to ctr's
+    // stdout: ctr can lose the output of a task that exits at once (its
+    // copy from the task's FIFO races the task's deletion)
+    let shared = lab.path("ran");
+    std::fs::create_dir_all(&shared).unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/ran,options=rbind:rw",
+        shared.display()
+    );
+    c.ctr()
         .args([
             "run",
             "--rm",
+            "--mount",
+            &mount,
             &by_digest,
             "imgbuild-test",
-            "/bin/busybox",
-            "echo",
-            "ran by digest",
         ])
+        .args(["/bin/busybox", "sh", "-c", "echo ran by digest >/ran/out"])
         .ok();
+    let out = std::fs::read_to_string(shared.join("out")).unwrap();
     assert_eq!(out.trim(), "ran by digest");
 }
 
