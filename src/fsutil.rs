@@ -87,6 +87,16 @@ impl<W: Write> Write for Sha256Writer<W> {
 }
 
 /// Creates (truncates) `path` with mode 0600, whatever the umask.
+/// The lock file at `path`, opened for `flock` (made when missing, never
+/// truncated): the one way the stores open the lock of an entry.
+pub(crate) fn open_lock_file(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+}
+
 pub fn create_private(path: &Path) -> io::Result<File> {
     create_mode(path, 0o600)
 }

@@ -302,12 +302,7 @@ impl Store {
     /// The lock file of `key`, opened (made when missing), and its path.
     fn lock_file(&self, key: &str, layer: &str) -> Result<(File, PathBuf), LayerError> {
         let path = self.dir.join(format!("{key}.lock"));
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(layer, "open", &path))?;
+        let f = fsutil::open_lock_file(&path).map_err(io_err(layer, "open", &path))?;
         Ok((f, path))
     }
 

@@ -92,12 +92,7 @@ pub(crate) fn kept(layers: &[BuiltLayer], mtime: u64, dir: &Path) -> Option<Volu
 /// The entry `key`'s lock, held until the file is closed.
 fn lock(dir: &Path, key: &str) -> Result<File, Failed> {
     let lock_path = dir.join(format!("{key}.lock"));
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(at(&lock_path))?;
+    let lock = fsutil::open_lock_file(&lock_path).map_err(at(&lock_path))?;
     lock.lock().map_err(at(&lock_path))?;
     Ok(lock)
 }

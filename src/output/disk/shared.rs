@@ -133,12 +133,7 @@ pub(crate) fn get(
     let key = key(input, layers, own);
     fs::create_dir_all(dir).map_err(io_err(target, dir))?;
     let lock_path = dir.join(format!("{key}.lock"));
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_err(target, &lock_path))?;
+    let lock = fsutil::open_lock_file(&lock_path).map_err(io_err(target, &lock_path))?;
     lock.lock().map_err(io_err(target, &lock_path))?;
     if let Some(found) = find(dir, &key) {
         return Ok(found);
